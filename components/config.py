@@ -1,0 +1,298 @@
+"""One typed config per run: a dataclass tree loaded from YAML plus ``key.sub=value`` overrides.
+
+Every problem is collected and raised together (``ConfigError``) before any Ray or MLflow
+work starts, so a user fixes a bad command line in one go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LAYOUTS = ("auto", "canonical", "pickapic")
+TIE_POLICIES = ("drop",)
+LOSS_TYPES = ("bt", "ipo", "hinge", "robust")
+USE_GPU = ("auto", "true", "false")
+
+
+class ConfigError(ValueError):
+    """All problems found in a config, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(
+            "invalid config:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)
+    """Training shards: files, directories or globs; local paths or pyarrow filesystem URIs."""
+    eval: list[str] = field(default_factory=list)
+    """Eval shards. Empty: split the training data by a hash of ``pair_id``."""
+    layout: str = "auto"
+    image_size: int = 64
+    """Decoded images are resized (shorter side) and centre-cropped to image_size x image_size."""
+    eval_fraction: float = 0.2
+    """Share of pair_ids hashed into the eval split when no eval shards are given."""
+    max_pixels: int = 40_000_000
+    """Images whose header declares more pixels are quarantined before full decode."""
+    max_quarantine_fraction: float = 0.1
+    """The run fails when more than this share of a dataset's rows is quarantined."""
+    ties: str = "drop"
+    decode_actors: int = 1
+    """Size of the preprocessing actor pool that decodes images."""
+    cpus_per_actor: float = 1.0
+    decode_batch_size: int = 32
+
+
+@dataclass
+class ModelConfig:
+    name: str = "bn-cnn"
+
+
+@dataclass
+class LossConfig:
+    type: str = "bt"
+    beta: float = 1.0
+    label_smoothing: float = 0.0
+    center_rewards_coefficient: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    workers: int = 1
+    use_gpu: str = "auto"
+    cpus_per_worker: float = 1.0
+    max_failures: int = 1
+    log_every_steps: int = 10
+    seed: int = 0
+    checkpoints_to_keep: int = 2
+    inject_failure_at_epoch: int = -1
+    """Fault-injection hook for testing recovery: raise once, on the first attempt only,
+    at the start of this epoch (-1 = off)."""
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str = ""
+    """Empty: MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db here)."""
+    experiment: str = "image-dpo"
+    model_name: str = "image-scorer"
+    run_name: str = ""
+    """Also the Ray Train run name: the same run_name and output_dir resume from a checkpoint."""
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    output_dir: str = "outputs"
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``; lists become comma-joined strings (MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, list):
+            out[key] = ",".join(map(str, v))
+        else:
+            out[key] = v
+    return out
+
+
+def _coerce(value: Any, typ: Any, key: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (inner,) = typing.get_args(typ)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            problems.append(f"{key}: expected a list, got {value!r}")
+            return None
+        return [_coerce(v, inner, key, problems) for v in value]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{key}: expected true/false, got {value!r}")
+        return None
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append(f"{key}: expected an integer, got {value!r}")
+        return None
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        problems.append(f"{key}: expected a number, got {value!r}")
+        return None
+    if typ is str:
+        if isinstance(value, (str, int, float, bool)):
+            return str(value).lower() if isinstance(value, bool) else str(value)
+        problems.append(f"{key}: expected a string, got {value!r}")
+        return None
+    raise TypeError(f"unsupported config type {typ} for {key}")  # internal: a new field type
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str, problems: list[str]) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            problems.append(f"{key}: unknown key (known: {', '.join(sorted(names))})")
+            continue
+        typ = hints[k]
+        current = getattr(obj, k)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(v, dict):
+                problems.append(f"{key}: expected a mapping, got {v!r}")
+                continue
+            _apply(current, v, key + ".", problems)
+        else:
+            if isinstance(typ, types.UnionType):  # pragma: no cover - no optional fields today
+                typ = typing.get_args(typ)[0]
+            coerced = _coerce(v, typ, key, problems)
+            if coerced is not None:
+                setattr(obj, k, coerced)
+
+
+def parse_overrides(items: list[str], problems: list[str]) -> dict[str, Any]:
+    """``["train.lr=3e-4", "data.train=a,b"] -> {"train": {"lr": 3e-4}, ...}`` (YAML scalars)."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            problems.append(f"override {item!r}: expected key=value, e.g. train.lr=3e-4")
+            continue
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def validate(cfg: RunConfig) -> list[str]:
+    p: list[str] = []
+    d, t, lo = cfg.data, cfg.train, cfg.loss
+    if not d.train:
+        p.append("data.train: no training data; pass --train PATH (file, directory or glob)")
+    if d.layout not in LAYOUTS:
+        p.append(f"data.layout: {d.layout!r} is not one of {', '.join(LAYOUTS)}")
+    if d.ties not in TIE_POLICIES:
+        p.append(f"data.ties: {d.ties!r} is not one of {', '.join(TIE_POLICIES)}")
+    if not 16 <= d.image_size <= 1024:
+        p.append(f"data.image_size: {d.image_size} must be between 16 and 1024 pixels")
+    if not d.eval and not 0.0 < d.eval_fraction < 1.0:
+        p.append(f"data.eval_fraction: {d.eval_fraction} must be in (0, 1) without --eval")
+    if d.max_pixels < d.image_size**2:
+        p.append(f"data.max_pixels: {d.max_pixels} is below image_size^2 = {d.image_size**2}")
+    if not 0.0 <= d.max_quarantine_fraction <= 1.0:
+        p.append("data.max_quarantine_fraction: must be in [0, 1]")
+    if d.decode_actors < 1:
+        p.append("data.decode_actors: need at least one preprocessing actor")
+    if d.cpus_per_actor <= 0:
+        p.append("data.cpus_per_actor: must be > 0")
+    if d.decode_batch_size < 1:
+        p.append("data.decode_batch_size: must be >= 1")
+    from components.models import SCORERS  # the registry is the source of truth for names
+
+    if cfg.model.name not in SCORERS:
+        p.append(f"model.name: {cfg.model.name!r} is not one of {', '.join(SCORERS)}")
+    if lo.type == "dpo":
+        p.append("loss.type: 'dpo' needs a frozen reference scorer, which this version cannot "
+                 "precompute yet; use bt (reference-free DPO) instead")
+    elif lo.type not in LOSS_TYPES:
+        p.append(f"loss.type: {lo.type!r} is not one of {', '.join(LOSS_TYPES)}")
+    if lo.beta <= 0:
+        p.append(f"loss.beta: {lo.beta} must be > 0")
+    if not 0.0 <= lo.label_smoothing < 0.5:
+        p.append(f"loss.label_smoothing: {lo.label_smoothing} must be in [0, 0.5)")
+    if lo.center_rewards_coefficient < 0:
+        p.append("loss.center_rewards_coefficient: must be >= 0")
+    if t.epochs < 1:
+        p.append("train.epochs: must be >= 1")
+    if t.batch_size < 2:
+        p.append("train.batch_size: must be >= 2 (BatchNorm needs more than one sample)")
+    if t.lr <= 0:
+        p.append("train.lr: must be > 0")
+    if t.workers < 1:
+        p.append("train.workers: must be >= 1")
+    if t.use_gpu not in USE_GPU:
+        p.append(f"train.use_gpu: {t.use_gpu!r} is not one of {', '.join(USE_GPU)}")
+    if t.max_failures < -1:
+        p.append("train.max_failures: must be >= 0 (or -1 for unlimited)")
+    if t.log_every_steps < 1:
+        p.append("train.log_every_steps: must be >= 1")
+    if not cfg.tracking.model_name:
+        p.append("tracking.model_name: must not be empty")
+    return p
+
+
+def load_config(
+    path: str | None = None,
+    overrides: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> RunConfig:
+    """YAML file < ``extra`` (from CLI flags) < ``key=value`` overrides; validated."""
+    problems: list[str] = []
+    tree: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            problems.append(f"--config {path}: file not found")
+        else:
+            try:
+                loaded = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as e:
+                problems.append(f"--config {path}: not valid YAML ({e})")
+                loaded = {}
+            if not isinstance(loaded, dict):
+                problems.append(f"--config {path}: top level must be a mapping")
+                loaded = {}
+            tree = loaded
+    tree = _merge(tree, extra or {})
+    tree = _merge(tree, parse_overrides(overrides or [], problems))
+    cfg = RunConfig()
+    _apply(cfg, tree, "", problems)
+    problems += validate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

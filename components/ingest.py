@@ -1,0 +1,312 @@
+"""Ray Data ingest: read shards -> canonical pairs -> validate -> decode in an actor pool.
+
+The decoded pairs are written once, as Parquet with uint8 tensor columns, to the run's
+output directory (``prepared/<name>``); every epoch then streams them to the trainers
+without decoding again. Every row read is written with a ``status`` (ok / excluded /
+quarantined) and a ``reason``, so the counts come from one place and nothing is lost.
+
+Shapes: ``chosen_px`` and ``rejected_px`` are uint8 ``(3, S, S)`` per row, ``(N, 3, S, S)``
+per batch. Float conversion happens on the training device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from components.contract import (
+    OK,
+    QUARANTINED,
+    DataError,
+    ReadUnit,
+    Shard,
+    canonical_rows,
+    plan_reads,
+)
+from components.decode import DecodeError, decode_image
+
+log = logging.getLogger(__name__)
+
+READ_SLICE_ROWS = 256  # rows per output block of the read stage; bounds memory per task
+
+
+@dataclass
+class RowCounts:
+    """rows read = used + quarantined + excluded, per dataset."""
+
+    read: int = 0
+    used: int = 0
+    quarantined: int = 0
+    excluded: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "used": self.used,
+            "quarantined": self.quarantined,
+            "excluded": self.excluded,
+            "reasons": dict(self.reasons),
+        }
+
+
+@dataclass
+class PreparedData:
+    path: str  # directory of Parquet files with all rows, decoded where usable
+    counts: dict[str, RowCounts]  # by split: "train", "eval"
+    image_sizes: dict[str, int]  # "WxH" of the original images -> count
+    decode_s: float
+
+
+def _read_unit(batch: dict[str, np.ndarray], eval_fraction: float | None) -> Iterator[dict[str, list]]:
+    """Ray Data read stage: one ReadUnit per input row -> canonical rows in slices."""
+    for unit in batch["unit"]:
+        unit: ReadUnit
+        with unit.shard.filesystem.open_input_file(unit.shard.path) as f:
+            table = pq.ParquetFile(f).read_row_group(unit.row_group)
+        rows = list(canonical_rows(unit, table, eval_fraction))
+        for start in range(0, len(rows), READ_SLICE_ROWS):
+            chunk = rows[start : start + READ_SLICE_ROWS]
+            yield {k: [r[k] for r in chunk] for k in chunk[0]}
+
+
+class PairDecoder:
+    """Preprocessing actor: decodes both images of each usable pair.
+
+    Rows whose images cannot be used become ``quarantined`` with the reason; the encoded
+    bytes are dropped after decoding so the object store carries only uint8 pixels.
+    """
+
+    def __init__(self, image_size: int, max_pixels: int, split: str | None = None):
+        self.size = image_size
+        self.max_pixels = max_pixels
+        self.split = split
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["pair_id"])
+        s = self.size
+        chosen = np.zeros((n, 3, s, s), dtype=np.uint8)
+        rejected = np.zeros((n, 3, s, s), dtype=np.uint8)
+        status = np.array(batch["status"], dtype=object)
+        reason = np.array(batch["reason"], dtype=object)
+        sizes = np.array([""] * n, dtype=object)
+        for i in range(n):
+            if status[i] != OK:
+                continue
+            try:
+                chosen[i], (cw, ch) = decode_image(batch["chosen"][i], s, self.max_pixels)
+            except DecodeError as e:
+                status[i], reason[i] = QUARANTINED, f"chosen: {e.reason}"
+                continue
+            try:
+                rejected[i], (rw, rh) = decode_image(batch["rejected"][i], s, self.max_pixels)
+            except DecodeError as e:
+                status[i], reason[i] = QUARANTINED, f"rejected: {e.reason}"
+                continue
+            sizes[i] = f"{cw}x{ch},{rw}x{rh}"
+        out = {k: batch[k] for k in ("pair_id", "prompt", "shard", "row", "meta")}
+        split = batch["split"] if self.split is None else np.array([self.split] * n, dtype=object)
+        out.update(
+            split=split,
+            status=status,
+            reason=reason,
+            source_sizes=sizes,
+            chosen_px=chosen,
+            rejected_px=rejected,
+        )
+        return out
+
+
+def prepare(
+    shards: list[Shard],
+    out_dir: str,
+    *,
+    layout: str,
+    image_size: int,
+    max_pixels: int,
+    decode_actors: int,
+    cpus_per_actor: float,
+    batch_size: int,
+    eval_fraction: float | None,
+    split: str | None = None,
+) -> PreparedData:
+    """Read, validate and decode ``shards`` with Ray Data; write all rows to ``out_dir``.
+
+    ``eval_fraction`` set: rows are split into train/eval by a hash of pair_id.
+    ``split`` set instead: every row belongs to that split (e.g. ``--eval`` data).
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    units, total_rows = plan_reads(shards, layout)
+    t0 = time.perf_counter()
+    ds = ray.data.from_items([{"unit": u} for u in units])
+    ds = ds.map_batches(
+        _read_unit, batch_size=1, fn_kwargs={"eval_fraction": eval_fraction}, num_cpus=0.5
+    )
+    ds = ds.map_batches(
+        PairDecoder,
+        fn_constructor_kwargs={"image_size": image_size, "max_pixels": max_pixels, "split": split},
+        batch_size=batch_size,
+        compute=ActorPoolStrategy(min_size=1, max_size=decode_actors),
+        num_cpus=cpus_per_actor,
+        batch_format="numpy",
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    ds.write_parquet(out_dir)
+    decode_s = time.perf_counter() - t0
+
+    meta = pads.dataset(out_dir, format="parquet").to_table(
+        columns=["split", "status", "reason", "source_sizes"]
+    )
+    if meta.num_rows != total_rows:
+        raise RuntimeError(  # an internal invariant, not a user error
+            f"ingest wrote {meta.num_rows} rows but the shards hold {total_rows}: rows were lost"
+        )
+    counts: dict[str, RowCounts] = {}
+    for sp, st, rs in zip(
+        meta["split"].to_pylist(), meta["status"].to_pylist(), meta["reason"].to_pylist()
+    ):
+        c = counts.setdefault(sp, RowCounts())
+        c.read += 1
+        if st == OK:
+            c.used += 1
+        elif st == QUARANTINED:
+            c.quarantined += 1
+            key = rs.split(" (", 1)[0]
+            c.reasons[key] = c.reasons.get(key, 0) + 1
+        else:
+            c.excluded += 1
+            c.reasons[rs] = c.reasons.get(rs, 0) + 1
+    sizes: Counter[str] = Counter()
+    for s in meta["source_sizes"].to_pylist():
+        if s:
+            sizes.update(s.split(","))
+    return PreparedData(out_dir, counts, dict(sizes.most_common(50)), decode_s)
+
+
+def write_quarantine(prepared: list[PreparedData], path: str) -> int:
+    """All quarantined rows of the given datasets -> one Parquet file; returns the count."""
+    cols = ["pair_id", "prompt", "shard", "row", "split", "reason", "meta"]
+    tables = []
+    for p in prepared:
+        d = pads.dataset(p.path, format="parquet")
+        tables.append(d.to_table(columns=cols, filter=pc.field("status") == QUARANTINED))
+    table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in cols})
+    pq.write_table(table, path)
+    return table.num_rows
+
+
+def check_quarantine(counts: dict[str, RowCounts], max_fraction: float) -> None:
+    for split, c in counts.items():
+        if c.read and c.quarantined / c.read > max_fraction:
+            raise DataError(
+                f"{split} data: {c.quarantined} of {c.read} rows quarantined "
+                f"({c.quarantined / c.read:.1%}), over data.max_quarantine_fraction="
+                f"{max_fraction}. Reasons: {json.dumps(c.reasons)}. See quarantine.parquet "
+                "for the rows; fix the data or raise the limit."
+            )
+
+
+def usable_pairs(prepared_path: str, split: str, with_ids: bool = False):
+    """The usable rows of one split as a streaming Ray Dataset of uint8 pixel tensors."""
+    import ray
+    from ray.data.expressions import col
+
+    ds = ray.data.read_parquet(prepared_path)
+    ds = ds.filter(expr=(col("status") == OK) & (col("split") == split))
+    return ds.select_columns((["pair_id"] if with_ids else []) + ["chosen_px", "rejected_px"])
+
+
+@dataclass
+class PreparedSplits:
+    """Output of the prepare step: where the decoded pairs are, and how every row ended."""
+
+    train_path: str
+    eval_path: str
+    counts: dict[str, RowCounts]
+    quarantine_path: str
+    image_size: int
+
+    def rows_summary(self) -> dict[str, dict[str, int]]:
+        return {
+            split: {k: v for k, v in c.as_dict().items() if k != "reasons"}
+            for split, c in sorted(self.counts.items())
+        }
+
+
+def prepare_step(cfg, train_shards: list[Shard], eval_shards: list[Shard], run_dir: str) -> PreparedSplits:
+    """Ingest train (and eval) data, write quarantine, log counts and the data report."""
+    import mlflow
+
+    d = cfg.data
+    common = dict(
+        layout=d.layout,
+        image_size=d.image_size,
+        max_pixels=d.max_pixels,
+        decode_actors=d.decode_actors,
+        cpus_per_actor=d.cpus_per_actor,
+        batch_size=d.decode_batch_size,
+    )
+    prepared = []
+    if eval_shards:
+        tr = prepare(train_shards, os.path.join(run_dir, "prepared", "train"),
+                     eval_fraction=None, split="train", **common)
+        ev = prepare(eval_shards, os.path.join(run_dir, "prepared", "eval"),
+                     eval_fraction=None, split="eval", **common)
+        prepared = [tr, ev]
+        counts = {"train": tr.counts.get("train", RowCounts()), "eval": ev.counts.get("eval", RowCounts())}
+        train_path, eval_path = tr.path, ev.path
+    else:
+        both = prepare(train_shards, os.path.join(run_dir, "prepared", "all"),
+                       eval_fraction=d.eval_fraction, **common)
+        prepared = [both]
+        counts = {s: both.counts.get(s, RowCounts()) for s in ("train", "eval")}
+        train_path = eval_path = both.path
+
+    quarantine_path = os.path.join(run_dir, "quarantine.parquet")
+    n_quarantined = write_quarantine(prepared, quarantine_path)
+    metrics = {}
+    for split, c in counts.items():
+        for k in ("read", "used", "quarantined", "excluded"):
+            metrics[f"rows/{split}/{k}"] = getattr(c, k)
+    metrics["data/decode_s"] = sum(p.decode_s for p in prepared)
+    mlflow.log_metrics(metrics)
+    mlflow.log_artifact(quarantine_path, "data")
+    sizes: Counter[str] = Counter()
+    for p in prepared:
+        sizes.update(p.image_sizes)
+    mlflow.log_text(
+        json.dumps(
+            {
+                "counts": {s: c.as_dict() for s, c in counts.items()},
+                "quarantined_total": n_quarantined,
+                "source_image_sizes": dict(sizes.most_common(50)),
+                "decoded_size": [3, d.image_size, d.image_size],
+                "split": "--eval data" if eval_shards else f"hash of pair_id, eval_fraction={d.eval_fraction}",
+                "decode_s": metrics["data/decode_s"],
+            },
+            indent=2,
+        ),
+        "data/report.json",
+    )
+    log.info("rows: %s", {s: c.as_dict() for s, c in counts.items()})
+    check_quarantine(counts, d.max_quarantine_fraction)
+    for split in ("train", "eval"):
+        if counts[split].used == 0:
+            raise DataError(
+                f"{split} data: no usable pairs out of {counts[split].read} rows read "
+                f"(reasons: {json.dumps(counts[split].reasons)})"
+            )
+    return PreparedSplits(train_path, eval_path, counts, quarantine_path, d.image_size)

@@ -1,0 +1,80 @@
+"""Pairwise preference objectives for scorers (the DPO family, names as in TRL's ``loss_type``).
+
+A scorer maps an input to a scalar ``s(x)``. With an optional frozen reference scorer
+``s_ref``, the log-ratio difference of a pair is
+
+    h = (s(x_c) - s_ref(x_c)) - (s(x_r) - s_ref(x_r))          (reference scores 0 if absent)
+
+and the objectives are (beta > 0, eps = label smoothing):
+
+    bt / dpo : -logsigmoid(beta * h)          bt is the seed post's log(1 + exp(beta (s_r - s_c)))
+                                              (Rafailov et al. 2023, eq. 7, with s as log-density)
+    ipo      : (h - 1 / (2 beta))^2            (Azar et al. 2023, eq. 17)
+    hinge    : relu(1 - beta * h)              (SLiC, Zhao et al. 2023)
+    robust   : ((1 - eps) * -logsigmoid(beta h) + eps * logsigmoid(-beta h)) / (1 - 2 eps)
+                                              (Chowdhury et al. 2024, unbiased under label noise)
+
+``bt`` with ``label_smoothing > 0`` is conservative DPO (cDPO):
+``-(1 - eps) logsigmoid(beta h) - eps logsigmoid(-beta h)``.
+
+Everything is written with ``logsigmoid``/``softplus`` so that score gaps of 1e4 give finite
+losses and gradients (the literal ``log(1 + exp(.))`` overflows at a gap of ~100 in fp32).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def preference_loss(
+    s_chosen: Tensor,
+    s_rejected: Tensor,
+    *,
+    loss_type: str = "bt",
+    beta: float = 1.0,
+    label_smoothing: float = 0.0,
+    center_rewards_coefficient: float = 0.0,
+    ref_chosen: Tensor | None = None,
+    ref_rejected: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Mean loss over a batch of pairs, and TRL-named metrics (detached).
+
+    Shapes: every tensor is ``(N,)``. Returns ``(loss, metrics)`` where metrics holds
+    ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins`` (means of the implicit rewards
+    ``beta * (s - s_ref)``) and ``rewards/accuracies`` (share of pairs with a strictly higher
+    chosen reward; a tie counts as wrong).
+    """
+    s_chosen = s_chosen.float()
+    s_rejected = s_rejected.float()
+    if loss_type == "dpo" and (ref_chosen is None or ref_rejected is None):
+        raise ValueError("loss_type='dpo' needs reference scores ref_chosen/ref_rejected")
+    lr_c = s_chosen - (ref_chosen.float() if ref_chosen is not None else 0.0)
+    lr_r = s_rejected - (ref_rejected.float() if ref_rejected is not None else 0.0)
+    h = lr_c - lr_r
+    eps = label_smoothing
+    if loss_type in ("bt", "dpo"):
+        losses = -(1 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
+    elif loss_type == "ipo":
+        losses = (h - 1.0 / (2.0 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = torch.relu(1.0 - beta * h)
+    elif loss_type == "robust":
+        losses = ((1 - eps) * -F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (
+            1 - 2 * eps
+        )
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}; use bt, dpo, ipo, hinge or robust")
+    loss = losses.mean()
+    if center_rewards_coefficient:
+        loss = loss + center_rewards_coefficient * ((s_chosen + s_rejected) ** 2).mean()
+    r_c = (beta * lr_c).detach()
+    r_r = (beta * lr_r).detach()
+    metrics = {
+        "rewards/chosen": r_c.mean(),
+        "rewards/rejected": r_r.mean(),
+        "rewards/margins": (r_c - r_r).mean(),
+        "rewards/accuracies": (r_c > r_r).float().mean(),
+    }
+    return loss, metrics

@@ -1,0 +1,195 @@
+"""Sample preference pairs from the photographs shipped inside the scikit-image wheel.
+
+The preferred image is a clean crop of a photo; the rejected one is the same crop degraded
+(blur, noise, heavy JPEG, down/up-sampling). Photos are split between train and eval, so eval
+accuracy measures generalisation to photos the model never saw. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from importlib import resources
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageFilter
+
+TRAIN_PHOTOS = (
+    "astronaut.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg", "ihc.png",
+    "camera.png", "brick.png", "grass.png", "coins.png", "motorcycle_left.png", "page.png",
+)
+EVAL_PHOTOS = (
+    "chelsea.png", "retina.jpg", "gravel.png", "moon.png", "cell.png", "motorcycle_right.png",
+)
+DEGRADATIONS = ("blur", "noise", "jpeg", "downsample")
+FORMATS = ("JPEG", "PNG", "WEBP")
+
+
+def load_photo(name: str) -> Image.Image:
+    path = resources.files("skimage") / "data" / name
+    with path.open("rb") as f:
+        img = Image.open(f)
+        img.load()
+    return img
+
+
+def _crop(img: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+    w, h = img.size
+    side = int(min(w, h) * rng.uniform(0.35, 0.9))
+    x = int(rng.integers(0, w - side + 1))
+    y = int(rng.integers(0, h - side + 1))
+    return img.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.LANCZOS)
+
+
+def degrade(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
+    size = img.size
+    if kind == "blur":
+        return img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(1.2, 2.5))))
+    if kind == "noise":
+        arr = np.asarray(img.convert("RGB") if img.mode == "P" else img, dtype=np.float32)
+        arr = arr + rng.normal(0.0, rng.uniform(15, 35), arr.shape)
+        return Image.fromarray(arr.clip(0, 255).astype(np.uint8), mode=img.mode if img.mode != "P" else "RGB")
+    if kind == "jpeg":
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, "JPEG", quality=int(rng.integers(3, 9)))
+        out = Image.open(io.BytesIO(buf.getvalue()))
+        out.load()
+        return out.convert(img.mode) if img.mode in ("L", "RGB") else out
+    if kind == "downsample":
+        f = int(rng.integers(3, 5))
+        small = img.resize((max(1, size[0] // f), max(1, size[1] // f)), Image.Resampling.BILINEAR)
+        return small.resize(size, Image.Resampling.NEAREST)
+    raise ValueError(f"unknown degradation {kind!r}")
+
+
+def encode(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        img.convert("RGB" if img.mode not in ("L", "RGB") else img.mode).save(buf, "JPEG", quality=92)
+    elif fmt == "WEBP":
+        img.save(buf, "WEBP", quality=95)
+    else:
+        img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _pairs(photos: tuple[str, ...], n: int, size: int, seed: int, prefix: str) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    loaded = {p: load_photo(p) for p in photos}
+    rows = []
+    for i in range(n):
+        name = photos[i % len(photos)]
+        photo = loaded[name]
+        if photo.mode not in ("L", "RGB"):
+            photo = photo.convert("RGB")
+        clean = _crop(photo, size, rng)
+        kind = DEGRADATIONS[int(rng.integers(len(DEGRADATIONS)))]
+        bad = degrade(clean, kind, rng)
+        fmt = FORMATS[int(rng.integers(len(FORMATS)))]
+        rows.append(
+            {
+                "pair_id": f"{prefix}-{i:06d}",
+                "prompt": f"a photo: {name.rsplit('.', 1)[0].replace('_', ' ')}",
+                "chosen": encode(clean, fmt),
+                "rejected": encode(bad, fmt),
+                "photo": name,
+                "degradation": kind,
+                "_clean": clean,
+            }
+        )
+    return rows
+
+
+def _canonical_table(rows: list[dict]) -> pa.Table:
+    return pa.table(
+        {
+            "pair_id": pa.array([r["pair_id"] for r in rows], pa.string()),
+            "prompt": pa.array([r["prompt"] for r in rows], pa.string()),
+            "chosen": pa.array([r["chosen"] for r in rows], pa.binary()),
+            "rejected": pa.array([r["rejected"] for r in rows], pa.binary()),
+            "photo": pa.array([r["photo"] for r in rows], pa.string()),
+            "degradation": pa.array([r["degradation"] for r in rows], pa.string()),
+        }
+    )
+
+
+def _pickapic_table(rows: list[dict], tie_fraction: float, seed: int) -> pa.Table:
+    """Pick-a-Pic v2 columns. A share of rows become ties: two clean crops labelled 0.5/0.5."""
+    rng = np.random.default_rng(seed + 1)
+    cols: dict[str, list] = {k: [] for k in (
+        "caption", "jpg_0", "jpg_1", "label_0", "label_1", "ranking_id", "model_0", "model_1",
+        "has_label", "are_different",
+    )}
+    for i, r in enumerate(rows):
+        if rng.random() < tie_fraction:
+            a, b, l0, l1 = r["chosen"], encode(r["_clean"].transpose(Image.Transpose.FLIP_LEFT_RIGHT), "PNG"), 0.5, 0.5
+        elif rng.random() < 0.5:
+            a, b, l0, l1 = r["chosen"], r["rejected"], 1.0, 0.0
+        else:
+            a, b, l0, l1 = r["rejected"], r["chosen"], 0.0, 1.0
+        cols["caption"].append(r["prompt"])
+        cols["jpg_0"].append(a)
+        cols["jpg_1"].append(b)
+        cols["label_0"].append(l0)
+        cols["label_1"].append(l1)
+        cols["ranking_id"].append(int(r["pair_id"].rsplit("-", 1)[1]) + (0 if r["pair_id"].startswith("train") else 10**6))
+        cols["model_0"].append("clean" if l0 >= l1 else r["degradation"])
+        cols["model_1"].append("clean" if l1 >= l0 else r["degradation"])
+        cols["has_label"].append(True)
+        cols["are_different"].append(True)
+    return pa.table(
+        {
+            "caption": pa.array(cols["caption"], pa.string()),
+            "jpg_0": pa.array(cols["jpg_0"], pa.binary()),
+            "jpg_1": pa.array(cols["jpg_1"], pa.binary()),
+            "label_0": pa.array(cols["label_0"], pa.float64()),
+            "label_1": pa.array(cols["label_1"], pa.float64()),
+            "ranking_id": pa.array(cols["ranking_id"], pa.int64()),
+            "model_0": pa.array(cols["model_0"], pa.string()),
+            "model_1": pa.array(cols["model_1"], pa.string()),
+            "has_label": pa.array(cols["has_label"], pa.bool_()),
+            "are_different": pa.array(cols["are_different"], pa.bool_()),
+        }
+    )
+
+
+def write_image_pairs(
+    out_dir: str,
+    pairs: int = 600,
+    size: int = 64,
+    layout: str = "canonical",
+    shards: int = 2,
+    eval_share: float = 0.25,
+    tie_fraction: float = 0.1,
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """Write ``out_dir/train/*.parquet`` and ``out_dir/eval/*.parquet``; returns the paths."""
+    if pairs < 8:
+        raise ValueError("--pairs must be at least 8 (some for train, some for eval)")
+    n_eval = max(4, int(pairs * eval_share))
+    n_train = pairs - n_eval
+    written: dict[str, list[str]] = {}
+    for split, photos, n, n_shards in (
+        ("train", TRAIN_PHOTOS, n_train, shards),
+        ("eval", EVAL_PHOTOS, n_eval, 1),
+    ):
+        rows = _pairs(photos, n, size, seed + (0 if split == "train" else 1000), split)
+        table = (
+            _canonical_table(rows)
+            if layout == "canonical"
+            else _pickapic_table(rows, tie_fraction, seed)
+        )
+        os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+        paths = []
+        per = -(-table.num_rows // n_shards)
+        for k in range(n_shards):
+            part = table.slice(k * per, per)
+            if part.num_rows == 0:
+                continue
+            p = os.path.join(out_dir, split, f"{split}-{k:05d}.parquet")
+            pq.write_table(part, p, row_group_size=128)
+            paths.append(p)
+        written[split] = paths
+    return written

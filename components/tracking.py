@@ -1,0 +1,74 @@
+"""MLflow tracking: where runs go, what every run records."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from typing import Any
+
+import mlflow
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+class TrackingError(RuntimeError):
+    pass
+
+
+def resolve_tracking_uri(flag: str) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's default sqlite store.
+
+    A relative sqlite path is made absolute, so Ray workers (other working directories) write
+    to the same database as the driver.
+    """
+    uri = flag or os.environ.get("MLFLOW_TRACKING_URI", "") or DEFAULT_TRACKING_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + os.path.abspath(uri[len(prefix):])
+    return uri
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, before Ray or training starts, when a tracking server is unreachable."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            if r.status != 200:
+                raise TrackingError(f"MLflow tracking server {uri} answered {r.status} on /health")
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({e}); start it, or pass another "
+            "--tracking-uri / MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def setup(uri: str, experiment: str) -> str:
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    exp = mlflow.set_experiment(experiment)
+    return exp.experiment_id
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def log_params_flat(flat: dict[str, Any]) -> None:
+    # MLflow caps a param value at 6000 characters; shard lists can be long.
+    mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
+
+
+def log_json_artifact(obj: Any, name: str) -> None:
+    mlflow.log_text(json.dumps(obj, indent=2, sort_keys=True, default=str), name)

@@ -1,0 +1,78 @@
+"""The DPO train step in plain PyTorch: no Ray, no MLflow. Ray Train wraps it.
+
+Inputs are uint8 ``(N, 3, H, W)`` batches of chosen and rejected images; they become float on
+the training device. On CUDA: bf16 autocast and channels_last. On CPU: fp32. Same code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from components.losses import preference_loss
+from components.models import to_model_input
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    loss_type: str = "bt"
+    beta: float = 1.0
+    label_smoothing: float = 0.0
+    center_rewards_coefficient: float = 0.0
+
+    @property
+    def loss_kwargs(self) -> dict:
+        return {
+            "loss_type": self.loss_type,
+            "beta": self.beta,
+            "label_smoothing": self.label_smoothing,
+            "center_rewards_coefficient": self.center_rewards_coefficient,
+        }
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def score_images(model: nn.Module, images: Tensor, device: torch.device) -> Tensor:
+    """uint8 ``(N, 3, H, W)`` -> float32 scores ``(N,)`` on ``device``."""
+    x = to_model_input(images, device, channels_last=device.type == "cuda")
+    with _autocast(device):
+        return model(x).float()
+
+
+def score_pairs(model: nn.Module, chosen: Tensor, rejected: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    """One forward over ``cat([chosen, rejected])`` (BatchNorm sees both halves) -> ``(N,), (N,)``."""
+    n = chosen.shape[0]
+    s = score_images(model, torch.cat([chosen, rejected]), device)
+    return s[:n], s[n:]
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    chosen: Tensor,
+    rejected: Tensor,
+    settings: StepSettings,
+    device: torch.device,
+) -> dict[str, Tensor]:
+    """One optimiser step on a batch of pairs. Returns detached metrics on ``device``
+    (no host sync here; the caller decides when to read them)."""
+    model.train()
+    s_c, s_r = score_pairs(model, chosen, rejected, device)
+    loss, metrics = preference_loss(s_c, s_r, **settings.loss_kwargs)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": loss.detach(), **metrics}
+
+
+@torch.no_grad()
+def eval_scores(model: nn.Module, chosen: Tensor, rejected: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    model.eval()
+    return score_pairs(model, chosen, rejected, device)

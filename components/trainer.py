@@ -1,0 +1,221 @@
+"""Ray Train: data-parallel DPO training of a scorer over the prepared uint8 pairs.
+
+The worker loop only reads its ``get_dataset_shard("train")``, runs the plain-PyTorch
+``train_step``, reports metrics and checkpoints every epoch. Rank 0 sends metrics to MLflow
+every ``log_every_steps`` steps and at every epoch end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from components.config import RunConfig
+from components.models import build_scorer
+from components.train_step import StepSettings, train_step
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass
+class TrainOutcome:
+    state_dict: dict[str, torch.Tensor]  # trained weights, on CPU
+    metrics: dict[str, float]  # last epoch's reported metrics
+    epochs: int
+    checkpoint_path: str
+    failure_marker: str  # exists when an injected failure fired
+
+
+def _log_metrics(client, run_id: str | None, metrics: dict[str, float], step: int) -> None:
+    if client is None or run_id is None:
+        return
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(values)
+    return values
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    t = loop_config["train"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(t["seed"] + rank)
+    device = ray.train.torch.get_device()
+    settings = StepSettings(**loop_config["step"])
+
+    model = build_scorer(loop_config["model_name"])
+    optimizer_state = None
+    start_epoch, step = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu")
+        model.load_state_dict(state["model"])
+        optimizer_state = state["optimizer"]
+        start_epoch, step = state["epoch"], state["step"]
+    model = ray.train.torch.prepare_model(model)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+
+    client = None
+    if rank == 0 and loop_config.get("mlflow_run_id"):
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=loop_config["tracking_uri"])
+    run_id = loop_config.get("mlflow_run_id")
+
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(start_epoch, t["epochs"]):
+        marker = loop_config.get("failure_marker")
+        if t["inject_failure_at_epoch"] == epoch and marker and not os.path.exists(marker):
+            with open(marker, "w") as f:
+                f.write(f"injected failure at epoch {epoch}, rank {rank}\n")
+            raise RuntimeError(f"injected failure at epoch {epoch} (train.inject_failure_at_epoch)")
+
+        sums = torch.zeros(6, device=device)  # loss, r_c, r_r, margin, acc (pair-weighted), pairs
+        t0, first_batch_at = time.perf_counter(), None
+        for batch in shard.iter_torch_batches(
+            batch_size=t["batch_size"],
+            dtypes=torch.uint8,
+            device="cpu",
+            prefetch_batches=2,
+            local_shuffle_buffer_size=t["batch_size"] * 8,
+            local_shuffle_seed=t["seed"] + epoch,
+        ):
+            if first_batch_at is None:
+                first_batch_at = time.perf_counter()
+            chosen, rejected = batch["chosen_px"], batch["rejected_px"]
+            m = train_step(model, optimizer, chosen, rejected, settings, device)
+            n = chosen.shape[0]
+            sums += torch.stack(
+                [m["loss"] * n, m["rewards/chosen"] * n, m["rewards/rejected"] * n,
+                 m["rewards/margins"] * n, m["rewards/accuracies"] * n,
+                 torch.tensor(float(n), device=device)]
+            )
+            step += 1
+            if step % t["log_every_steps"] == 0:
+                _log_metrics(client, run_id, {f"train/{k}": v.item() for k, v in m.items()}, step)
+        elapsed = time.perf_counter() - t0
+        sums = _all_reduce_sum(sums).cpu()
+        pairs = int(sums[5].item())
+        if pairs == 0:
+            raise RuntimeError("the training shard yielded no pairs; check the prepared data")
+        epoch_metrics = {
+            "train/loss": sums[0].item() / pairs,
+            "train/rewards/chosen": sums[1].item() / pairs,
+            "train/rewards/rejected": sums[2].item() / pairs,
+            "train/rewards/margins": sums[3].item() / pairs,
+            "train/rewards/accuracies": sums[4].item() / pairs,
+            "train/pairs_per_epoch": float(pairs),
+            # All workers' pairs over this worker's wall time for the epoch (data wait included).
+            "train/pairs_per_s": pairs / elapsed,
+            "train/time_to_first_batch_s": (first_batch_at or t0) - t0,
+            "epoch": float(epoch + 1),
+        }
+        _log_metrics(client, run_id, epoch_metrics, step)
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if rank == 0:
+                raw = model.module if hasattr(model, "module") else model
+                torch.save(
+                    {
+                        "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "config": loop_config,
+                    },
+                    os.path.join(d, CHECKPOINT_FILE),
+                )
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report({**epoch_metrics, "step": step, "world_size": world}, checkpoint=ckpt)
+
+
+def fit(
+    cfg: RunConfig,
+    train_ds,
+    storage_path: str,
+    run_name: str,
+    mlflow_run_id: str | None,
+    tracking_uri: str | None,
+) -> TrainOutcome:
+    """Run Ray Train's TorchTrainer; the same ``run_name`` + ``storage_path`` resume."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
+    if t.use_gpu == "auto":
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    else:
+        use_gpu = t.use_gpu == "true"
+    os.makedirs(storage_path, exist_ok=True)
+    marker = os.path.join(storage_path, f"{run_name}.injected-failure")
+    loop_config = {
+        "train": {
+            k: getattr(t, k)
+            for k in ("epochs", "batch_size", "lr", "weight_decay", "seed", "log_every_steps",
+                      "inject_failure_at_epoch")
+        },
+        "step": {
+            "loss_type": cfg.loss.type,
+            "beta": cfg.loss.beta,
+            "label_smoothing": cfg.loss.label_smoothing,
+            "center_rewards_coefficient": cfg.loss.center_rewards_coefficient,
+        },
+        "model_name": cfg.model.name,
+        "mlflow_run_id": mlflow_run_id,
+        "tracking_uri": tracking_uri,
+        "failure_marker": marker,
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=t.workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=RayRunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
+        ),
+        datasets={"train": train_ds},
+    )
+    log.info("training %s on %d worker(s), gpu=%s", cfg.model.name, t.workers, use_gpu)
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")  # internal invariant
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu")
+    return TrainOutcome(
+        state_dict=state["model"],
+        metrics={k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))},
+        epochs=int(state["epoch"]),
+        checkpoint_path=result.checkpoint.path,
+        failure_marker=marker,
+    )

@@ -1,0 +1,123 @@
+"""Command line: ``python -m pipelines run image ...`` and ``python -m pipelines sample-data ...``.
+
+The same command is the entry point of a Ray job:
+``ray job submit --working-dir . -- python -m pipelines run image --train ...``.
+The last line of stdout is the run summary as JSON; the exit code is non-zero on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from typing import Any
+
+from components.config import ConfigError, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a training workflow")
+    run.add_argument("modality", choices=["image"])
+    run.add_argument("--train", action="append", default=[], metavar="PATH",
+                     help="training shards: file, directory or glob (local or s3://, gs://); repeatable")
+    run.add_argument("--eval", action="append", default=[], metavar="PATH",
+                     help="eval shards; default: a hash split of the training pairs")
+    run.add_argument("--layout", choices=["auto", "canonical", "pickapic"])
+    run.add_argument("--epochs", type=int)
+    run.add_argument("--workers", type=int, help="Ray Train workers (data-parallel)")
+    run.add_argument("--model-name", help="registered model name (default image-scorer)")
+    run.add_argument("--experiment", help="MLflow experiment (default image-dpo)")
+    run.add_argument("--run-name", help="MLflow run name; also names the Ray Train run (resume)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                     "else sqlite:///mlflow.db)")
+    run.add_argument("--output-dir", help="where prepared data, quarantine and checkpoints go")
+    run.add_argument("--config", help="YAML config file")
+    run.add_argument("--summary", help="also write the JSON summary to this file")
+    run.add_argument("overrides", nargs="*", metavar="key=value",
+                     help="config overrides, e.g. train.lr=3e-4 model.name=seed-cnn")
+
+    sd = sub.add_parser("sample-data", help="write sample preference pairs from scikit-image photos")
+    sd.add_argument("--modality", choices=["image"], default="image")
+    sd.add_argument("--out", required=True)
+    sd.add_argument("--pairs", type=int, default=600)
+    sd.add_argument("--size", type=int, default=64)
+    sd.add_argument("--layout", choices=["canonical", "pickapic"], default="canonical")
+    sd.add_argument("--shards", type=int, default=2)
+    sd.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _cli_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+
+    def put(path: str, value: Any) -> None:
+        if value is None or value == []:
+            return
+        node = tree
+        *parents, leaf = path.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
+
+    put("data.train", a.train)
+    put("data.eval", a.eval)
+    put("data.layout", a.layout)
+    put("train.epochs", a.epochs)
+    put("train.workers", a.workers)
+    put("tracking.model_name", a.model_name)
+    put("tracking.experiment", a.experiment)
+    put("tracking.run_name", a.run_name)
+    put("tracking.tracking_uri", a.tracking_uri)
+    put("output_dir", a.output_dir)
+    return tree
+
+
+def _emit(summary: dict[str, Any], path: str | None) -> None:
+    line = json.dumps(summary, sort_keys=True, default=str)
+    if path:
+        with open(path, "w") as f:
+            f.write(line + "\n")
+    sys.stdout.flush()
+    print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if a.command == "sample-data":
+        from components.sample_data import write_image_pairs
+
+        paths = write_image_pairs(a.out, pairs=a.pairs, size=a.size, layout=a.layout,
+                                  shards=a.shards, seed=a.seed)
+        print(json.dumps({"status": "ok", "paths": paths}))
+        return EXIT_OK
+
+    try:
+        cfg = load_config(a.config, a.overrides, _cli_overrides(a))
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        _emit({"status": "failed", "reason": str(e).replace("\n", " ")}, a.summary)
+        return EXIT_USAGE
+
+    from pipelines.image import run_image
+
+    try:
+        summary = run_image(cfg)
+    except Exception as e:  # every failure ends as one line of JSON and a non-zero exit
+        traceback.print_exc()
+        reason = f"{type(e).__name__}: {e}".replace("\n", " ")
+        _emit({"status": "failed", "reason": reason}, a.summary)
+        return EXIT_FAILED
+    _emit(summary, a.summary)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
