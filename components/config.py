@@ -145,6 +145,11 @@ def _coerce(value: Any, typ: Any, key: str, problems: list[str]) -> Any:
     if typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         problems.append(f"{key}: expected a number, got {value!r}")
         return None
     if typ is str:

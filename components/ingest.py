@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -69,10 +70,12 @@ class PreparedData:
     decode_s: float
 
 
-def _read_unit(batch: dict[str, np.ndarray], eval_fraction: float | None) -> Iterator[dict[str, list]]:
-    """Ray Data read stage: one ReadUnit per input row -> canonical rows in slices."""
-    for unit in batch["unit"]:
-        unit: ReadUnit
+def _read_unit(
+    batch: dict[str, np.ndarray], units: list[ReadUnit], eval_fraction: float | None
+) -> Iterator[dict[str, list]]:
+    """Ray Data read stage: one ReadUnit index per input row -> canonical rows in slices."""
+    for i in batch["unit"]:
+        unit = units[int(i)]
         with unit.shard.filesystem.open_input_file(unit.shard.path) as f:
             table = pq.ParquetFile(f).read_row_group(unit.row_group)
         rows = list(canonical_rows(unit, table, eval_fraction))
@@ -151,9 +154,12 @@ def prepare(
 
     units, total_rows = plan_reads(shards, layout)
     t0 = time.perf_counter()
-    ds = ray.data.from_items([{"unit": u} for u in units])
+    ds = ray.data.from_items([{"unit": i} for i in range(len(units))])
     ds = ds.map_batches(
-        _read_unit, batch_size=1, fn_kwargs={"eval_fraction": eval_fraction}, num_cpus=0.5
+        _read_unit,
+        batch_size=1,
+        fn_kwargs={"units": units, "eval_fraction": eval_fraction},
+        num_cpus=0.5,
     )
     ds = ds.map_batches(
         PairDecoder,
@@ -163,7 +169,9 @@ def prepare(
         num_cpus=cpus_per_actor,
         batch_format="numpy",
     )
-    os.makedirs(out_dir, exist_ok=True)
+    # A rerun with the same run name writes here again: start empty, never append.
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
     ds.write_parquet(out_dir)
     decode_s = time.perf_counter() - t0
 

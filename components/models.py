@@ -47,25 +47,25 @@ def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 class BNCNN(nn.Module):
     """Default scorer: a small BatchNorm CNN with global average pooling.
 
-    Quality cues in preference data (sharpness, noise, compression artefacts) are local, so
-    a few strided conv blocks plus a global pool see them at any resolution at a fraction of
-    ResNet-18's cost (~0.05 vs ~0.15 GFLOPs per 64x64 image).
+    Quality cues in preference data (sharpness, noise, compression artefacts) are local, so a
+    few conv blocks plus a global pool see them at any resolution, at a fraction of ResNet-18's
+    cost: ~0.07 GFLOPs per 64x64 image here vs ~0.15 for ResNet-18.
     """
 
-    def __init__(self, width: int = 32) -> None:
+    def __init__(self, width: int = 16) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            _block(3, w, 1),
-            _block(w, w, 1),
+            _block(3, w, 1),  # full resolution: sees pixel-level noise and blur
             _block(w, 2 * w, 2),
             _block(2 * w, 2 * w, 1),
             _block(2 * w, 4 * w, 2),
-            _block(4 * w, 4 * w, 2),
+            _block(4 * w, 4 * w, 1),
+            _block(4 * w, 8 * w, 2),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
-        self.head = nn.Linear(4 * w, 1)
+        self.head = nn.Linear(8 * w, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x)).squeeze(-1)

@@ -55,16 +55,21 @@ def apply(client: MlflowClient, name: str, decision: PromotionDecision) -> list[
 
 
 def _example_image(eval_path: str) -> bytes:
-    """A real encoded image for the model's input example: the first eval pair, as PNG."""
+    """A real encoded image for the model's input example: the first usable eval pair, as PNG."""
     import io
 
+    import pyarrow.dataset as pads
+    import ray.data  # noqa: F401  (registers Ray's tensor extension type with pyarrow)
     from PIL import Image
 
-    from components.ingest import usable_pairs
+    from components.contract import OK
 
-    px = usable_pairs(eval_path, "eval").take(1)[0]["chosen_px"]  # uint8 (3, S, S)
+    table = pads.dataset(eval_path, format="parquet").head(
+        1, columns=["chosen_px"], filter=pads.field("status") == OK
+    )
+    px = table["chosen_px"].chunk(0).to_numpy()[0]  # uint8 (3, S, S)
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(px).transpose(1, 2, 0)).save(buf, "PNG")
+    Image.fromarray(np.ascontiguousarray(px.transpose(1, 2, 0))).save(buf, "PNG")
     return buf.getvalue()
 
 

@@ -57,6 +57,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(t["seed"] + rank)
+    # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this worker reserved.
+    torch.set_num_threads(max(1, int(t["cpus_per_worker"])))
     device = ray.train.torch.get_device()
     settings = StepSettings(**loop_config["step"])
 
@@ -177,7 +179,7 @@ def fit(
         "train": {
             k: getattr(t, k)
             for k in ("epochs", "batch_size", "lr", "weight_decay", "seed", "log_every_steps",
-                      "inject_failure_at_epoch")
+                      "inject_failure_at_epoch", "cpus_per_worker")
         },
         "step": {
             "loss_type": cfg.loss.type,
