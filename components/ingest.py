@@ -41,6 +41,14 @@ log = logging.getLogger(__name__)
 
 READ_SLICE_ROWS = 256  # rows per output block of the read stage; bounds memory per task
 
+# Output of the read stage (see contract.canonical_rows); typed so all-null columns stay typed.
+CANONICAL_SCHEMA = pa.schema([
+    ("pair_id", pa.string()), ("prompt", pa.string()), ("chosen", pa.binary()),
+    ("rejected", pa.binary()), ("shard", pa.string()), ("row", pa.int64()),
+    ("split", pa.string()), ("status", pa.string()), ("reason", pa.string()),
+    ("meta", pa.string()),
+])
+
 
 @dataclass
 class RowCounts:
@@ -80,8 +88,7 @@ def _read_unit(
             table = pq.ParquetFile(f).read_row_group(unit.row_group)
         rows = list(canonical_rows(unit, table, eval_fraction))
         for start in range(0, len(rows), READ_SLICE_ROWS):
-            chunk = rows[start : start + READ_SLICE_ROWS]
-            yield {k: [r[k] for r in chunk] for k in chunk[0]}
+            yield pa.Table.from_pylist(rows[start : start + READ_SLICE_ROWS], schema=CANONICAL_SCHEMA)
 
 
 class PairDecoder:
@@ -96,7 +103,7 @@ class PairDecoder:
         self.max_pixels = max_pixels
         self.split = split
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         n = len(batch["pair_id"])
         s = self.size
         chosen = np.zeros((n, 3, s, s), dtype=np.uint8)
@@ -118,17 +125,25 @@ class PairDecoder:
                 status[i], reason[i] = QUARANTINED, f"rejected: {e.reason}"
                 continue
             sizes[i] = f"{cw}x{ch},{rw}x{rh}"
-        out = {k: batch[k] for k in ("pair_id", "prompt", "shard", "row", "meta")}
-        split = batch["split"] if self.split is None else np.array([self.split] * n, dtype=object)
-        out.update(
-            split=split,
-            status=status,
-            reason=reason,
-            source_sizes=sizes,
-            chosen_px=chosen,
-            rejected_px=rejected,
+        split = batch["split"] if self.split is None else [self.split] * n
+        from ray.data.extensions import ArrowTensorArray
+
+        # Explicit types: a batch whose prompts are all null must still write a string column.
+        return pa.table(
+            {
+                "pair_id": pa.array(list(batch["pair_id"]), pa.string()),
+                "prompt": pa.array(list(batch["prompt"]), pa.string()),
+                "shard": pa.array(list(batch["shard"]), pa.string()),
+                "row": pa.array(np.asarray(batch["row"], dtype=np.int64)),
+                "meta": pa.array(list(batch["meta"]), pa.string()),
+                "split": pa.array(list(split), pa.string()),
+                "status": pa.array(list(status), pa.string()),
+                "reason": pa.array(list(reason), pa.string()),
+                "source_sizes": pa.array(list(sizes), pa.string()),
+                "chosen_px": ArrowTensorArray.from_numpy(chosen),
+                "rejected_px": ArrowTensorArray.from_numpy(rejected),
+            }
         )
-        return out
 
 
 def prepare(
@@ -158,6 +173,7 @@ def prepare(
     ds = ds.map_batches(
         _read_unit,
         batch_size=1,
+        batch_format="numpy",
         fn_kwargs={"units": units, "eval_fraction": eval_fraction},
         num_cpus=0.5,
     )

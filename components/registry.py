@@ -28,7 +28,7 @@ class PromotionDecision:
 
 def current_champion(client: MlflowClient, name: str) -> str | None:
     try:
-        return client.get_model_version_by_alias(name, CHAMPION).version
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:
         return None  # no champion yet (or no such model)
 

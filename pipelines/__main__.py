@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML config file")
     run.add_argument("--summary", help="also write the JSON summary to this file")
     run.add_argument("overrides", nargs="*", metavar="key=value",
-                     help="config overrides, e.g. train.lr=3e-4 model.name=seed-cnn")
+                     help="config overrides anywhere on the line, e.g. train.lr=3e-4 model.name=seed-cnn")
 
     sd = sub.add_parser("sample-data", help="write sample preference pairs from scikit-image photos")
     sd.add_argument("--modality", choices=["image"], default="image")
@@ -89,7 +89,14 @@ def _emit(summary: dict[str, Any], path: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
+    parser = _parser()
+    # key=value overrides may sit between options: collect them wherever they are.
+    a, unknown = parser.parse_known_args(argv)
+    stray = [u for u in unknown if u.startswith("-") or "=" not in u]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if a.command == "run":
+        a.overrides = [*a.overrides, *unknown]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.command == "sample-data":
         from components.sample_data import write_image_pairs

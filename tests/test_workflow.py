@@ -1,0 +1,95 @@
+"""The image workflow through its real entry point: local Ray cluster, sqlite MLflow, real files."""
+
+import json
+
+import mlflow
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.__main__ import main
+
+pytestmark = pytest.mark.slow
+
+FAST = ["data.image_size=48", "train.batch_size=16", "train.log_every_steps=2"]
+
+
+def _run(args, tmp_path, capsys, name="s.json"):
+    summary_path = tmp_path / name
+    rc = main(["run", "image", *args, "--summary", str(summary_path)])
+    out_lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(summary_path.read_text())
+    assert json.loads(out_lines[-1]) == summary  # the last stdout line is the summary
+    return rc, summary
+
+
+def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tracking_uri, tmp_path, capsys):
+    args = ["--train", str(sample_dir / "train"), "--eval", str(sample_dir / "eval"),
+            "--epochs", "5", "--tracking-uri", tracking_uri, "--output-dir", str(tmp_path / "out"),
+            *FAST]
+    rc, s = _run(args, tmp_path, capsys)
+    assert rc == 0, s
+    assert s["status"] == "ok"
+
+    # Learned: eval pairs come from photos never seen in training.
+    assert s["metrics"]["eval/accuracy"] >= 0.75, s["metrics"]
+    assert s["metrics"]["train/loss"] < 0.6
+
+    # Counting invariant, against the row counts in the files themselves.
+    for split in ("train", "eval"):
+        r = s["rows"][split]
+        on_disk = sum(pq.ParquetFile(p).metadata.num_rows for p in (sample_dir / split).glob("*.parquet"))
+        assert r["read"] == on_disk == r["used"] + r["quarantined"] + r["excluded"]
+
+    # Registered, and promoted because there was no champion.
+    assert (s["model_name"], s["model_version"], s["promoted"]) == ("image-scorer", "1", True)
+    assert set(s["aliases"]) == {"challenger", "champion"}
+
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(s["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "5" and run.data.params["model.name"] == "bn-cnn"
+    assert len(run.data.tags["data.train.fingerprint"]) == 16
+    assert "CPU" in json.loads(run.data.tags["ray.cluster_resources"])
+    assert run.data.metrics["rows/train/read"] == s["rows"]["train"]["read"]
+    steps = client.get_metric_history(s["run_id"], "train/loss")
+    assert len(steps) >= 4  # per step (every 2) and per epoch, from rank 0
+    artifacts = {a.path for a in client.list_artifacts(s["run_id"])} | {
+        a.path for a in client.list_artifacts(s["run_id"], "data")}
+    assert {"config.yaml", "data/quarantine.parquet", "data/report.json", "promotion.json"} <= artifacts
+    assert json.loads(client.get_model_version("image-scorer", "1").tags["promotion"])["promote"] is True
+
+    # A consumer loads the champion by alias and scores raw encoded bytes.
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/image-scorer@champion")
+    ev = pq.read_table(sample_dir / "eval").to_pandas()
+    s_c = model.predict(pd.DataFrame({"image": ev["chosen"]}))
+    s_r = model.predict(pd.DataFrame({"image": ev["rejected"]}))
+    assert len(s_c) == len(ev)
+    assert (s_c > s_r).mean() >= 0.75
+    with pytest.raises(ValueError, match="row 1: not a decodable image"):
+        model.predict(pd.DataFrame({"image": [ev["chosen"][0], b"junk"]}))
+
+    # A second model on the same eval data: registered as version 2 and challenger; champion
+    # moves only if its eval/accuracy is at least the champion's.
+    rc, s2 = _run([*args, "model.name=seed-cnn", "--epochs", "1"], tmp_path, capsys, "s2.json")
+    assert rc == 0 and s2["model_version"] == "2"
+    champ_acc = client.get_run(s2["run_id"]).data.metrics["eval/champion_accuracy"]
+    assert champ_acc == pytest.approx(s["metrics"]["eval/accuracy"], abs=1e-9)  # same eval data
+    should_promote = s2["metrics"]["eval/accuracy"] >= champ_acc
+    assert s2["promoted"] is should_promote
+    champion = client.get_model_version_by_alias("image-scorer", "champion").version
+    assert champion == ("2" if should_promote else "1")
+    assert client.get_model_version_by_alias("image-scorer", "challenger").version == "2"
+
+
+def test_bad_config_and_bad_data_fail_with_one_line_reasons(ray_cluster, tmp_path, tracking_uri, capsys):
+    rc, s = _run(["--train", str(tmp_path / "nothing-here"), "train.lr=-1",
+                  "--tracking-uri", tracking_uri], tmp_path, capsys)
+    assert rc == 2 and s["status"] == "failed" and "train.lr" in s["reason"]
+    rc, s = _run(["--train", str(tmp_path / "nothing-here"), "--tracking-uri", tracking_uri],
+                 tmp_path, capsys)
+    assert rc == 1 and "no Parquet shards found" in s["reason"]
+    rc, s = _run(["--train", str(tmp_path), "--tracking-uri", "http://127.0.0.1:9"], tmp_path, capsys)
+    assert rc == 1 and "http://127.0.0.1:9 is unreachable" in s["reason"]
