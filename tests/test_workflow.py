@@ -79,9 +79,9 @@ def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tra
     assert champ_acc == pytest.approx(s["metrics"]["eval/accuracy"], abs=1e-9)  # same eval data
     should_promote = s2["metrics"]["eval/accuracy"] >= champ_acc
     assert s2["promoted"] is should_promote
-    champion = client.get_model_version_by_alias("image-scorer", "champion").version
+    champion = str(client.get_model_version_by_alias("image-scorer", "champion").version)
     assert champion == ("2" if should_promote else "1")
-    assert client.get_model_version_by_alias("image-scorer", "challenger").version == "2"
+    assert str(client.get_model_version_by_alias("image-scorer", "challenger").version) == "2"
 
 
 def test_bad_config_and_bad_data_fail_with_one_line_reasons(ray_cluster, tmp_path, tracking_uri, capsys):

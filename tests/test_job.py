@@ -1,0 +1,116 @@
+"""The workflow as a Ray job on a real head node started with `ray start --head`.
+
+Ray 2.60 turns token authentication on: the head runs with RAY_AUTH_MODE=token and a token
+generated here; the job client sends it as a bearer token.
+"""
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+# What a job must not upload: the virtualenv, run outputs, generated data, git history.
+EXCLUDES = [".venv", ".git", "outputs", "data", "mlflow.db", "mlruns", "*.egg-info",
+            ".pytest_cache", ".ruff_cache", "__pycache__", "benchmarks/out"]
+
+
+def _free_ports(n):
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    token = secrets.token_hex(32)
+    (gcs, dash, client, agent, agent_grpc, metrics, rt_env, nm, om) = _free_ports(9)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+           f"--port={gcs}", "--num-cpus=3", "--include-dashboard=true",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+           f"--runtime-env-agent-port={rt_env}", f"--node-manager-port={nm}",
+           f"--object-manager-port={om}", f"--temp-dir={tmp_path / 'ray'}"]
+    # Its own process group: stopping it must not touch the test session's cluster
+    # (`ray stop` would kill every Ray process on the machine).
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
+                            stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT)
+    address = f"http://127.0.0.1:{dash}"
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.time() + 120
+    client_ = None
+    while time.time() < deadline:
+        try:
+            client_ = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
+            client_.list_jobs()
+            break
+        except Exception:
+            client_ = None
+            if proc.poll() is not None:
+                raise RuntimeError((tmp_path / "head.log").read_text())
+            time.sleep(2)
+    if client_ is None:
+        raise RuntimeError("Ray head did not come up:\n" + (tmp_path / "head.log").read_text())
+    yield client_, token, address
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_unauthenticated_clients_are_refused(ray_head):
+    from ray.job_submission import JobSubmissionClient
+
+    _, _, address = ray_head
+    with pytest.raises(Exception):
+        JobSubmissionClient(address, headers={"Authorization": "Bearer wrong"}).list_jobs()
+
+
+def test_workflow_runs_as_a_ray_job(ray_head, sample_dir, tmp_path):
+    from ray.job_submission import JobStatus
+
+    client, _, _ = ray_head
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    entrypoint = (
+        f"{sys.executable} -m pipelines run image --train {sample_dir / 'train'} "
+        f"--eval {sample_dir / 'eval'} --epochs 1 --tracking-uri {uri} "
+        f"--output-dir {tmp_path / 'out'} --model-name job-scorer "
+        "data.image_size=32 train.batch_size=16"
+    )
+    job_id = client.submit_job(
+        entrypoint=entrypoint,
+        runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES},
+    )
+    deadline = time.time() + 600
+    status = None
+    while time.time() < deadline:
+        status = client.get_job_status(job_id)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            break
+        time.sleep(3)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-5000:]
+    last = [line for line in logs.strip().splitlines() if line.startswith("{")][-1]
+    assert '"status": "ok"' in last and '"model_version": "1"' in last
+    mv = MlflowClient(uri).get_model_version_by_alias("job-scorer", "champion")
+    assert str(mv.version) == "1"
