@@ -17,8 +17,9 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -200,7 +201,8 @@ def prepare(
         )
     counts: dict[str, RowCounts] = {}
     for sp, st, rs in zip(
-        meta["split"].to_pylist(), meta["status"].to_pylist(), meta["reason"].to_pylist()
+        meta["split"].to_pylist(), meta["status"].to_pylist(), meta["reason"].to_pylist(),
+        strict=True,
     ):
         c = counts.setdefault(sp, RowCounts())
         c.read += 1

@@ -6,7 +6,6 @@ import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 

@@ -122,7 +122,7 @@ def _pickapic_table(rows: list[dict], tie_fraction: float, seed: int) -> pa.Tabl
         "caption", "jpg_0", "jpg_1", "label_0", "label_1", "ranking_id", "model_0", "model_1",
         "has_label", "are_different",
     )}
-    for i, r in enumerate(rows):
+    for r in rows:
         if rng.random() < tie_fraction:
             a, b, l0, l1 = r["chosen"], encode(r["_clean"].transpose(Image.Transpose.FLIP_LEFT_RIGHT), "PNG"), 0.5, 0.5
         elif rng.random() < 0.5:

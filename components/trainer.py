@@ -163,9 +163,8 @@ def fit(
 ) -> TrainOutcome:
     """Run Ray Train's TorchTrainer; the same ``run_name`` + ``storage_path`` resume."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
-    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t = cfg.train

@@ -80,4 +80,4 @@ def test_a_restarted_run_resumes_from_its_last_checkpoint(ray_cluster, sample_di
     assert [m.value for m in history] == [2.0]  # only the missing epoch was trained
     assert os.path.isdir(second.checkpoint_path)
     assert any(k1 != k2 or not (first.state_dict[k1] == second.state_dict[k2]).all()
-               for k1, k2 in zip(first.state_dict, second.state_dict))  # it kept training
+               for k1, k2 in zip(first.state_dict, second.state_dict, strict=True))  # it kept training

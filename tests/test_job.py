@@ -6,10 +6,12 @@ generated here; the job client sends it as a bearer token.
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,8 +38,11 @@ def _free_ports(n):
     return ports
 
 
-@pytest.fixture
-def ray_head(tmp_path):
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("head")
+    # Ray's socket paths must stay under 107 bytes: a short temp dir of its own.
+    ray_tmp = tempfile.mkdtemp(prefix="vdpo-", dir="/tmp")
     token = secrets.token_hex(32)
     (gcs, dash, client, agent, agent_grpc, metrics, rt_env, nm, om) = _free_ports(9)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
@@ -48,7 +53,7 @@ def ray_head(tmp_path):
            f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
            f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
            f"--runtime-env-agent-port={rt_env}", f"--node-manager-port={nm}",
-           f"--object-manager-port={om}", f"--temp-dir={tmp_path / 'ray'}"]
+           f"--object-manager-port={om}", f"--temp-dir={ray_tmp}"]
     # Its own process group: stopping it must not touch the test session's cluster
     # (`ray stop` would kill every Ray process on the machine).
     proc = subprocess.Popen(cmd, env=env, start_new_session=True,
@@ -66,7 +71,7 @@ def ray_head(tmp_path):
         except Exception:
             client_ = None
             if proc.poll() is not None:
-                raise RuntimeError((tmp_path / "head.log").read_text())
+                raise RuntimeError((tmp_path / "head.log").read_text()) from None
             time.sleep(2)
     if client_ is None:
         raise RuntimeError("Ray head did not come up:\n" + (tmp_path / "head.log").read_text())
@@ -76,13 +81,14 @@ def ray_head(tmp_path):
         proc.wait(60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_unauthenticated_clients_are_refused(ray_head):
     from ray.job_submission import JobSubmissionClient
 
     _, _, address = ray_head
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - the client raises a plain RuntimeError
         JobSubmissionClient(address, headers={"Authorization": "Bearer wrong"}).list_jobs()
 
 

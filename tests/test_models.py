@@ -42,7 +42,7 @@ def test_train_step_learns_a_preference():
     tc, tr = _pairs(64, 32, seed=1)  # held-out crops
     dev = torch.device("cpu")
     first = None
-    for step in range(30):
+    for _ in range(30):
         m = train_step(model, opt, c, r, StepSettings(), dev)
         first = first if first is not None else m["loss"].item()
     assert m["loss"].item() < 0.5 * first
