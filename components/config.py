@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 LAYOUTS = ("auto", "canonical", "pickapic")
-TIE_POLICIES = ("drop",)
-LOSS_TYPES = ("bt", "ipo", "hinge", "robust")
+TIE_POLICIES = ("drop", "soft")
+LOSS_TYPES = ("bt", "dpo", "ipo", "hinge", "robust")
 USE_GPU = ("auto", "true", "false")
 
 
@@ -46,7 +46,6 @@ class DataConfig:
     """Images whose header declares more pixels are quarantined before full decode."""
     max_quarantine_fraction: float = 0.1
     """The run fails when more than this share of a dataset's rows is quarantined."""
-    ties: str = "drop"
     decode_actors: int = 1
     """Size of the preprocessing actor pool that decodes images."""
     cpus_per_actor: float = 1.0
@@ -64,6 +63,9 @@ class LossConfig:
     beta: float = 1.0
     label_smoothing: float = 0.0
     center_rewards_coefficient: float = 0.0
+    reference: str = "init"
+    """Frozen reference for loss.type=dpo: ``init`` (the initial weights) or an MLflow model
+    URI such as ``models:/image-scorer@champion`` (training then starts from its weights)."""
 
 
 @dataclass
@@ -95,12 +97,34 @@ class TrackingConfig:
 
 
 @dataclass
+class EvalConfig:
+    slices: list[str] = field(default_factory=list)
+    """Metadata columns to report accuracy per value of (e.g. model_0, photo)."""
+    worst_pairs: int = 8
+    """How many of the most confidently wrong eval pairs to draw in a grid."""
+
+
+@dataclass
+class GateConfig:
+    """Promote the challenger when the lower bound of the paired bootstrap confidence interval
+    of (challenger - champion) accuracy is above -min_delta and the point estimate is > 0."""
+
+    min_delta: float = 0.02
+    confidence: float = 0.95
+    bootstrap_samples: int = 2000
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
+    ties: str = "drop"
+    """Pick-a-Pic-style ties: ``drop`` (excluded, counted) or ``soft`` (target 0.5)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     output_dir: str = "outputs"
 
 
@@ -210,15 +234,17 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate(cfg: RunConfig) -> list[str]:
+def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
     p: list[str] = []
     d, t, lo = cfg.data, cfg.train, cfg.loss
-    if not d.train:
+    if require_train and not d.train:
         p.append("data.train: no training data; pass --train PATH (file, directory or glob)")
     if d.layout not in LAYOUTS:
         p.append(f"data.layout: {d.layout!r} is not one of {', '.join(LAYOUTS)}")
-    if d.ties not in TIE_POLICIES:
-        p.append(f"data.ties: {d.ties!r} is not one of {', '.join(TIE_POLICIES)}")
+    if cfg.ties not in TIE_POLICIES:
+        p.append(f"ties: {cfg.ties!r} is not one of {', '.join(TIE_POLICIES)}")
+    elif cfg.ties == "soft" and cfg.loss.type not in ("bt", "dpo"):
+        p.append(f"ties=soft needs a logistic loss (bt or dpo), not loss.type={cfg.loss.type!r}")
     if not 16 <= d.image_size <= 1024:
         p.append(f"data.image_size: {d.image_size} must be between 16 and 1024 pixels")
     if not d.eval and not 0.0 < d.eval_fraction < 1.0:
@@ -237,10 +263,7 @@ def validate(cfg: RunConfig) -> list[str]:
 
     if cfg.model.name not in SCORERS:
         p.append(f"model.name: {cfg.model.name!r} is not one of {', '.join(SCORERS)}")
-    if lo.type == "dpo":
-        p.append("loss.type: 'dpo' needs a frozen reference scorer, which this version cannot "
-                 "precompute yet; use bt (reference-free DPO) instead")
-    elif lo.type not in LOSS_TYPES:
+    if lo.type not in LOSS_TYPES:
         p.append(f"loss.type: {lo.type!r} is not one of {', '.join(LOSS_TYPES)}")
     if lo.beta <= 0:
         p.append(f"loss.beta: {lo.beta} must be > 0")
@@ -262,6 +285,16 @@ def validate(cfg: RunConfig) -> list[str]:
         p.append("train.max_failures: must be >= 0 (or -1 for unlimited)")
     if t.log_every_steps < 1:
         p.append("train.log_every_steps: must be >= 1")
+    if lo.reference != "init" and not lo.reference.startswith(("models:/", "runs:/")) and "://" not in lo.reference:
+        p.append(f"loss.reference: {lo.reference!r} is neither 'init' nor a model URI "
+                 "(models:/NAME@ALIAS, runs:/RUN_ID/model)")
+    g = cfg.gate
+    if not 0.5 < g.confidence < 1:
+        p.append("gate.confidence: must be in (0.5, 1)")
+    if g.min_delta < 0:
+        p.append("gate.min_delta: must be >= 0")
+    if g.bootstrap_samples < 100:
+        p.append("gate.bootstrap_samples: use at least 100")
     if not cfg.tracking.model_name:
         p.append("tracking.model_name: must not be empty")
     return p
@@ -271,6 +304,7 @@ def load_config(
     path: str | None = None,
     overrides: list[str] | None = None,
     extra: dict[str, Any] | None = None,
+    require_train: bool = True,
 ) -> RunConfig:
     """YAML file < ``extra`` (from CLI flags) < ``key=value`` overrides; validated."""
     problems: list[str] = []
@@ -293,7 +327,7 @@ def load_config(
     tree = _merge(tree, parse_overrides(overrides or [], problems))
     cfg = RunConfig()
     _apply(cfg, tree, "", problems)
-    problems += validate(cfg)
+    problems += validate(cfg, require_train)
     if problems:
         raise ConfigError(problems)
     return cfg

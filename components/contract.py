@@ -229,16 +229,32 @@ def _content_id(a: bytes | None, b: bytes | None) -> str:
     return h.hexdigest()[:32]
 
 
-def canonical_rows(unit: ReadUnit, table: pa.Table, eval_fraction: float | None) -> Iterator[dict[str, Any]]:
+def _optional_float(row: dict[str, Any], key: str, default: float) -> float | None:
+    v = row.get(key, default)
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def canonical_rows(
+    unit: ReadUnit, table: pa.Table, eval_fraction: float | None, ties: str = "drop"
+) -> Iterator[dict[str, Any]]:
     """Map one row group to canonical rows with provenance, split and a status/reason.
 
     ``eval_fraction=None`` means the split is fixed by the caller (the row's split is set
-    later); otherwise it is the hash split.
+    later); otherwise it is the hash split. ``ties``: ``drop`` excludes 0.5/0.5 pairs (and
+    reads 0.7/0.3 as a hard label); ``soft`` keeps ties as target 0.5 and uses non-binary
+    labels as soft targets. ``target`` is the probability that ``chosen`` is preferred.
+    Optional canonical columns ``margin`` and ``weight`` are carried per pair.
     """
     dups = set(unit.duplicate_rows)
     for i, row in enumerate(table.to_pylist()):
         idx = unit.row_offset + i
         status, reason = OK, ""
+        target = 1.0
+        margin = _optional_float(row, "margin", 0.0)
+        weight = _optional_float(row, "weight", 1.0)
         if unit.layout == "canonical":
             pid, chosen, rejected = row.get("pair_id"), row.get("chosen"), row.get("rejected")
             prompt = row.get("prompt")
@@ -252,13 +268,15 @@ def canonical_rows(unit: ReadUnit, table: pa.Table, eval_fraction: float | None)
             if l0 is None or l1 is None or not (0 <= l0 <= 1 and 0 <= l1 <= 1):
                 status, reason = QUARANTINED, f"invalid labels label_0={l0!r} label_1={l1!r}"
                 chosen, rejected = row.get("jpg_0"), row.get("jpg_1")
-            elif l0 == l1:
+            elif l0 == l1 and ties == "drop":
                 status, reason = EXCLUDED, "tie"
                 chosen, rejected = row.get("jpg_0"), row.get("jpg_1")
-            elif l0 > l1:
+            elif l0 >= l1:
                 chosen, rejected = row.get("jpg_0"), row.get("jpg_1")
+                target = l0 / (l0 + l1) if ties == "soft" and l0 + l1 > 0 else 1.0
             else:
                 chosen, rejected = row.get("jpg_1"), row.get("jpg_0")
+                target = l1 / (l0 + l1) if ties == "soft" else 1.0
         if pid is None:
             pid = f"{unit.shard.uri}#{idx}"
             if status == OK:
@@ -266,6 +284,10 @@ def canonical_rows(unit: ReadUnit, table: pa.Table, eval_fraction: float | None)
         pid = str(pid)
         if status == OK and idx in dups:
             status, reason = EXCLUDED, "duplicate pair_id"
+        if status == OK and (margin is None or weight is None or weight < 0):
+            status, reason = QUARANTINED, (
+                f"invalid margin/weight margin={row.get('margin')!r} weight={row.get('weight')!r}"
+            )
         if status == OK and (chosen is None or rejected is None):
             side = "chosen" if chosen is None else "rejected"
             status, reason = QUARANTINED, f"null {side} image"
@@ -280,4 +302,7 @@ def canonical_rows(unit: ReadUnit, table: pa.Table, eval_fraction: float | None)
             "status": status,
             "reason": reason,
             "meta": _meta_json(row, skip),
+            "target": target,
+            "margin": margin if margin is not None else 0.0,
+            "weight": weight if weight is not None else 1.0,
         }

@@ -47,8 +47,10 @@ CANONICAL_SCHEMA = pa.schema([
     ("pair_id", pa.string()), ("prompt", pa.string()), ("chosen", pa.binary()),
     ("rejected", pa.binary()), ("shard", pa.string()), ("row", pa.int64()),
     ("split", pa.string()), ("status", pa.string()), ("reason", pa.string()),
-    ("meta", pa.string()),
+    ("meta", pa.string()), ("target", pa.float64()), ("margin", pa.float64()),
+    ("weight", pa.float64()),
 ])
+PAIR_COLUMNS = ["chosen_px", "rejected_px", "target", "margin", "weight"]
 
 
 @dataclass
@@ -80,14 +82,14 @@ class PreparedData:
 
 
 def _read_unit(
-    batch: dict[str, np.ndarray], units: list[ReadUnit], eval_fraction: float | None
-) -> Iterator[dict[str, list]]:
+    batch: dict[str, np.ndarray], units: list[ReadUnit], eval_fraction: float | None, ties: str
+) -> Iterator[pa.Table]:
     """Ray Data read stage: one ReadUnit index per input row -> canonical rows in slices."""
     for i in batch["unit"]:
         unit = units[int(i)]
         with unit.shard.filesystem.open_input_file(unit.shard.path) as f:
             table = pq.ParquetFile(f).read_row_group(unit.row_group)
-        rows = list(canonical_rows(unit, table, eval_fraction))
+        rows = list(canonical_rows(unit, table, eval_fraction, ties))
         for start in range(0, len(rows), READ_SLICE_ROWS):
             yield pa.Table.from_pylist(rows[start : start + READ_SLICE_ROWS], schema=CANONICAL_SCHEMA)
 
@@ -137,6 +139,9 @@ class PairDecoder:
                 "shard": pa.array(list(batch["shard"]), pa.string()),
                 "row": pa.array(np.asarray(batch["row"], dtype=np.int64)),
                 "meta": pa.array(list(batch["meta"]), pa.string()),
+                "target": pa.array(np.asarray(batch["target"], dtype=np.float64)),
+                "margin": pa.array(np.asarray(batch["margin"], dtype=np.float64)),
+                "weight": pa.array(np.asarray(batch["weight"], dtype=np.float64)),
                 "split": pa.array(list(split), pa.string()),
                 "status": pa.array(list(status), pa.string()),
                 "reason": pa.array(list(reason), pa.string()),
@@ -159,6 +164,7 @@ def prepare(
     batch_size: int,
     eval_fraction: float | None,
     split: str | None = None,
+    ties: str = "drop",
 ) -> PreparedData:
     """Read, validate and decode ``shards`` with Ray Data; write all rows to ``out_dir``.
 
@@ -175,7 +181,7 @@ def prepare(
         _read_unit,
         batch_size=1,
         batch_format="numpy",
-        fn_kwargs={"units": units, "eval_fraction": eval_fraction},
+        fn_kwargs={"units": units, "eval_fraction": eval_fraction, "ties": ties},
         num_cpus=0.5,
     )
     ds = ds.map_batches(
@@ -252,7 +258,7 @@ def usable_pairs(prepared_path: str, split: str, with_ids: bool = False):
 
     ds = ray.data.read_parquet(prepared_path)
     ds = ds.filter(expr=(col("status") == OK) & (col("split") == split))
-    return ds.select_columns((["pair_id"] if with_ids else []) + ["chosen_px", "rejected_px"])
+    return ds.select_columns((["pair_id", "meta"] if with_ids else []) + PAIR_COLUMNS)
 
 
 @dataclass
@@ -284,9 +290,16 @@ def prepare_step(cfg, train_shards: list[Shard], eval_shards: list[Shard], run_d
         decode_actors=d.decode_actors,
         cpus_per_actor=d.cpus_per_actor,
         batch_size=d.decode_batch_size,
+        ties=cfg.ties,
     )
     prepared = []
-    if eval_shards:
+    if not train_shards:  # evaluation only (python -m pipelines evaluate)
+        ev = prepare(eval_shards, os.path.join(run_dir, "prepared", "eval"),
+                     eval_fraction=None, split="eval", **common)
+        prepared = [ev]
+        counts = {"eval": ev.counts.get("eval", RowCounts())}
+        train_path, eval_path = "", ev.path
+    elif eval_shards:
         tr = prepare(train_shards, os.path.join(run_dir, "prepared", "train"),
                      eval_fraction=None, split="train", **common)
         ev = prepare(eval_shards, os.path.join(run_dir, "prepared", "eval"),
@@ -320,7 +333,7 @@ def prepare_step(cfg, train_shards: list[Shard], eval_shards: list[Shard], run_d
                 "quarantined_total": n_quarantined,
                 "source_image_sizes": dict(sizes.most_common(50)),
                 "decoded_size": [3, d.image_size, d.image_size],
-                "split": "--eval data" if eval_shards else f"hash of pair_id, eval_fraction={d.eval_fraction}",
+                "split": "separate eval data" if eval_shards else f"hash of pair_id, eval_fraction={d.eval_fraction}",
                 "decode_s": metrics["data/decode_s"],
             },
             indent=2,
@@ -329,7 +342,7 @@ def prepare_step(cfg, train_shards: list[Shard], eval_shards: list[Shard], run_d
     )
     log.info("rows: %s", {s: c.as_dict() for s, c in counts.items()})
     check_quarantine(counts, d.max_quarantine_fraction)
-    for split in ("train", "eval"):
+    for split in counts:
         if counts[split].used == 0:
             raise DataError(
                 f"{split} data: no usable pairs out of {counts[split].read} rows read "

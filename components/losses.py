@@ -7,7 +7,7 @@ A scorer maps an input to a scalar ``s(x)``. With an optional frozen reference s
 
 and the objectives are (beta > 0, eps = label smoothing):
 
-    bt / dpo : -logsigmoid(beta * h)          bt is the seed post's log(1 + exp(beta (s_r - s_c)))
+    bt / dpo : -logsigmoid(beta * h)          with a soft label p: -p ls(beta h) - (1-p) ls(-beta h)          bt is the seed post's log(1 + exp(beta (s_r - s_c)))
                                               (Rafailov et al. 2023, eq. 7, with s as log-density)
     ipo      : (h - 1 / (2 beta))^2            (Azar et al. 2023, eq. 17)
     hinge    : relu(1 - beta * h)              (SLiC, Zhao et al. 2023)
@@ -38,13 +38,22 @@ def preference_loss(
     center_rewards_coefficient: float = 0.0,
     ref_chosen: Tensor | None = None,
     ref_rejected: Tensor | None = None,
+    target: Tensor | None = None,
+    margin: Tensor | None = None,
+    weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Mean loss over a batch of pairs, and TRL-named metrics (detached).
+    """Weighted mean loss over a batch of pairs, and TRL-named metrics (detached).
 
-    Shapes: every tensor is ``(N,)``. Returns ``(loss, metrics)`` where metrics holds
-    ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins`` (means of the implicit rewards
-    ``beta * (s - s_ref)``) and ``rewards/accuracies`` (share of pairs with a strictly higher
-    chosen reward; a tie counts as wrong).
+    Shapes: every tensor is ``(N,)``. ``target`` is the probability that ``chosen`` is
+    preferred (1 = a hard label, 0.5 = a tie, 0.7 = 7 of 10 raters); the logistic losses
+    (bt, dpo) use it as a soft label: ``-p logsigmoid(z) - (1 - p) logsigmoid(-z)``.
+    ``margin`` shifts the logit, ``z = beta * h - margin`` (TRL's reward-model margin; for ipo
+    the target gap becomes ``(margin + 1/2) / beta``). ``weight`` weighs pairs in the mean.
+
+    Returns ``(loss, metrics)`` where metrics holds ``rewards/chosen``, ``rewards/rejected``,
+    ``rewards/margins`` (means of the implicit rewards ``beta * (s - s_ref)``) and
+    ``rewards/accuracies`` (share of pairs with a strictly higher chosen reward; a tie
+    counts as wrong).
     """
     s_chosen = s_chosen.float()
     s_rejected = s_rejected.float()
@@ -53,20 +62,26 @@ def preference_loss(
     lr_c = s_chosen - (ref_chosen.float() if ref_chosen is not None else 0.0)
     lr_r = s_rejected - (ref_rejected.float() if ref_rejected is not None else 0.0)
     h = lr_c - lr_r
+    m = margin.float() if margin is not None else torch.zeros_like(h)
+    z = beta * h - m
     eps = label_smoothing
     if loss_type in ("bt", "dpo"):
-        losses = -(1 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
+        p = target.float() if target is not None else torch.ones_like(h)
+        p = p * (1 - eps) + (1 - p) * eps  # cDPO label smoothing on top of the soft label
+        losses = -p * F.logsigmoid(z) - (1 - p) * F.logsigmoid(-z)
     elif loss_type == "ipo":
-        losses = (h - 1.0 / (2.0 * beta)) ** 2
+        losses = (h - (m + 0.5) / beta) ** 2
     elif loss_type == "hinge":
-        losses = torch.relu(1.0 - beta * h)
+        losses = torch.relu(1.0 - z)
     elif loss_type == "robust":
-        losses = ((1 - eps) * -F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (
-            1 - 2 * eps
-        )
+        losses = ((1 - eps) * -F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
     else:
         raise ValueError(f"unknown loss_type {loss_type!r}; use bt, dpo, ipo, hinge or robust")
-    loss = losses.mean()
+    if weight is not None:
+        w = weight.float()
+        loss = (losses * w).sum() / w.sum().clamp_min(1e-12)
+    else:
+        loss = losses.mean()
     if center_rewards_coefficient:
         loss = loss + center_rewards_coefficient * ((s_chosen + s_rejected) ** 2).mean()
     r_c = (beta * lr_c).detach()

@@ -53,6 +53,14 @@ def score_pairs(model: nn.Module, chosen: Tensor, rejected: Tensor, device: torc
     return s[:n], s[n:]
 
 
+PER_PAIR_KEYS = ("target", "margin", "weight", "ref_chosen", "ref_rejected")
+
+
+def per_pair(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """The optional ``(N,)`` per-pair columns of a batch, as float32 on ``device``."""
+    return {k: batch[k].to(device, torch.float32) for k in PER_PAIR_KEYS if k in batch}
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -60,12 +68,14 @@ def train_step(
     rejected: Tensor,
     settings: StepSettings,
     device: torch.device,
+    extras: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
-    """One optimiser step on a batch of pairs. Returns detached metrics on ``device``
-    (no host sync here; the caller decides when to read them)."""
+    """One optimiser step on a batch of pairs. ``extras``: optional per-pair ``target``,
+    ``margin``, ``weight``, ``ref_chosen``, ``ref_rejected`` (see ``preference_loss``).
+    Returns detached metrics on ``device`` (no host sync here; the caller decides when)."""
     model.train()
     s_c, s_r = score_pairs(model, chosen, rejected, device)
-    loss, metrics = preference_loss(s_c, s_r, **settings.loss_kwargs)
+    loss, metrics = preference_loss(s_c, s_r, **settings.loss_kwargs, **(extras or {}))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -18,7 +18,7 @@ import torch
 
 from components.config import RunConfig
 from components.models import build_scorer
-from components.train_step import StepSettings, train_step
+from components.train_step import StepSettings, per_pair, train_step
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
         optimizer_state = state["optimizer"]
         start_epoch, step = state["epoch"], state["step"]
+    elif loop_config.get("init_state") is not None:
+        model.load_state_dict(loop_config["init_state"])  # e.g. the DPO reference's weights
     model = ray.train.torch.prepare_model(model)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -98,7 +100,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         t0, first_batch_at = time.perf_counter(), None
         for batch in shard.iter_torch_batches(
             batch_size=t["batch_size"],
-            dtypes=torch.uint8,
+            dtypes={"chosen_px": torch.uint8, "rejected_px": torch.uint8, "target": torch.float32,
+                    "margin": torch.float32, "weight": torch.float32, "ref_chosen": torch.float32,
+                    "ref_rejected": torch.float32},
             device="cpu",
             prefetch_batches=2,
             local_shuffle_buffer_size=t["batch_size"] * 8,
@@ -107,7 +111,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if first_batch_at is None:
                 first_batch_at = time.perf_counter()
             chosen, rejected = batch["chosen_px"], batch["rejected_px"]
-            m = train_step(model, optimizer, chosen, rejected, settings, device)
+            m = train_step(model, optimizer, chosen, rejected, settings, device,
+                           per_pair(batch, device))
             n = chosen.shape[0]
             sums += torch.stack(
                 [m["loss"] * n, m["rewards/chosen"] * n, m["rewards/rejected"] * n,
@@ -160,8 +165,11 @@ def fit(
     run_name: str,
     mlflow_run_id: str | None,
     tracking_uri: str | None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainOutcome:
-    """Run Ray Train's TorchTrainer; the same ``run_name`` + ``storage_path`` resume."""
+    """Run Ray Train's TorchTrainer; the same ``run_name`` + ``storage_path`` resume.
+
+    ``init_state``: starting weights (else the seeded random init); a checkpoint wins."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
@@ -190,6 +198,7 @@ def fit(
         "mlflow_run_id": mlflow_run_id,
         "tracking_uri": tracking_uri,
         "failure_marker": marker,
+        "init_state": init_state,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,

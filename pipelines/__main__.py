@@ -43,6 +43,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", metavar="key=value",
                      help="config overrides anywhere on the line, e.g. train.lr=3e-4 model.name=seed-cnn")
 
+    ev = sub.add_parser("evaluate", help="evaluate a registered scorer on preference data")
+    ev.add_argument("--model", required=True, help="model URI, e.g. models:/image-scorer@champion")
+    ev.add_argument("--data", action="append", required=True, metavar="PATH")
+    ev.add_argument("--layout", choices=["auto", "canonical", "pickapic"])
+    ev.add_argument("--experiment", help="MLflow experiment (default image-dpo)")
+    ev.add_argument("--run-name")
+    ev.add_argument("--tracking-uri")
+    ev.add_argument("--output-dir")
+    ev.add_argument("--config")
+    ev.add_argument("--summary")
+    ev.add_argument("overrides", nargs="*", metavar="key=value")
+
     sd = sub.add_parser("sample-data", help="write sample preference pairs from scikit-image photos")
     sd.add_argument("--modality", choices=["image"], default="image")
     sd.add_argument("--out", required=True)
@@ -66,12 +78,15 @@ def _cli_overrides(a: argparse.Namespace) -> dict[str, Any]:
             node = node.setdefault(k, {})
         node[leaf] = value
 
-    put("data.train", a.train)
-    put("data.eval", a.eval)
+    if a.command == "evaluate":
+        put("data.eval", a.data)
+    else:
+        put("data.train", a.train)
+        put("data.eval", a.eval)
+        put("train.epochs", a.epochs)
+        put("train.workers", a.workers)
+        put("tracking.model_name", a.model_name)
     put("data.layout", a.layout)
-    put("train.epochs", a.epochs)
-    put("train.workers", a.workers)
-    put("tracking.model_name", a.model_name)
     put("tracking.experiment", a.experiment)
     put("tracking.run_name", a.run_name)
     put("tracking.tracking_uri", a.tracking_uri)
@@ -95,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     stray = [u for u in unknown if u.startswith("-") or "=" not in u]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    if a.command == "run":
+    if a.command in ("run", "evaluate"):
         a.overrides = [*a.overrides, *unknown]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.command == "sample-data":
@@ -107,16 +122,22 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
     try:
-        cfg = load_config(a.config, a.overrides, _cli_overrides(a))
+        cfg = load_config(a.config, a.overrides, _cli_overrides(a),
+                          require_train=a.command == "run")
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         _emit({"status": "failed", "reason": str(e).replace("\n", " ")}, a.summary)
         return EXIT_USAGE
 
-    from pipelines.image import run_image
-
     try:
-        summary = run_image(cfg)
+        if a.command == "evaluate":
+            from pipelines.evaluate import run_evaluate
+
+            summary = run_evaluate(cfg, a.model)
+        else:
+            from pipelines.image import run_image
+
+            summary = run_image(cfg)
     except Exception as e:  # every failure ends as one line of JSON and a non-zero exit
         traceback.print_exc()
         reason = f"{type(e).__name__}: {e}".replace("\n", " ")

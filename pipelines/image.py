@@ -13,6 +13,7 @@ from components.config import RunConfig
 from components.contract import resolve_shards
 from components.evaluate import evaluate_step
 from components.lineage import record_run
+from components.reference import reference_step
 from components.runtime import ensure_ray
 
 
@@ -29,15 +30,17 @@ def run_image(cfg: RunConfig) -> dict[str, Any]:
         run_dir = os.path.abspath(os.path.join(cfg.output_dir, cfg.tracking.run_name or run_id))
         record_run(cfg, train_shards, eval_shards)
         data = ingest.prepare_step(cfg, train_shards, eval_shards, run_dir)
+        train_ds, ref, init_state = reference_step(cfg, data.train_path, run_dir)
         outcome = trainer.fit(
             cfg,
-            ingest.usable_pairs(data.train_path, "train"),
+            train_ds,
             storage_path=os.path.join(run_dir, "ray_results"),
             run_name=cfg.tracking.run_name or f"train-{run_id}",
             mlflow_run_id=run_id,
             tracking_uri=uri,
+            init_state=init_state,
         )
-        report = evaluate_step(cfg, outcome, data)
+        report = evaluate_step(cfg, outcome, data, ref)
         registered = registry.register_step(cfg, outcome, report, data)
         return {
             "status": "ok",

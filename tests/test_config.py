@@ -32,9 +32,9 @@ def test_all_errors_are_reported_together():
     assert len(problems) >= 7
 
 
-def test_dpo_without_a_reference_is_refused_with_advice():
-    with pytest.raises(ConfigError, match="use bt"):
-        load_config(None, ["data.train=x", "loss.type=dpo"])
+def test_soft_ties_need_a_logistic_loss():
+    with pytest.raises(ConfigError, match="ties=soft needs a logistic loss"):
+        load_config(None, ["data.train=x", "ties=soft", "loss.type=hinge"])
 
 
 def test_missing_config_file_is_named(tmp_path):

@@ -114,3 +114,29 @@ def test_hash_split_is_deterministic_and_proportional():
     large = {i for i in ids if split_of(i, 0.3) == "eval"}
     assert small <= large
 
+
+
+def test_soft_ties_keep_ties_as_half_targets(tmp_path):
+    p = tmp_path / "pap.parquet"
+    pq.write_table(pa.table({
+        "jpg_0": [A, A, A], "jpg_1": [B, B, B],
+        "label_0": [0.5, 0.3, 1.0], "label_1": [0.5, 0.7, 0.0],
+        "ranking_id": [1, 2, 3],
+    }), p)
+    units, _ = plan_reads(resolve_shards([str(p)]), "auto")
+    rows = list(canonical_rows(units[0], pq.read_table(p), 0.5, ties="soft"))
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    assert [r["target"] for r in rows] == [0.5, pytest.approx(0.7), 1.0]
+    assert rows[1]["chosen"] == B  # the 0.7 side is chosen
+    dropped = list(canonical_rows(units[0], pq.read_table(p), 0.5, ties="drop"))
+    assert [r["status"] for r in dropped] == ["excluded", "ok", "ok"]
+    assert dropped[1]["target"] == 1.0  # a majority label read as hard under drop
+
+
+def test_margin_and_weight_columns_are_carried_and_validated(tmp_path):
+    p = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"pair_id": ["a", "b"], "chosen": [A, A], "rejected": [B, B],
+                             "margin": [0.5, 0.0], "weight": [2.0, -1.0]}), p)
+    rows = _rows(p)
+    assert (rows[0]["margin"], rows[0]["weight"], rows[0]["status"]) == (0.5, 2.0, "ok")
+    assert rows[1]["status"] == "quarantined" and "weight" in rows[1]["reason"]

@@ -1,8 +1,10 @@
 """The image workflow through its real entry point: local Ray cluster, sqlite MLflow, real files."""
 
 import json
+from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -71,17 +73,45 @@ def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tra
     with pytest.raises(ValueError, match="row 1: not a decodable image"):
         model.predict(pd.DataFrame({"image": [ev["chosen"][0], b"junk"]}))
 
-    # A second model on the same eval data: registered as version 2 and challenger; champion
-    # moves only if its eval/accuracy is at least the champion's.
-    rc, s2 = _run([*args, "model.name=seed-cnn", "--epochs", "1"], tmp_path, capsys, "s2.json")
-    assert rc == 0 and s2["model_version"] == "2"
-    champ_acc = client.get_run(s2["run_id"]).data.metrics["eval/champion_accuracy"]
-    assert champ_acc == pytest.approx(s["metrics"]["eval/accuracy"], abs=1e-9)  # same eval data
-    should_promote = s2["metrics"]["eval/accuracy"] >= champ_acc
+    # The evaluation pictures, and the evaluate command on the same data: the same accuracy.
+    pictures = {a.path for a in client.list_artifacts(s["run_id"], "eval")}
+    assert {"eval/score_histograms.png", "eval/reliability.png",
+            "eval/most_confidently_wrong.png"} <= pictures
+    rc = main(["evaluate", "--model", "models:/image-scorer@champion", "--data",
+               str(sample_dir / "eval"), "--tracking-uri", tracking_uri, "--output-dir",
+               str(tmp_path / "out-eval"), "--summary", str(tmp_path / "e.json")])
+    capsys.readouterr()
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert rc == 0, e
+    assert e["metrics"]["eval/accuracy"] == pytest.approx(s["metrics"]["eval/accuracy"], abs=1e-9)
+    assert 0.0 <= e["metrics"]["eval/ece"] <= 1.0
+    assert client.get_run(e["run_id"]).data.tags["workflow"] == "evaluate"
+
+    # Continue from production with reference-anchored DPO: the champion is the frozen
+    # reference (precomputed by Ray Data) and the start point; the gate judges the result
+    # against the champion on the same eval pairs.
+    rc, s2 = _run([*args, "--epochs", "1", "loss.type=dpo", "loss.beta=0.5",
+                   "loss.reference=models:/image-scorer@champion"], tmp_path, capsys, "s2.json")
+    assert rc == 0 and s2["model_version"] == "2", s2
+    ref_table = pq.read_table(Path(s2["output_dir"]) / "prepared" / "train_ref",
+                              columns=["pair_id", "ref_chosen", "ref_rejected"]).to_pandas()
+    raw = pq.read_table(sample_dir / "train").to_pandas().set_index("pair_id")
+    assert len(ref_table) == s2["rows"]["train"]["used"]
+    sample = ref_table.sort_values("pair_id").head(12)
+    for side in ("chosen", "rejected"):
+        direct = model.predict(pd.DataFrame({"image": list(raw.loc[sample["pair_id"], side])}))
+        np.testing.assert_allclose(sample[f"ref_{side}"].to_numpy(), direct, rtol=1e-4, atol=1e-4)
+
+    p = s2["promotion"]
+    assert p["champion_version"] == "1"
+    assert p["champion_accuracy"] == pytest.approx(s["metrics"]["eval/accuracy"], abs=1e-9)
+    assert p["ci_low"] <= p["difference"] <= p["ci_high"]
+    should_promote = p["difference"] > 0 and p["ci_low"] > -0.02
     assert s2["promoted"] is should_promote
     champion = str(client.get_model_version_by_alias("image-scorer", "champion").version)
     assert champion == ("2" if should_promote else "1")
     assert str(client.get_model_version_by_alias("image-scorer", "challenger").version) == "2"
+    assert json.loads(client.get_model_version("image-scorer", "2").tags["promotion"]) == p
 
 
 def test_bad_config_and_bad_data_fail_with_one_line_reasons(ray_cluster, tmp_path, tracking_uri, capsys):

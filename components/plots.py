@@ -1,0 +1,106 @@
+"""Evaluation pictures logged to MLflow as PNG: score histograms, a reliability diagram and
+the eval pairs the model gets most confidently wrong."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def score_histograms(s_chosen: np.ndarray, s_rejected: np.ndarray, path: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lo, hi = float(min(s_chosen.min(), s_rejected.min())), float(max(s_chosen.max(), s_rejected.max()))
+    bins = np.linspace(lo, hi if hi > lo else lo + 1, 30)
+    ax.hist(s_chosen, bins=bins, alpha=0.6, label="chosen")
+    ax.hist(s_rejected, bins=bins, alpha=0.6, label="rejected")
+    ax.set_xlabel("score")
+    ax.set_ylabel("pairs")
+    ax.set_title("eval scores: chosen vs rejected")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def reliability_diagram(table: list[dict], ece: float, path: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0.5, 1.0], [0.5, 1.0], "k--", lw=1, label="perfect calibration")
+    if table:
+        conf = [b["confidence"] for b in table]
+        acc = [b["accuracy"] for b in table]
+        ax.plot(conf, acc, "o-", label="model")
+        for b in table:
+            ax.annotate(str(b["n"]), (b["confidence"], b["accuracy"]), fontsize=7)
+    ax.set_xlim(0.5, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("confidence max(p, 1-p), p = sigmoid(beta * (s_c - s_r))")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE = {ece:.3f}; labels: pairs per bin)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def worst_pairs_grid(pixels: list[tuple[np.ndarray, np.ndarray]], captions: list[str], path: str) -> None:
+    """One row per pair: chosen | rejected, uint8 ``(3, S, S)`` each."""
+    plt = _plt()
+    n = max(1, len(pixels))
+    fig, axes = plt.subplots(n, 2, figsize=(4, 2 * n), squeeze=False)
+    for i, ((c, r), cap) in enumerate(zip(pixels, captions, strict=True)):
+        for j, (img, name) in enumerate(((c, "chosen"), (r, "rejected"))):
+            axes[i][j].imshow(np.asarray(img).transpose(1, 2, 0))
+            axes[i][j].set_title(f"{name} {cap.split('|')[j]}", fontsize=7)
+            axes[i][j].axis("off")
+    if not pixels:
+        axes[0][0].set_title("no wrong pairs")
+        axes[0][0].axis("off")
+        axes[0][1].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def log_report_figures(report, prepared_path: str, beta: float, worst: int) -> None:
+    """Draw the three pictures of an EvalReport and log them under ``eval/`` in MLflow."""
+    import mlflow
+    import pyarrow.dataset as pads
+    import ray.data  # noqa: F401  (registers Ray's tensor extension type with pyarrow)
+
+    df = report.scores
+    s_c, s_r = df["s_chosen"].to_numpy(), df["s_rejected"].to_numpy()
+    ece = report.metrics.get("eval/ece", float("nan"))
+    hard = ~np.isclose(df["target"].to_numpy(), 0.5) if "target" in df else np.ones(len(df), bool)
+    delta = s_c - s_r
+    wrong = np.where(hard & (delta <= 0))[0]
+    wrong = wrong[np.argsort(delta[wrong])][:worst]  # most negative gap = most confident
+    ids = [str(df["pair_id"].iloc[i]) for i in wrong]
+    pixels, captions = [], []
+    if ids:
+        table = pads.dataset(prepared_path, format="parquet").to_table(
+            columns=["pair_id", "chosen_px", "rejected_px"], filter=pads.field("pair_id").isin(ids))
+        by_id = {pid: k for k, pid in enumerate(table["pair_id"].to_pylist())}
+        chosen = table["chosen_px"].combine_chunks().to_numpy()  # (K, 3, S, S) uint8
+        rejected = table["rejected_px"].combine_chunks().to_numpy()
+        for i, pid in zip(wrong, ids, strict=True):
+            k = by_id[pid]
+            pixels.append((chosen[k], rejected[k]))
+            captions.append(f"{s_c[i]:.2f}|{s_r[i]:.2f}")
+    with tempfile.TemporaryDirectory() as d:
+        score_histograms(s_c, s_r, os.path.join(d, "score_histograms.png"))
+        reliability_diagram(report.reliability, ece, os.path.join(d, "reliability.png"))
+        worst_pairs_grid(pixels, captions, os.path.join(d, "most_confidently_wrong.png"))
+        mlflow.log_artifacts(d, "eval")

@@ -1,0 +1,96 @@
+"""The frozen reference scorer of reference-anchored DPO, precomputed once before training.
+
+A Ray Data batch-inference pass adds ``ref_chosen``/``ref_rejected`` columns to the prepared
+pairs and writes them next to them, so no reference model sits in training-worker memory
+(TRL calls this precomputing reference log-probs).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from components.models import build_scorer
+
+
+@dataclass
+class Reference:
+    model_name: str  # scorer architecture in components.models.SCORERS
+    state_dict: dict[str, torch.Tensor]
+    image_size: int
+    source: str  # "init" or the model URI
+
+
+def load_scorer_uri(uri: str) -> Reference:
+    """A registered/logged scorer (pyfunc from this project) -> its architecture and weights."""
+    import mlflow
+
+    wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    return Reference(wrapper.meta["model"], wrapper.model.state_dict(), wrapper.image_size, uri)
+
+
+def resolve_reference(cfg) -> Reference:
+    if cfg.loss.reference == "init":
+        torch.manual_seed(cfg.train.seed)
+        state = build_scorer(cfg.model.name).state_dict()
+        return Reference(cfg.model.name, state, cfg.data.image_size, "init")
+    return load_scorer_uri(cfg.loss.reference)
+
+
+class ReferenceScorer:
+    """Ray Data actor: the batch with ``ref_chosen``/``ref_rejected`` added."""
+
+    def __init__(self, ref: Reference):
+        from components.evaluate import PairScorer
+
+        self.scorer = PairScorer(ref.model_name, ref.state_dict, ref.image_size)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        scored = self.scorer(batch)
+        return {**batch, "ref_chosen": scored["s_chosen"], "ref_rejected": scored["s_rejected"]}
+
+
+def add_reference_scores(ds, ref: Reference, out_dir: str, batch_size: int = 64) -> str:
+    """Score every pair of ``ds`` with the reference; write the result to ``out_dir``."""
+    from ray.data import ActorPoolStrategy
+
+    scored = ds.map_batches(
+        ReferenceScorer,
+        fn_constructor_kwargs={"ref": ref},
+        batch_size=batch_size,
+        compute=ActorPoolStrategy(size=1),
+        num_cpus=1,
+        batch_format="numpy",
+    )
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+    scored.write_parquet(out_dir)
+    return out_dir
+
+
+def reference_step(cfg, train_path: str, run_dir: str):
+    """The training dataset; for ``loss.type=dpo`` with precomputed reference scores.
+
+    Returns ``(train_ds, reference, init_state)``: the dataset (with ``ref_*`` columns), the
+    reference (also needed to score eval pairs) and the policy's starting weights (the
+    reference's own weights when the architectures match, so training starts at log 2).
+    Other objectives pass through unchanged.
+    """
+    import mlflow
+    import ray
+
+    from components.ingest import PAIR_COLUMNS, usable_pairs
+
+    if cfg.loss.type != "dpo":
+        return usable_pairs(train_path, "train"), None, None
+    ref = resolve_reference(cfg)
+    path = add_reference_scores(usable_pairs(train_path, "train", with_ids=True), ref,
+                                os.path.join(run_dir, "prepared", "train_ref"))
+    mlflow.set_tags({"loss.reference": ref.source, "loss.reference_model": ref.model_name})
+    init = ref.state_dict if ref.model_name == cfg.model.name else None
+    train_ds = ray.data.read_parquet(path).select_columns([*PAIR_COLUMNS, "ref_chosen", "ref_rejected"])
+    return train_ds, ref, init
