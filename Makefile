@@ -7,7 +7,15 @@ DATA ?= data/sample
 PAIRS ?= 600
 EPOCHS ?= 4
 
-.PHONY: install demo test test-fast lint bench clean
+# Ray job submission: RAY_ADDRESS=http://HEAD:8265 make submit TRAIN=s3://... EVAL=s3://...
+# (CLUSTER=1 submits to the cluster.yaml cluster through `ray attach`-style port forwarding).
+RAY_ADDRESS ?= http://127.0.0.1:8265
+TRAIN ?= $(DATA)/train
+EVAL ?= $(DATA)/eval
+ARGS ?=
+JOB_EXCLUDES = [".venv", ".git", "outputs", "data", "mlflow.db", "mlruns", "mlartifacts", "*.egg-info", "benchmarks/out"]
+
+.PHONY: install demo test test-fast lint bench bench-objectives clean submit cluster-up cluster-down
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +48,27 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/demo_figures.py
+
+bench-objectives: install
+	$(PY) benchmarks/objectives.py
+
+cluster-up: install
+	$(VENV)/bin/ray up -y cluster.yaml
+
+cluster-down: install
+	$(VENV)/bin/ray down -y cluster.yaml
+
+submit: install
+ifeq ($(CLUSTER),1)
+	$(VENV)/bin/ray dashboard cluster.yaml & sleep 5; \
+	$(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --working-dir . \
+		--runtime-env-json '{"excludes": $(JOB_EXCLUDES), "env_vars": {"MLFLOW_TRACKING_URI": "$(MLFLOW_TRACKING_URI)"}}' \
+		-- python -m pipelines run image --train $(TRAIN) --eval $(EVAL) $(ARGS)
+else
+	$(VENV)/bin/ray job submit --address $(RAY_ADDRESS) --working-dir . \
+		--runtime-env-json '{"excludes": $(JOB_EXCLUDES), "env_vars": {"MLFLOW_TRACKING_URI": "$(MLFLOW_TRACKING_URI)"}}' \
+		-- python -m pipelines run image --train $(TRAIN) --eval $(EVAL) $(ARGS)
+endif
 
 clean:
 	rm -rf outputs data mlflow.db mlruns

@@ -93,7 +93,9 @@ class TrackingConfig:
     experiment: str = "image-dpo"
     model_name: str = "image-scorer"
     run_name: str = ""
-    """Also the Ray Train run name: the same run_name and output_dir resume from a checkpoint."""
+    """Names the MLflow parent run and the Ray Train run; running the same name again resumes."""
+    resume: str = ""
+    """A parent run id to resume: finished steps with the same inputs are skipped."""
 
 
 @dataclass
@@ -126,6 +128,10 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     output_dir: str = "outputs"
+    incremental: bool = False
+    """Train only on shards no finished run of this workflow and model name consumed, warm-
+    started from the champion; a lease keeps two scheduled runs from overlapping."""
+    lease_ttl_s: float = 6 * 3600.0
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -295,6 +301,10 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
         p.append("gate.min_delta: must be >= 0")
     if g.bootstrap_samples < 100:
         p.append("gate.bootstrap_samples: use at least 100")
+    if cfg.tracking.resume and cfg.incremental:
+        p.append("--resume and --incremental do not go together: resume the incremental run by id")
+    if cfg.lease_ttl_s <= 0:
+        p.append("lease_ttl_s: must be > 0 seconds")
     if not cfg.tracking.model_name:
         p.append("tracking.model_name: must not be empty")
     return p

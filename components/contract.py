@@ -212,6 +212,19 @@ def plan_reads(shards: list[Shard], layout: str) -> tuple[list[ReadUnit], int]:
     return units, total
 
 
+def row_group_units(shards: list[Shard]) -> list[tuple[Shard, int, int]]:
+    """``(shard, row_group, first_row)`` for every row group: units of parallel reading."""
+    units = []
+    for shard in shards:
+        with shard.filesystem.open_input_file(shard.path) as f:
+            md = pq.ParquetFile(f).metadata
+        offset = 0
+        for rg in range(md.num_row_groups):
+            units.append((shard, rg, offset))
+            offset += md.row_group(rg).num_rows
+    return units
+
+
 def _meta_json(row: dict[str, Any], skip: set[str]) -> str:
     out = {}
     for k, v in row.items():

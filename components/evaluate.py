@@ -152,6 +152,14 @@ class EvalReport:
     scores: pd.DataFrame  # pair_id, s_chosen, s_rejected, target (sorted by pair_id)
     reliability: list[dict] = field(default_factory=list)
 
+    def to_record(self, path: str) -> dict[str, Any]:
+        self.scores.drop(columns=["meta"], errors="ignore").to_parquet(path, index=False)
+        return {"scores_path": path, "metrics": self.metrics, "reliability": self.reliability}
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> EvalReport:
+        return cls(r["metrics"], pd.read_parquet(r["scores_path"]), r["reliability"])
+
 
 def evaluation_report(df: pd.DataFrame, settings: StepSettings, slices: list[str] | None = None,
                       ref: pd.DataFrame | None = None, prefix: str = "eval/") -> EvalReport:

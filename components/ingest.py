@@ -271,6 +271,17 @@ class PreparedSplits:
     quarantine_path: str
     image_size: int
 
+    def to_record(self) -> dict[str, Any]:
+        return {"train_path": self.train_path, "eval_path": self.eval_path,
+                "counts": {s: c.as_dict() for s, c in self.counts.items()},
+                "quarantine_path": self.quarantine_path, "image_size": self.image_size}
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> PreparedSplits:
+        return cls(r["train_path"], r["eval_path"],
+                   {s: RowCounts(**c) for s, c in r["counts"].items()},
+                   r["quarantine_path"], r["image_size"])
+
     def rows_summary(self) -> dict[str, dict[str, int]]:
         return {
             split: {k: v for k, v in c.as_dict().items() if k != "reasons"}

@@ -26,15 +26,26 @@ def _dataset_input(specs: list[str], shards: list[Shard], name: str, context: st
     mlflow.log_input(ds, context=context)
 
 
-def record_run(cfg: RunConfig, train_shards: list[Shard], eval_shards: list[Shard]) -> None:
+def record_run(cfg: RunConfig, train_shards: list[Shard], eval_shards: list[Shard],
+               workflow: str = "image") -> None:
+    """Params, tags and lineage of the active run. On a resumed run, params that already
+    exist keep their first value (MLflow params are immutable); changed keys are listed in
+    the tag ``visual_dpo.config_changes`` and the new resolved config replaces config.yaml."""
     import ray
 
-    tracking.log_params_flat(flatten(to_dict(cfg)))
+    flat = {k: str(v)[:6000] for k, v in flatten(to_dict(cfg)).items()}
+    run = mlflow.active_run()
+    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+    changed = sorted(k for k, v in flat.items() if k in existing and existing[k] != v)
+    tracking.log_params_flat({k: v for k, v in flat.items() if k not in existing})
+    if changed:
+        mlflow.set_tag("visual_dpo.config_changes", ",".join(changed))
     tags = {
+        "model_name": cfg.tracking.model_name,
         "data.train.fingerprint": fingerprint(train_shards),
         "data.train.shards": str(len(train_shards)),
         "ray.cluster_resources": json.dumps(ray.cluster_resources(), sort_keys=True),
-        "workflow": "image",
+        "workflow": workflow,
     }
     if eval_shards:
         tags["data.eval.fingerprint"] = fingerprint(eval_shards)

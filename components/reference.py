@@ -25,6 +25,17 @@ class Reference:
     source: str  # "init" or the model URI
 
 
+def pin_model_uri(uri: str) -> str:
+    """``models:/NAME@ALIAS`` -> ``models:/NAME/VERSION``: what the alias points at now, so a
+    resumed run uses the same model even if the alias has moved since."""
+    if uri.startswith("models:/") and "@" in uri:
+        from mlflow import MlflowClient
+
+        name, alias = uri[len("models:/"):].split("@", 1)
+        return f"models:/{name}/{MlflowClient().get_model_version_by_alias(name, alias).version}"
+    return uri
+
+
 def load_scorer_uri(uri: str) -> Reference:
     """A registered/logged scorer (pyfunc from this project) -> its architecture and weights."""
     import mlflow
@@ -33,12 +44,13 @@ def load_scorer_uri(uri: str) -> Reference:
     return Reference(wrapper.meta["model"], wrapper.model.state_dict(), wrapper.image_size, uri)
 
 
-def resolve_reference(cfg) -> Reference:
-    if cfg.loss.reference == "init":
+def resolve_reference(cfg, source: str | None = None) -> Reference:
+    source = source or cfg.loss.reference
+    if source == "init":
         torch.manual_seed(cfg.train.seed)
         state = build_scorer(cfg.model.name).state_dict()
         return Reference(cfg.model.name, state, cfg.data.image_size, "init")
-    return load_scorer_uri(cfg.loss.reference)
+    return load_scorer_uri(pin_model_uri(source))
 
 
 class ReferenceScorer:
@@ -72,25 +84,44 @@ def add_reference_scores(ds, ref: Reference, out_dir: str, batch_size: int = 64)
     return out_dir
 
 
-def reference_step(cfg, train_path: str, run_dir: str):
-    """The training dataset; for ``loss.type=dpo`` with precomputed reference scores.
+def reference_scores_step(cfg, train_path: str, run_dir: str) -> dict:
+    """For ``loss.type=dpo``: precompute reference scores for the training pairs (Ray Data).
 
-    Returns ``(train_ds, reference, init_state)``: the dataset (with ``ref_*`` columns), the
-    reference (also needed to score eval pairs) and the policy's starting weights (the
-    reference's own weights when the architectures match, so training starts at log 2).
-    Other objectives pass through unchanged.
+    Returns a record ``{"path", "source"}``: where the scored pairs are and which reference
+    (``init`` or a pinned model URI); both None for objectives without a reference.
     """
     import mlflow
-    import ray
 
-    from components.ingest import PAIR_COLUMNS, usable_pairs
+    from components.ingest import usable_pairs
 
     if cfg.loss.type != "dpo":
-        return usable_pairs(train_path, "train"), None, None
+        return {"path": None, "source": None}
     ref = resolve_reference(cfg)
     path = add_reference_scores(usable_pairs(train_path, "train", with_ids=True), ref,
                                 os.path.join(run_dir, "prepared", "train_ref"))
     mlflow.set_tags({"loss.reference": ref.source, "loss.reference_model": ref.model_name})
-    init = ref.state_dict if ref.model_name == cfg.model.name else None
-    train_ds = ray.data.read_parquet(path).select_columns([*PAIR_COLUMNS, "ref_chosen", "ref_rejected"])
-    return train_ds, ref, init
+    return {"path": path, "source": ref.source}
+
+
+def training_inputs(cfg, train_path: str, record: dict, warm_start: str | None = None):
+    """``(train_ds, reference, init_state)`` for the train step.
+
+    The policy starts from the reference's weights when the architectures match (so DPO
+    starts at log 2), else from ``warm_start`` (a model URI, e.g. the champion of an
+    incremental run) when it matches, else from the seeded random init.
+    """
+    import ray
+
+    from components.ingest import PAIR_COLUMNS, usable_pairs
+
+    ref = resolve_reference(cfg, record["source"]) if record["source"] else None
+    if record["path"]:
+        ds = ray.data.read_parquet(record["path"]).select_columns(
+            [*PAIR_COLUMNS, "ref_chosen", "ref_rejected"])
+    else:
+        ds = usable_pairs(train_path, "train")
+    init = None
+    for candidate in (ref, load_scorer_uri(pin_model_uri(warm_start)) if warm_start else None):
+        if init is None and candidate is not None and candidate.model_name == cfg.model.name:
+            init = candidate.state_dict
+    return ds, ref, init

@@ -72,3 +72,37 @@ def log_params_flat(flat: dict[str, Any]) -> None:
 
 def log_json_artifact(obj: Any, name: str) -> None:
     mlflow.log_text(json.dumps(obj, indent=2, sort_keys=True, default=str), name)
+
+
+def find_parent_run(experiment_id: str, resume: str, run_name: str, workflow: str) -> str | None:
+    """The parent run to resume: ``--resume RUN_ID``, else the latest top-level run of this
+    workflow with the same ``--run-name``; None starts a new run."""
+    client = mlflow.MlflowClient()
+    if resume:
+        try:
+            run = client.get_run(resume)
+        except mlflow.exceptions.MlflowException:
+            raise TrackingError(f"--resume {resume}: no such MLflow run at {mlflow.get_tracking_uri()}") from None
+        if run.info.experiment_id != experiment_id or "mlflow.parentRunId" in run.data.tags:
+            raise TrackingError(f"--resume {resume}: not a {workflow} workflow run of this experiment")
+        return resume
+    if not run_name:
+        return None
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.runName = '{run_name}' and tags.workflow = '{workflow}'",
+        order_by=["attributes.start_time DESC"],
+    )
+    runs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return runs[0].info.run_id if runs else None
+
+
+def run_dir_of(run, output_dir: str, run_name: str) -> str:
+    """Where a run's files live; fixed at its first start (a tag), so a resumed run finds its
+    prepared data and Ray Train checkpoints again."""
+    key = "visual_dpo.run_dir"
+    if key in run.data.tags:
+        return run.data.tags[key]
+    path = os.path.abspath(os.path.join(output_dir, run_name or run.info.run_id))
+    mlflow.set_tag(key, path)
+    return path

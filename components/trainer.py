@@ -33,6 +33,16 @@ class TrainOutcome:
     checkpoint_path: str
     failure_marker: str  # exists when an injected failure fired
 
+    def to_record(self) -> dict[str, Any]:
+        return {"checkpoint_path": self.checkpoint_path, "metrics": self.metrics,
+                "epochs": self.epochs, "failure_marker": self.failure_marker}
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> TrainOutcome:
+        state = torch.load(os.path.join(r["checkpoint_path"], CHECKPOINT_FILE), map_location="cpu")
+        return cls(state["model"], r["metrics"], r["epochs"], r["checkpoint_path"],
+                   r["failure_marker"])
+
 
 def _log_metrics(client, run_id: str | None, metrics: dict[str, float], step: int) -> None:
     if client is None or run_id is None:

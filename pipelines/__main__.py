@@ -15,8 +15,12 @@ import traceback
 from typing import Any
 
 from components.config import ConfigError, load_config
+from components.schedule import LeaseHeld
+from components.steps import StepFailed
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Exit codes for schedulers: 0 ok (or nothing new), 1 failed, 2 invalid config, 3 another
+# run of the same workflow and model holds the lease.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="Ray Train workers (data-parallel)")
     run.add_argument("--model-name", help="registered model name (default image-scorer)")
     run.add_argument("--experiment", help="MLflow experiment (default image-dpo)")
-    run.add_argument("--run-name", help="MLflow run name; also names the Ray Train run (resume)")
+    run.add_argument("--run-name", help="MLflow run name; the same name again resumes that run")
+    run.add_argument("--resume", metavar="RUN_ID", help="resume this parent run: skip finished steps")
+    run.add_argument("--incremental", action="store_true", default=None,
+                     help="train on new shards only, warm-started from the champion")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
                      "else sqlite:///mlflow.db)")
     run.add_argument("--output-dir", help="where prepared data, quarantine and checkpoints go")
@@ -54,6 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--config")
     ev.add_argument("--summary")
     ev.add_argument("overrides", nargs="*", metavar="key=value")
+
+    sc = sub.add_parser("score", help="score candidate images with a registered scorer")
+    sc.add_argument("--model", required=True, help="model URI, e.g. models:/image-scorer@champion")
+    sc.add_argument("--input", required=True, help="candidate Parquet: binary 'image' column + ids")
+    sc.add_argument("--output", required=True, help="output directory of Parquet files")
+    sc.add_argument("--group-by", help="rank within groups of this column (1 = best)")
+    sc.add_argument("--top-k", type=int, help="with --group-by: keep the best K per group")
+    sc.add_argument("--tracking-uri")
+    sc.add_argument("--config")
+    sc.add_argument("--summary")
+    sc.add_argument("overrides", nargs="*", metavar="key=value")
 
     sd = sub.add_parser("sample-data", help="write sample preference pairs from scikit-image photos")
     sd.add_argument("--modality", choices=["image"], default="image")
@@ -80,17 +98,21 @@ def _cli_overrides(a: argparse.Namespace) -> dict[str, Any]:
 
     if a.command == "evaluate":
         put("data.eval", a.data)
+    elif a.command == "score":
+        pass
     else:
         put("data.train", a.train)
         put("data.eval", a.eval)
         put("train.epochs", a.epochs)
         put("train.workers", a.workers)
+        put("tracking.resume", a.resume)
+        put("incremental", a.incremental)
         put("tracking.model_name", a.model_name)
-    put("data.layout", a.layout)
-    put("tracking.experiment", a.experiment)
-    put("tracking.run_name", a.run_name)
+    put("data.layout", getattr(a, "layout", None))
+    put("tracking.experiment", getattr(a, "experiment", None))
+    put("tracking.run_name", getattr(a, "run_name", None))
     put("tracking.tracking_uri", a.tracking_uri)
-    put("output_dir", a.output_dir)
+    put("output_dir", getattr(a, "output_dir", None))
     return tree
 
 
@@ -110,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     stray = [u for u in unknown if u.startswith("-") or "=" not in u]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    if a.command in ("run", "evaluate"):
+    if a.command in ("run", "evaluate", "score"):
         a.overrides = [*a.overrides, *unknown]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.command == "sample-data":
@@ -134,14 +156,25 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.evaluate import run_evaluate
 
             summary = run_evaluate(cfg, a.model)
+        elif a.command == "score":
+            from pipelines.score import run_score
+
+            if a.top_k is not None and not a.group_by:
+                raise ValueError("--top-k needs --group-by (best K per group)")
+            summary = run_score(cfg, a.model, a.input, a.output, a.group_by, a.top_k)
         else:
             from pipelines.image import run_image
 
             summary = run_image(cfg)
+    except LeaseHeld as e:
+        _emit({"status": "skipped", "reason": str(e)}, a.summary)
+        return EXIT_LEASE_HELD
     except Exception as e:  # every failure ends as one line of JSON and a non-zero exit
         traceback.print_exc()
-        reason = f"{type(e).__name__}: {e}".replace("\n", " ")
-        _emit({"status": "failed", "reason": reason}, a.summary)
+        failed = {"status": "failed", "reason": f"{type(e).__name__}: {e}".replace("\n", " ")}
+        if isinstance(e, StepFailed):
+            failed.update(failed_step=e.step, run_id=e.run_id)
+        _emit(failed, a.summary)
         return EXIT_FAILED
     _emit(summary, a.summary)
     return EXIT_OK

@@ -120,3 +120,30 @@ def test_workflow_runs_as_a_ray_job(ray_head, sample_dir, tmp_path):
     assert '"status": "ok"' in last and '"model_version": "1"' in last
     mv = MlflowClient(uri).get_model_version_by_alias("job-scorer", "champion")
     assert str(mv.version) == "1"
+
+
+def test_stopping_a_running_job_moves_no_alias(ray_head, sample_dir, tmp_path):
+    from ray.job_submission import JobStatus
+
+    client, _, _ = ray_head
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job_id = client.submit_job(
+        entrypoint=(f"{sys.executable} -m pipelines run image --train {sample_dir / 'train'} "
+                    f"--eval {sample_dir / 'eval'} --epochs 50 --tracking-uri {uri} "
+                    f"--output-dir {tmp_path / 'out'} --model-name stopped-scorer "
+                    "data.image_size=32"),
+        runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES},
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until training has started
+        if "training bn-cnn" in client.get_job_logs(job_id):
+            break
+        assert client.get_job_status(job_id) in (JobStatus.PENDING, JobStatus.RUNNING)
+        time.sleep(2)
+    assert client.stop_job(job_id)
+    while time.time() < deadline and client.get_job_status(job_id) not in (
+            JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
+        time.sleep(2)
+    assert client.get_job_status(job_id) == JobStatus.STOPPED
+    models = MlflowClient(uri).search_registered_models(filter_string="name = 'stopped-scorer'")
+    assert models == []  # nothing registered, no alias moved

@@ -1,0 +1,142 @@
+"""Batch scoring for registry consumers: candidate images -> scores (and ranks per group).
+
+Ray Data reads candidate Parquet (a binary ``image`` column plus any id/group columns),
+decodes in the CPU preprocessing pool, scores in an actor pool that loads the model once per
+actor (a GPU per actor when the cluster has GPUs) and writes Parquet with the input's
+non-media columns, ``score`` and, with ``group_by``, ``rank`` within the group (1 = best).
+Rows whose image cannot be used go to a quarantine Parquet with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from components.contract import OK, QUARANTINED, DataError, Shard, row_group_units
+from components.decode import DecodeError, decode_image
+
+MEDIA_COLUMN = "image"
+
+
+def _read_candidates(batch: dict[str, np.ndarray], units: list) -> Iterator[pa.Table]:
+    for i in batch["unit"]:
+        shard, rg, offset = units[int(i)]
+        with shard.filesystem.open_input_file(shard.path) as f:
+            table = pq.ParquetFile(f).read_row_group(rg)
+        n = table.num_rows
+        table = table.append_column("_shard", pa.array([shard.uri] * n, pa.string()))
+        yield table.append_column("_row", pa.array(np.arange(offset, offset + n), pa.int64()))
+
+
+class CandidateDecoder:
+    """Preprocessing actor: ``image`` bytes -> uint8 ``(3, S, S)`` ``px``; bad rows flagged."""
+
+    def __init__(self, image_size: int, max_pixels: int):
+        self.size, self.max_pixels = image_size, max_pixels
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from ray.data.extensions import ArrowTensorArray
+
+        images = batch.column(MEDIA_COLUMN).to_pylist()
+        px = np.zeros((len(images), 3, self.size, self.size), np.uint8)
+        status, reason = [OK] * len(images), [""] * len(images)
+        for i, data in enumerate(images):
+            try:
+                px[i], _ = decode_image(data, self.size, self.max_pixels)
+            except DecodeError as e:
+                status[i], reason[i] = QUARANTINED, e.reason
+        out = batch.drop_columns([MEDIA_COLUMN])
+        out = out.append_column("_status", pa.array(status, pa.string()))
+        out = out.append_column("_reason", pa.array(reason, pa.string()))
+        return out.append_column("_px", ArrowTensorArray.from_numpy(px))
+
+
+class CandidateScorer:
+    """Scoring actor: loads the registered model once, adds ``score`` (NaN for bad rows)."""
+
+    def __init__(self, model_uri: str, tracking_uri: str):
+        import mlflow
+        import torch
+
+        from components.reference import load_scorer_uri
+
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        ref = load_scorer_uri(model_uri)
+        from components.models import build_scorer
+
+        self.model = build_scorer(ref.model_name)
+        self.model.load_state_dict(ref.state_dict)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        from components.train_step import score_images
+
+        px = batch.column("_px").combine_chunks().to_numpy()
+        ok = np.array(batch.column("_status").to_pylist()) == OK
+        score = np.full(len(px), np.nan)
+        if ok.any():
+            with torch.no_grad():
+                score[ok] = score_images(self.model, torch.from_numpy(px[ok]), self.device).cpu().numpy()
+        return batch.drop_columns(["_px"]).append_column("score", pa.array(score, pa.float64()))
+
+
+def _rank(group: pd.DataFrame, top_k: int | None) -> pd.DataFrame:
+    group = group.sort_values("score", ascending=False, kind="stable")
+    group["rank"] = np.arange(1, len(group) + 1)
+    return group.head(top_k) if top_k else group
+
+
+def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *, model_uri: str,
+                     tracking_uri: str, image_size: int, max_pixels: int, decode_actors: int,
+                     cpus_per_actor: float, group_by: str | None, top_k: int | None,
+                     batch_size: int = 64) -> dict[str, int]:
+    import ray
+    from ray.data import ActorPoolStrategy
+    from ray.data.expressions import col
+
+    units = row_group_units(shards)
+    for shard in shards:
+        with shard.filesystem.open_input_file(shard.path) as f:
+            names = pq.ParquetFile(f).schema_arrow.names
+        if MEDIA_COLUMN not in names:
+            raise DataError(f"{shard.uri}: no binary '{MEDIA_COLUMN}' column to score; it has {names}")
+        if group_by and group_by not in names:
+            raise DataError(f"{shard.uri}: --group-by column {group_by!r} not found; it has {names}")
+    total = sum(pq.ParquetFile(s.filesystem.open_input_file(s.path)).metadata.num_rows for s in shards)
+    use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    ds = ray.data.from_items([{"unit": i} for i in range(len(units))])
+    ds = ds.map_batches(_read_candidates, batch_size=1, batch_format="numpy",
+                        fn_kwargs={"units": units}, num_cpus=0.5)
+    ds = ds.map_batches(CandidateDecoder, fn_constructor_kwargs={"image_size": image_size,
+                        "max_pixels": max_pixels}, batch_size=batch_size, batch_format="pyarrow",
+                        compute=ActorPoolStrategy(min_size=1, max_size=decode_actors),
+                        num_cpus=cpus_per_actor)
+    ds = ds.map_batches(CandidateScorer, fn_constructor_kwargs={"model_uri": model_uri,
+                        "tracking_uri": tracking_uri}, batch_size=batch_size,
+                        batch_format="pyarrow", compute=ActorPoolStrategy(size=1),
+                        num_cpus=0 if use_gpu else 1, num_gpus=1 if use_gpu else 0)
+    scored = ds.materialize()  # pixels are dropped by now: ids, score and status only
+
+    bad = scored.filter(expr=col("_status") == QUARANTINED).to_pandas()
+    bad = bad.rename(columns={"_shard": "shard", "_row": "row", "_reason": "reason"})
+    pq.write_table(pa.Table.from_pandas(bad.drop(columns=["_status", "score"]), preserve_index=False),
+                   quarantine_path)
+    good = scored.filter(expr=col("_status") == OK).drop_columns(["_status", "_reason", "_shard", "_row"])
+    if group_by:
+        good = good.groupby(group_by).map_groups(_rank, fn_kwargs={"top_k": top_k},
+                                                 batch_format="pandas")
+    shutil.rmtree(output, ignore_errors=True)
+    os.makedirs(output)
+    good.write_parquet(output)
+    written = pq.ParquetDataset(output).read(columns=["score"]).num_rows
+    return {"read": total, "scored": written, "quarantined": len(bad)}

@@ -1,0 +1,99 @@
+"""Resumable steps (nested MLflow runs), scheduled incremental runs and the lease."""
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from components.schedule import LeaseHeld, acquire_lease, lease_key, release_lease
+from pipelines.__main__ import main
+
+FAST = ["data.image_size=32", "train.batch_size=16"]
+
+
+def _main(args, tmp_path, capsys, name):
+    path = tmp_path / f"{name}.json"
+    rc = main(["run", "image", *args, "--summary", str(path)])
+    capsys.readouterr()
+    return rc, json.loads(path.read_text())
+
+
+def _steps(client, parent_id):
+    runs = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    return sorted((r.data.tags["visual_dpo.step"], r.info.status) for r in runs)
+
+
+@pytest.mark.slow
+def test_a_failed_step_fails_the_run_and_a_resume_continues_from_there(ray_cluster, sample_dir, tmp_path, tracking_uri, capsys):
+    args = ["--train", str(sample_dir / "train"), "--eval", str(sample_dir / "eval"), "--epochs", "2",
+            "--tracking-uri", tracking_uri, "--output-dir", str(tmp_path / "out"), "--run-name", "nightly",
+            *FAST, "train.inject_failure_at_epoch=1", "train.max_failures=0"]
+    rc, s = _main(args, tmp_path, capsys, "first")
+    assert rc == 1 and s["failed_step"] == "train", s
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(s["run_id"])
+    assert parent.info.status == "FAILED" and parent.data.tags["visual_dpo.failed_step"] == "train"
+    assert _steps(client, s["run_id"]) == [("prepare", "FINISHED"), ("reference", "FINISHED"),
+                                           ("train", "FAILED")]
+    assert client.search_registered_models() == []  # a failed run moves no alias
+
+    rc, r = _main([*args, "--resume", s["run_id"]], tmp_path, capsys, "resumed")
+    assert rc == 0, r
+    assert r["run_id"] == s["run_id"] and r["epochs"] == 2
+    assert r["steps"] == {"executed": ["train", "evaluate", "register"], "skipped": ["prepare", "reference"]}
+    # Epoch 1 ran before the failure; the resumed train step continued from its checkpoint.
+    assert [m.value for m in client.get_metric_history(s["run_id"], "epoch")] == [1.0, 2.0]
+    assert client.get_run(s["run_id"]).info.status == "FINISHED"
+
+    rc, again = _main(args, tmp_path, capsys, "again")  # the same --run-name: nothing to do
+    assert rc == 0 and again["steps"]["executed"] == []
+    assert again["model_version"] == r["model_version"] == "1"
+    assert len(client.search_model_versions("name = 'image-scorer'")) == 1  # registered once
+
+
+@pytest.mark.slow
+def test_incremental_runs_train_on_new_shards_only(ray_cluster, sample_dir, tmp_path, tracking_uri, capsys):
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    first, second = sorted((sample_dir / "train").glob("*.parquet"))[:2]
+    shutil.copy(first, incoming / first.name)
+    args = ["--train", str(incoming), "--eval", str(sample_dir / "eval"), "--incremental", "--epochs", "1",
+            "--tracking-uri", tracking_uri, "--output-dir", str(tmp_path / "out"), *FAST]
+    rc, a = _main(args, tmp_path, capsys, "a")
+    assert rc == 0 and a["model_version"] == "1" and a["promoted"]
+    assert a["rows"]["train"]["read"] == pq.ParquetFile(first).metadata.num_rows
+
+    rc, b = _main(args, tmp_path, capsys, "b")
+    assert rc == 0 and b["status"] == "nothing-new"
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("image-dpo").experiment_id
+    parents = [r for r in client.search_runs([exp]) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1  # no compute, no run
+
+    shutil.copy(second, incoming / second.name)
+    rc, c = _main(args, tmp_path, capsys, "c")
+    assert rc == 0 and c["model_version"] == "2", c
+    assert c["rows"]["train"]["read"] == pq.ParquetFile(second).metadata.num_rows  # only the new shard
+    with open(client.download_artifacts(c["run_id"], "data/shards.json", str(tmp_path))) as f:
+        shards = json.load(f)
+    assert [s["uri"].rsplit("/", 1)[1] for s in shards["train"]] == [second.name]
+    assert client.get_run(c["run_id"]).data.params["train.epochs"] == "1"
+    assert lease_key("image", "image-scorer") not in client.get_experiment(exp).tags  # released
+
+
+def test_the_lease_blocks_a_second_run_until_released_or_expired(sample_dir, tmp_path, tracking_uri, capsys):
+    client = MlflowClient(tracking_uri)
+    exp = client.create_experiment("image-dpo")
+    key = lease_key("image", "image-scorer")
+    token = acquire_lease(client, exp, key, ttl_s=3600)
+    with pytest.raises(LeaseHeld, match="another run holds the lease"):
+        acquire_lease(client, exp, key, ttl_s=3600)
+    rc, s = _main(["--train", str(sample_dir / "train"), "--incremental", "--tracking-uri", tracking_uri],
+                  tmp_path, capsys, "blocked")
+    assert rc == 3 and s["status"] == "skipped" and "lease" in s["reason"]
+    release_lease(client, exp, key, token)
+    expired = acquire_lease(client, exp, key, ttl_s=-1)  # a crashed holder's lease...
+    assert acquire_lease(client, exp, key, ttl_s=3600) != expired  # ...is taken over
