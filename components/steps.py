@@ -69,6 +69,7 @@ class Workflow:
                 path = self.client.download_artifacts(prev.info.run_id, OUTPUTS, tmp)
                 with open(path) as f:
                     outputs = json.load(f)
+            outputs.pop("fingerprints", None)
             self.skipped.append(name)
             return load(outputs)
         run = self.client.create_run(
@@ -85,6 +86,10 @@ class Workflow:
             self.client.set_terminated(rid, "FAILED")
             self.client.set_tag(self.parent, FAILED_STEP, name)
             raise StepFailed(name, self.parent, e) from e
+        # Fingerprint every local output path, so a reader can tell the files were not replaced.
+        outputs = {**outputs, "fingerprints": {
+            k: file_fingerprint(v) for k, v in outputs.items()
+            if isinstance(v, str) and os.path.exists(v)}}
         self.client.log_text(rid, json.dumps(outputs, indent=2, sort_keys=True, default=str), OUTPUTS)
         self.client.set_terminated(rid, "FINISHED")
         self.executed.append(name)
@@ -92,7 +97,9 @@ class Workflow:
 
 
 def file_fingerprint(path: str) -> str:
-    """Identity of a local output directory: relative names + sizes (no content read)."""
+    """Identity of a local output file or directory: relative names + sizes (no content read)."""
+    if os.path.isfile(path):
+        return hashlib.sha256(f"{os.path.basename(path)}\0{os.path.getsize(path)}".encode()).hexdigest()[:16]
     h = hashlib.sha256()
     for root, _, files in sorted(os.walk(path)):
         for f in sorted(files):

@@ -22,6 +22,10 @@ class StepSettings:
     beta: float = 1.0
     label_smoothing: float = 0.0
     center_rewards_coefficient: float = 0.0
+    amp: bool | None = None
+    """bf16 autocast; None = on for CUDA, off on CPU."""
+    channels_last: bool | None = None
+    """channels_last inputs; None = on for CUDA, off on CPU."""
 
     @property
     def loss_kwargs(self) -> dict:
@@ -33,23 +37,26 @@ class StepSettings:
         }
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def _autocast(device: torch.device, amp: bool | None):
+    if amp if amp is not None else device.type == "cuda":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def score_images(model: nn.Module, images: Tensor, device: torch.device) -> Tensor:
+def score_images(model: nn.Module, images: Tensor, device: torch.device,
+                 amp: bool | None = None, channels_last: bool | None = None) -> Tensor:
     """uint8 ``(N, 3, H, W)`` -> float32 scores ``(N,)`` on ``device``."""
-    x = to_model_input(images, device, channels_last=device.type == "cuda")
-    with _autocast(device):
+    cl = channels_last if channels_last is not None else device.type == "cuda"
+    x = to_model_input(images, device, channels_last=cl)
+    with _autocast(device, amp):
         return model(x).float()
 
 
-def score_pairs(model: nn.Module, chosen: Tensor, rejected: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+def score_pairs(model: nn.Module, chosen: Tensor, rejected: Tensor, device: torch.device,
+                amp: bool | None = None, channels_last: bool | None = None) -> tuple[Tensor, Tensor]:
     """One forward over ``cat([chosen, rejected])`` (BatchNorm sees both halves) -> ``(N,), (N,)``."""
     n = chosen.shape[0]
-    s = score_images(model, torch.cat([chosen, rejected]), device)
+    s = score_images(model, torch.cat([chosen, rejected]), device, amp, channels_last)
     return s[:n], s[n:]
 
 
@@ -74,7 +81,7 @@ def train_step(
     ``margin``, ``weight``, ``ref_chosen``, ``ref_rejected`` (see ``preference_loss``).
     Returns detached metrics on ``device`` (no host sync here; the caller decides when)."""
     model.train()
-    s_c, s_r = score_pairs(model, chosen, rejected, device)
+    s_c, s_r = score_pairs(model, chosen, rejected, device, settings.amp, settings.channels_last)
     loss, metrics = preference_loss(s_c, s_r, **settings.loss_kwargs, **(extras or {}))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

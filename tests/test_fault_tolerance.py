@@ -38,7 +38,7 @@ def test_worker_failure_is_retried_and_the_run_completes(ray_cluster, pickapic_d
     assert s["rows"]["train"]["excluded"] + s["rows"]["eval"]["excluded"] > 0
     for r in s["rows"].values():
         assert r["read"] == r["used"] + r["quarantined"] + r["excluded"]
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, tracking_uri)
     epochs_logged = [m.value for m in client.get_metric_history(s["run_id"], "epoch")]
     assert epochs_logged == [1.0, 2.0]  # epoch 1 from the first attempt, epoch 2 after restart
     # Both workers' pairs are counted; equal split drops at most one pair per epoch.

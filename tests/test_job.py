@@ -4,6 +4,7 @@ Ray 2.60 turns token authentication on: the head runs with RAY_AUTH_MODE=token a
 generated here; the job client sends it as a bearer token.
 """
 
+import json
 import os
 import secrets
 import shutil
@@ -15,6 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import mlflow
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
@@ -92,15 +96,16 @@ def test_unauthenticated_clients_are_refused(ray_head):
         JobSubmissionClient(address, headers={"Authorization": "Bearer wrong"}).list_jobs()
 
 
-def test_workflow_runs_as_a_ray_job(ray_head, sample_dir, tmp_path):
+def test_workflow_runs_as_a_ray_job_logging_to_a_tracking_server(ray_head, mlflow_server, sample_dir, tmp_path):
+    """Submit with --working-dir; the job logs over HTTP to a real `mlflow server`, and a
+    consumer loads the registered champion through the server."""
     from ray.job_submission import JobStatus
 
     client, _, _ = ray_head
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     entrypoint = (
         f"{sys.executable} -m pipelines run image --train {sample_dir / 'train'} "
-        f"--eval {sample_dir / 'eval'} --epochs 1 --tracking-uri {uri} "
-        f"--output-dir {tmp_path / 'out'} --model-name job-scorer "
+        f"--eval {sample_dir / 'eval'} --epochs 1 --tracking-uri {mlflow_server} "
+        f"--output-dir {tmp_path / 'out'} --model-name job-scorer --experiment job "
         "data.image_size=32 train.batch_size=16"
     )
     job_id = client.submit_job(
@@ -116,10 +121,20 @@ def test_workflow_runs_as_a_ray_job(ray_head, sample_dir, tmp_path):
         time.sleep(3)
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs[-5000:]
-    last = [line for line in logs.strip().splitlines() if line.startswith("{")][-1]
-    assert '"status": "ok"' in last and '"model_version": "1"' in last
-    mv = MlflowClient(uri).get_model_version_by_alias("job-scorer", "champion")
-    assert str(mv.version) == "1"
+    summary = json.loads([ln for ln in logs.strip().splitlines() if ln.startswith("{")][-1])
+    assert summary["status"] == "ok" and summary["model_version"] == "1"
+
+    mlf = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    run = mlf.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert mlf.get_metric_history(summary["run_id"], "train/loss")  # from the Ray worker, over HTTP
+    assert "config.yaml" in {a.path for a in mlf.list_artifacts(summary["run_id"])}
+    assert str(mlf.get_model_version_by_alias("job-scorer", "champion").version) == "1"
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_registry_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model("models:/job-scorer@champion")
+    ev = pq.read_table(sample_dir / "eval").to_pandas().head(4)
+    assert model.predict(pd.DataFrame({"image": ev["chosen"]})).shape == (4,)
 
 
 def test_stopping_a_running_job_moves_no_alias(ray_head, sample_dir, tmp_path):
@@ -145,5 +160,5 @@ def test_stopping_a_running_job_moves_no_alias(ray_head, sample_dir, tmp_path):
             JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
         time.sleep(2)
     assert client.get_job_status(job_id) == JobStatus.STOPPED
-    models = MlflowClient(uri).search_registered_models(filter_string="name = 'stopped-scorer'")
+    models = MlflowClient(uri, uri).search_registered_models(filter_string="name = 'stopped-scorer'")
     assert models == []  # nothing registered, no alias moved

@@ -2,7 +2,11 @@
 
 import json
 import shutil
+from pathlib import Path
 
+import mlflow
+import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
@@ -33,7 +37,7 @@ def test_a_failed_step_fails_the_run_and_a_resume_continues_from_there(ray_clust
             *FAST, "train.inject_failure_at_epoch=1", "train.max_failures=0"]
     rc, s = _main(args, tmp_path, capsys, "first")
     assert rc == 1 and s["failed_step"] == "train", s
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, tracking_uri)
     parent = client.get_run(s["run_id"])
     assert parent.info.status == "FAILED" and parent.data.tags["visual_dpo.failed_step"] == "train"
     assert _steps(client, s["run_id"]) == [("prepare", "FINISHED"), ("reference", "FINISHED"),
@@ -68,15 +72,33 @@ def test_incremental_runs_train_on_new_shards_only(ray_cluster, sample_dir, tmp_
 
     rc, b = _main(args, tmp_path, capsys, "b")
     assert rc == 0 and b["status"] == "nothing-new"
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, tracking_uri)
     exp = client.get_experiment_by_name("image-dpo").experiment_id
     parents = [r for r in client.search_runs([exp]) if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1  # no compute, no run
 
+    # New data arrives. With loss.type=dpo the champion is the frozen reference (scores
+    # precomputed by Ray Data) and the start point; the gate judges the result against it.
     shutil.copy(second, incoming / second.name)
-    rc, c = _main(args, tmp_path, capsys, "c")
+    rc, c = _main([*args, "loss.type=dpo", "loss.beta=0.5"], tmp_path, capsys, "c")
     assert rc == 0 and c["model_version"] == "2", c
     assert c["rows"]["train"]["read"] == pq.ParquetFile(second).metadata.num_rows  # only the new shard
+    assert client.get_run(c["run_id"]).data.tags["loss.reference"] == "models:/image-scorer/1"
+    ref_table = pq.read_table(Path(c["output_dir"]) / "prepared" / "train_ref",
+                              columns=["pair_id", "ref_chosen", "ref_rejected"]).to_pandas()
+    assert len(ref_table) == c["rows"]["train"]["used"]
+    raw = pq.read_table(second).to_pandas().set_index("pair_id")
+    sample = ref_table.sort_values("pair_id").head(10)
+    champion = mlflow.pyfunc.load_model("models:/image-scorer/1")
+    for side in ("chosen", "rejected"):
+        direct = champion.predict(pd.DataFrame({"image": list(raw.loc[sample["pair_id"], side])}))
+        np.testing.assert_allclose(sample[f"ref_{side}"].to_numpy(), direct, rtol=1e-4, atol=1e-4)
+    p = c["promotion"]
+    assert p["champion_version"] == "1" and p["ci_low"] <= p["difference"] <= p["ci_high"]
+    assert c["promoted"] is (p["difference"] > 0 and p["ci_low"] > -0.02)
+    assert str(client.get_model_version_by_alias("image-scorer", "champion").version) == (
+        "2" if c["promoted"] else "1")
+    assert json.loads(client.get_model_version("image-scorer", "2").tags["promotion"]) == p
     with open(client.download_artifacts(c["run_id"], "data/shards.json", str(tmp_path))) as f:
         shards = json.load(f)
     assert [s["uri"].rsplit("/", 1)[1] for s in shards["train"]] == [second.name]
@@ -85,7 +107,7 @@ def test_incremental_runs_train_on_new_shards_only(ray_cluster, sample_dir, tmp_
 
 
 def test_the_lease_blocks_a_second_run_until_released_or_expired(sample_dir, tmp_path, tracking_uri, capsys):
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, tracking_uri)
     exp = client.create_experiment("image-dpo")
     key = lease_key("image", "image-scorer")
     token = acquire_lease(client, exp, key, ttl_s=3600)
