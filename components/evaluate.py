@@ -165,17 +165,18 @@ def evaluation_report(df: pd.DataFrame, settings: StepSettings, slices: list[str
                       ref: pd.DataFrame | None = None, prefix: str = "eval/") -> EvalReport:
     if len(df) == 0:
         raise ValueError("no eval pairs to evaluate; check the eval data and the split")
-    s_c = df["s_chosen"].to_numpy(np.float64)
-    s_r = df["s_rejected"].to_numpy(np.float64)
-    target = df["target"].to_numpy(np.float64) if "target" in df else np.ones_like(s_c)
+    # np.array copies: Arrow-backed columns are read-only and torch.from_numpy warns on those.
+    s_c = np.array(df["s_chosen"], dtype=np.float64)
+    s_r = np.array(df["s_rejected"], dtype=np.float64)
+    target = np.array(df["target"], dtype=np.float64) if "target" in df else np.ones_like(s_c)
     is_tie = np.isclose(target, 0.5)
     hard = ~is_tie
     delta = s_c - s_r
     correct = (delta > 0).astype(float)
     kwargs: dict[str, Any] = {"target": torch.from_numpy(target).float()}
     if ref is not None:
-        kwargs["ref_chosen"] = torch.from_numpy(ref["s_chosen"].to_numpy(np.float64)).float()
-        kwargs["ref_rejected"] = torch.from_numpy(ref["s_rejected"].to_numpy(np.float64)).float()
+        kwargs["ref_chosen"] = torch.from_numpy(np.array(ref["s_chosen"], dtype=np.float64)).float()
+        kwargs["ref_rejected"] = torch.from_numpy(np.array(ref["s_rejected"], dtype=np.float64)).float()
     loss, m = preference_loss(torch.from_numpy(s_c).float(), torch.from_numpy(s_r).float(),
                               **settings.loss_kwargs, **kwargs)
     metrics: dict[str, float] = {
