@@ -30,7 +30,6 @@ import pyarrow.parquet as pq
 
 CANONICAL_REQUIRED = ("pair_id", "chosen", "rejected")
 PICKAPIC_REQUIRED = ("jpg_0", "jpg_1", "label_0", "label_1")
-MEDIA_COLUMNS = {"chosen", "rejected", "jpg_0", "jpg_1"}
 
 # Status of each row after ingest; every row read ends in exactly one of these.
 OK, EXCLUDED, QUARANTINED = "ok", "excluded", "quarantined"
