@@ -120,8 +120,10 @@ def training_inputs(cfg, train_path: str, record: dict, warm_start: str | None =
             [*PAIR_COLUMNS, "ref_chosen", "ref_rejected"])
     else:
         ds = usable_pairs(train_path, "train")
-    init = None
-    for candidate in (ref, load_scorer_uri(pin_model_uri(warm_start)) if warm_start else None):
-        if init is None and candidate is not None and candidate.model_name == cfg.model.name:
-            init = candidate.state_dict
-    return ds, ref, init
+    if ref is not None and ref.model_name == cfg.model.name:
+        return ds, ref, ref.state_dict
+    if warm_start:  # loaded only when the reference cannot serve as the start point
+        warm = load_scorer_uri(pin_model_uri(warm_start))
+        if warm.model_name == cfg.model.name:
+            return ds, ref, warm.state_dict
+    return ds, ref, None

@@ -105,14 +105,15 @@ def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *, 
     from ray.data.expressions import col
 
     units = row_group_units(shards)
+    total = 0
     for shard in shards:
         with shard.filesystem.open_input_file(shard.path) as f:
-            names = pq.ParquetFile(f).schema_arrow.names
+            pf = pq.ParquetFile(f)
+            names, total = pf.schema_arrow.names, total + pf.metadata.num_rows
         if MEDIA_COLUMN not in names:
             raise DataError(f"{shard.uri}: no binary '{MEDIA_COLUMN}' column to score; it has {names}")
         if group_by and group_by not in names:
             raise DataError(f"{shard.uri}: --group-by column {group_by!r} not found; it has {names}")
-    total = sum(pq.ParquetFile(s.filesystem.open_input_file(s.path)).metadata.num_rows for s in shards)
     use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     ds = ray.data.from_items([{"unit": i} for i in range(len(units))])
     ds = ds.map_batches(_read_candidates, batch_size=1, batch_format="numpy",
