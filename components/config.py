@@ -19,6 +19,8 @@ LAYOUTS = ("auto", "canonical", "pickapic")
 TIE_POLICIES = ("drop", "soft")
 LOSS_TYPES = ("bt", "dpo", "ipo", "hinge", "robust")
 USE_GPU = ("auto", "true", "false")
+MODALITIES = ("image", "video")
+PAD_POLICIES = ("repeat", "loop", "reject")
 
 
 class ConfigError(ValueError):
@@ -29,6 +31,26 @@ class ConfigError(ValueError):
         super().__init__(
             "invalid config:\n" + "\n".join(f"  - {p}" for p in problems)
         )
+
+
+@dataclass
+class VideoConfig:
+    """How clips become model inputs ``(3, frames, image_size, image_size)``; ``modality=video``."""
+
+    frames: int = 16
+    """T: frames sampled per clip, uniformly over the whole clip (or at ``fps``)."""
+    fps: float = 0.0
+    """0: sample uniformly over the clip; > 0: take frames at this rate from the start."""
+    pad: str = "repeat"
+    """Clips with fewer than ``frames`` frames: ``repeat`` the last, ``loop``, or ``reject``
+    (quarantine)."""
+    max_bytes: int = 200_000_000
+    max_duration_s: float = 600.0
+    max_frames: int = 20_000
+    """Limits checked from the container header before a full decode (and while decoding);
+    a clip over one is quarantined. Per-frame resolution uses ``data.max_pixels``."""
+    decoder_threads: int = 1
+    """FFmpeg threads per preprocessing actor."""
 
 
 @dataclass
@@ -50,6 +72,7 @@ class DataConfig:
     """Size of the preprocessing actor pool that decodes images."""
     cpus_per_actor: float = 1.0
     decode_batch_size: int = 32
+    video: VideoConfig = field(default_factory=VideoConfig)
 
 
 @dataclass
@@ -63,6 +86,9 @@ class LossConfig:
     beta: float = 1.0
     label_smoothing: float = 0.0
     center_rewards_coefficient: float = 0.0
+    temporal_weight: float = 0.0
+    """Video only: lambda of the temporal-consistency prior; the reward in the loss (and the
+    registered model's score) is ``s(x) + lambda * c(x)``, ``c = -mean_t MSE(f_t, f_t+1)``."""
     reference: str = "init"
     """Frozen reference for loss.type=dpo: ``init`` (the initial weights) or an MLflow model
     URI such as ``models:/image-scorer@champion`` (training then starts from its weights)."""
@@ -118,6 +144,8 @@ class GateConfig:
 
 @dataclass
 class RunConfig:
+    modality: str = "image"
+    """``image`` (2-D scorers, ``python -m pipelines run image``) or ``video`` (3-D scorers)."""
     data: DataConfig = field(default_factory=DataConfig)
     ties: str = "drop"
     """Pick-a-Pic-style ties: ``drop`` (excluded, counted) or ``soft`` (target 0.5)."""
@@ -265,10 +293,28 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
         p.append("data.cpus_per_actor: must be > 0")
     if d.decode_batch_size < 1:
         p.append("data.decode_batch_size: must be >= 1")
-    from components.models import SCORERS  # the registry is the source of truth for names
+    from components.models import SCORERS, VIDEO_SCORERS  # the registry is the source of truth
 
-    if cfg.model.name not in SCORERS:
-        p.append(f"model.name: {cfg.model.name!r} is not one of {', '.join(SCORERS)}")
+    if cfg.modality not in MODALITIES:
+        p.append(f"modality: {cfg.modality!r} is not one of {', '.join(MODALITIES)}")
+    names = VIDEO_SCORERS if cfg.modality == "video" else SCORERS
+    if cfg.model.name not in names:
+        p.append(f"model.name: {cfg.model.name!r} is not one of the {cfg.modality} scorers "
+                 f"{', '.join(names)}")
+    v = d.video
+    if cfg.modality == "video":
+        if v.frames < 2:
+            p.append(f"data.video.frames: {v.frames} must be >= 2 (consistency needs two frames)")
+        if v.fps < 0:
+            p.append("data.video.fps: must be >= 0 (0 = uniform over the clip)")
+        if v.pad not in PAD_POLICIES:
+            p.append(f"data.video.pad: {v.pad!r} is not one of {', '.join(PAD_POLICIES)}")
+        if v.max_bytes < 1 or v.max_duration_s <= 0 or v.max_frames < 1:
+            p.append("data.video.max_bytes, max_duration_s, max_frames: must be > 0")
+        if v.decoder_threads < 1:
+            p.append("data.video.decoder_threads: must be >= 1")
+    elif lo.temporal_weight != 0:
+        p.append("loss.temporal_weight: the temporal-consistency prior is for modality=video")
     if lo.type not in LOSS_TYPES:
         p.append(f"loss.type: {lo.type!r} is not one of {', '.join(LOSS_TYPES)}")
     if lo.beta <= 0:
@@ -310,15 +356,28 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
     return p
 
 
+def modality_defaults(modality: str) -> dict[str, Any]:
+    """Defaults that differ by modality (below the YAML file in precedence)."""
+    if modality == "video":
+        from components.models import DEFAULT_VIDEO_SCORER
+
+        return {"modality": "video", "model": {"name": DEFAULT_VIDEO_SCORER},
+                "data": {"image_size": 64},
+                "tracking": {"experiment": "video-dpo", "model_name": "video-scorer"}}
+    return {"modality": modality}
+
+
 def load_config(
     path: str | None = None,
     overrides: list[str] | None = None,
     extra: dict[str, Any] | None = None,
     require_train: bool = True,
+    modality: str = "image",
 ) -> RunConfig:
-    """YAML file < ``extra`` (from CLI flags) < ``key=value`` overrides; validated."""
+    """Modality defaults < YAML file < ``extra`` (from CLI flags) < ``key=value`` overrides;
+    validated."""
     problems: list[str] = []
-    tree: dict[str, Any] = {}
+    tree: dict[str, Any] = modality_defaults(modality)
     if path:
         p = Path(path)
         if not p.is_file():
@@ -332,7 +391,7 @@ def load_config(
             if not isinstance(loaded, dict):
                 problems.append(f"--config {path}: top level must be a mapping")
                 loaded = {}
-            tree = loaded
+            tree = _merge(tree, loaded)
     tree = _merge(tree, extra or {})
     tree = _merge(tree, parse_overrides(overrides or [], problems))
     cfg = RunConfig()

@@ -35,34 +35,55 @@ class PairScorer:
     """Ray Data actor: loads a scorer once, adds ``s_chosen``/``s_rejected`` columns.
 
     ``image_size`` is the size the scorer was trained at; inputs prepared at another size are
-    resized (antialiased) on the fly so a champion is judged at its own resolution.
+    resized (antialiased, frame by frame for clips) so a champion is judged at its own
+    resolution. With ``temporal_weight`` (video), ``s_*`` is the full reward
+    ``s(x) + lambda * c(x)`` that the model was trained with and that the registered model
+    returns; the scorer's own part is kept as ``model_chosen``/``model_rejected``.
     """
 
-    def __init__(self, model_name: str, state_dict: dict[str, torch.Tensor], image_size: int):
+    def __init__(self, model_name: str, state_dict: dict[str, torch.Tensor], image_size: int,
+                 temporal_weight: float = 0.0):
         self.model = build_scorer(model_name)
         self.model.load_state_dict(state_dict)
         self.model.eval()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         self.size = image_size
+        self.temporal_weight = temporal_weight
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] == self.size and x.shape[-2] == self.size:
             return x
+        video = x.dim() == 5
+        if video:  # (N, C, T, H, W) -> frames (N*T, C, H, W)
+            n, c, t, h, w = x.shape
+            x = x.transpose(1, 2).reshape(n * t, c, h, w)
         y = F.interpolate(x.float(), size=(self.size, self.size), mode="bilinear", antialias=True)
-        return y.round().clamp(0, 255).to(torch.uint8)
+        y = y.round().clamp(0, 255).to(torch.uint8)
+        if video:
+            y = y.reshape(n, t, c, self.size, self.size).transpose(1, 2).contiguous()
+        return y
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         c = self._resize(torch.from_numpy(np.ascontiguousarray(batch["chosen_px"])))
         r = self._resize(torch.from_numpy(np.ascontiguousarray(batch["rejected_px"])))
         s_c, s_r = eval_scores(self.model, c, r, self.device)
+        s_c, s_r = s_c.cpu().numpy().astype(np.float64), s_r.cpu().numpy().astype(np.float64)
         out = {k: batch[k] for k in PASS_THROUGH if k in batch}
-        out.update(s_chosen=s_c.cpu().numpy(), s_rejected=s_r.cpu().numpy())
+        if "chosen_c" in batch:
+            out.update(model_chosen=s_c, model_rejected=s_r, chosen_c=batch["chosen_c"],
+                       rejected_c=batch["rejected_c"])
+            s_c = s_c + self.temporal_weight * np.asarray(batch["chosen_c"], dtype=np.float64)
+            s_r = s_r + self.temporal_weight * np.asarray(batch["rejected_c"], dtype=np.float64)
+        elif self.temporal_weight:
+            raise ValueError("temporal_weight is set but the data has no consistency columns "
+                             "(chosen_c/rejected_c): prepare it with modality=video")
+        out.update(s_chosen=s_c, s_rejected=s_r)
         return out
 
 
 def score_dataset(ds, model_name: str, state_dict: dict[str, torch.Tensor], image_size: int,
-                  batch_size: int = 64) -> pd.DataFrame:
+                  batch_size: int = 64, temporal_weight: float = 0.0) -> pd.DataFrame:
     """Scores of every pair in a prepared dataset, one row per pair, sorted by pair_id so two
     models' scores line up pair by pair."""
     from ray.data import ActorPoolStrategy
@@ -73,6 +94,7 @@ def score_dataset(ds, model_name: str, state_dict: dict[str, torch.Tensor], imag
             "model_name": model_name,
             "state_dict": state_dict,
             "image_size": image_size,
+            "temporal_weight": temporal_weight,
         },
         batch_size=batch_size,
         compute=ActorPoolStrategy(size=1),
@@ -91,6 +113,7 @@ def settings_of(cfg) -> StepSettings:
         beta=cfg.loss.beta,
         label_smoothing=cfg.loss.label_smoothing,
         center_rewards_coefficient=cfg.loss.center_rewards_coefficient,
+        temporal_weight=cfg.loss.temporal_weight,
     )
 
 
@@ -177,8 +200,9 @@ def evaluation_report(df: pd.DataFrame, settings: StepSettings, slices: list[str
     if ref is not None:
         kwargs["ref_chosen"] = torch.from_numpy(np.array(ref["s_chosen"], dtype=np.float64)).float()
         kwargs["ref_rejected"] = torch.from_numpy(np.array(ref["s_rejected"], dtype=np.float64)).float()
+    # s_* already hold the full reward (PairScorer adds the temporal prior), so lambda = 0 here.
     loss, m = preference_loss(torch.from_numpy(s_c).float(), torch.from_numpy(s_r).float(),
-                              **settings.loss_kwargs, **kwargs)
+                              **{**settings.loss_kwargs, "temporal_weight": 0.0}, **kwargs)
     metrics: dict[str, float] = {
         "accuracy": float(correct[hard].mean()) if hard.any() else float("nan"),
         "loss": float(loss),
@@ -189,6 +213,12 @@ def evaluation_report(df: pd.DataFrame, settings: StepSettings, slices: list[str
         "pairs": float(len(df)),
         "ties": float(is_tie.sum()),
     }
+    if "chosen_c" in df:  # video: how much of the ranking consistency alone explains
+        c_delta = np.array(df["chosen_c"], dtype=np.float64) - np.array(df["rejected_c"], dtype=np.float64)
+        m_delta = np.array(df["model_chosen"], dtype=np.float64) - np.array(df["model_rejected"], dtype=np.float64)
+        if hard.any():
+            metrics["consistency_accuracy"] = float((c_delta[hard] > 0).mean())
+            metrics["scorer_accuracy"] = float((m_delta[hard] > 0).mean())
     ece, table = expected_calibration_error(delta[hard], settings.beta)
     metrics["ece"] = ece
     if is_tie.any():
@@ -205,9 +235,10 @@ def evaluate_step(cfg, outcome, data, ref=None) -> EvalReport:
     from components.plots import log_report_figures
 
     ds = usable_pairs(data.eval_path, "eval", with_ids=True)
-    df = score_dataset(ds, cfg.model.name, outcome.state_dict, data.image_size)
+    df = score_dataset(ds, cfg.model.name, outcome.state_dict, data.image_size,
+                       temporal_weight=cfg.loss.temporal_weight)
     ref_df = None
-    if ref is not None:
+    if ref is not None:  # the reference's raw scores: the prior cancels in h
         ref_df = score_dataset(usable_pairs(data.eval_path, "eval", with_ids=True),
                                ref.model_name, ref.state_dict, ref.image_size)
     report = evaluation_report(df, settings_of(cfg), cfg.eval.slices, ref_df)

@@ -6,7 +6,9 @@ without decoding again. Every row read is written with a ``status`` (ok / exclud
 quarantined) and a ``reason``, so the counts come from one place and nothing is lost.
 
 Shapes: ``chosen_px`` and ``rejected_px`` are uint8 ``(3, S, S)`` per row, ``(N, 3, S, S)``
-per batch. Float conversion happens on the training device.
+per batch; for video ``(3, T, S, S)`` and ``(N, 3, T, S, S)``, with each clip's temporal
+consistency in ``chosen_c``/``rejected_c`` (float64). Float conversion happens on the
+training device.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from components.contract import (
     canonical_rows,
     plan_reads,
 )
-from components.decode import DecodeError, decode_image
+from components.decode import DecodeError
+from components.media import MediaSpec
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ CANONICAL_SCHEMA = pa.schema([
     ("weight", pa.float64()),
 ])
 PAIR_COLUMNS = ["chosen_px", "rejected_px", "target", "margin", "weight"]
+CONSISTENCY_COLUMNS = ["chosen_c", "rejected_c"]  # video only
 
 
 @dataclass
@@ -79,6 +83,7 @@ class PreparedData:
     counts: dict[str, RowCounts]  # by split: "train", "eval"
     image_sizes: dict[str, int]  # "WxH" of the original images -> count
     decode_s: float
+    consistency: dict[str, dict[str, float]] = field(default_factory=dict)  # video, by split
 
 
 def _read_unit(
@@ -95,22 +100,23 @@ def _read_unit(
 
 
 class PairDecoder:
-    """Preprocessing actor: decodes both images of each usable pair.
+    """Preprocessing actor: decodes both images (or clips) of each usable pair.
 
-    Rows whose images cannot be used become ``quarantined`` with the reason; the encoded
+    Rows whose media cannot be used become ``quarantined`` with the reason; the encoded
     bytes are dropped after decoding so the object store carries only uint8 pixels.
     """
 
-    def __init__(self, image_size: int, max_pixels: int, split: str | None = None):
-        self.size = image_size
-        self.max_pixels = max_pixels
+    def __init__(self, spec: dict, split: str | None = None):
+        self.spec = MediaSpec.from_dict(spec)
         self.split = split
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         n = len(batch["pair_id"])
-        s = self.size
-        chosen = np.zeros((n, 3, s, s), dtype=np.uint8)
-        rejected = np.zeros((n, 3, s, s), dtype=np.uint8)
+        spec = self.spec
+        chosen = np.zeros((n, *spec.shape), dtype=np.uint8)
+        rejected = np.zeros((n, *spec.shape), dtype=np.uint8)
+        c_chosen = np.zeros(n, dtype=np.float64)
+        c_rejected = np.zeros(n, dtype=np.float64)
         status = np.array(batch["status"], dtype=object)
         reason = np.array(batch["reason"], dtype=object)
         sizes = np.array([""] * n, dtype=object)
@@ -118,38 +124,41 @@ class PairDecoder:
             if status[i] != OK:
                 continue
             try:
-                chosen[i], (cw, ch) = decode_image(batch["chosen"][i], s, self.max_pixels)
+                chosen[i], c_size, c = spec.decode(batch["chosen"][i])
             except DecodeError as e:
                 status[i], reason[i] = QUARANTINED, f"chosen: {e.reason}"
                 continue
             try:
-                rejected[i], (rw, rh) = decode_image(batch["rejected"][i], s, self.max_pixels)
+                rejected[i], r_size, r = spec.decode(batch["rejected"][i])
             except DecodeError as e:
                 status[i], reason[i] = QUARANTINED, f"rejected: {e.reason}"
                 continue
-            sizes[i] = f"{cw}x{ch},{rw}x{rh}"
+            sizes[i] = f"{c_size},{r_size}"
+            if spec.video:
+                c_chosen[i], c_rejected[i] = c, r
         split = batch["split"] if self.split is None else [self.split] * n
         from ray.data.extensions import ArrowTensorArray
 
         # Explicit types: a batch whose prompts are all null must still write a string column.
-        return pa.table(
-            {
-                "pair_id": pa.array(list(batch["pair_id"]), pa.string()),
-                "prompt": pa.array(list(batch["prompt"]), pa.string()),
-                "shard": pa.array(list(batch["shard"]), pa.string()),
-                "row": pa.array(np.asarray(batch["row"], dtype=np.int64)),
-                "meta": pa.array(list(batch["meta"]), pa.string()),
-                "target": pa.array(np.asarray(batch["target"], dtype=np.float64)),
-                "margin": pa.array(np.asarray(batch["margin"], dtype=np.float64)),
-                "weight": pa.array(np.asarray(batch["weight"], dtype=np.float64)),
-                "split": pa.array(list(split), pa.string()),
-                "status": pa.array(list(status), pa.string()),
-                "reason": pa.array(list(reason), pa.string()),
-                "source_sizes": pa.array(list(sizes), pa.string()),
-                "chosen_px": ArrowTensorArray.from_numpy(chosen),
-                "rejected_px": ArrowTensorArray.from_numpy(rejected),
-            }
-        )
+        columns = {
+            "pair_id": pa.array(list(batch["pair_id"]), pa.string()),
+            "prompt": pa.array(list(batch["prompt"]), pa.string()),
+            "shard": pa.array(list(batch["shard"]), pa.string()),
+            "row": pa.array(np.asarray(batch["row"], dtype=np.int64)),
+            "meta": pa.array(list(batch["meta"]), pa.string()),
+            "target": pa.array(np.asarray(batch["target"], dtype=np.float64)),
+            "margin": pa.array(np.asarray(batch["margin"], dtype=np.float64)),
+            "weight": pa.array(np.asarray(batch["weight"], dtype=np.float64)),
+            "split": pa.array(list(split), pa.string()),
+            "status": pa.array(list(status), pa.string()),
+            "reason": pa.array(list(reason), pa.string()),
+            "source_sizes": pa.array(list(sizes), pa.string()),
+            "chosen_px": ArrowTensorArray.from_numpy(chosen),
+            "rejected_px": ArrowTensorArray.from_numpy(rejected),
+        }
+        if spec.video:
+            columns.update(chosen_c=pa.array(c_chosen), rejected_c=pa.array(c_rejected))
+        return pa.table(columns)
 
 
 def prepare(
@@ -157,8 +166,7 @@ def prepare(
     out_dir: str,
     *,
     layout: str,
-    image_size: int,
-    max_pixels: int,
+    spec: MediaSpec,
     decode_actors: int,
     cpus_per_actor: float,
     batch_size: int,
@@ -186,7 +194,7 @@ def prepare(
     )
     ds = ds.map_batches(
         PairDecoder,
-        fn_constructor_kwargs={"image_size": image_size, "max_pixels": max_pixels, "split": split},
+        fn_constructor_kwargs={"spec": spec.to_dict(), "split": split},
         batch_size=batch_size,
         compute=ActorPoolStrategy(min_size=1, max_size=decode_actors),
         num_cpus=cpus_per_actor,
@@ -199,7 +207,7 @@ def prepare(
     decode_s = time.perf_counter() - t0
 
     meta = pads.dataset(out_dir, format="parquet").to_table(
-        columns=["split", "status", "reason", "source_sizes"]
+        columns=["split", "status", "reason", "source_sizes"] + (CONSISTENCY_COLUMNS if spec.video else [])
     )
     if meta.num_rows != total_rows:
         raise RuntimeError(  # an internal invariant, not a user error
@@ -225,7 +233,24 @@ def prepare(
     for s in meta["source_sizes"].to_pylist():
         if s:
             sizes.update(s.split(","))
-    return PreparedData(out_dir, counts, dict(sizes.most_common(50)), decode_s)
+    return PreparedData(out_dir, counts, dict(sizes.most_common(50)), decode_s,
+                        consistency_stats(meta) if spec.video else {})
+
+
+def consistency_stats(meta: pa.Table) -> dict[str, dict[str, float]]:
+    """Per split, over usable pairs: mean ``c`` of chosen and rejected clips, and the share
+    of pairs whose chosen clip is the more consistent one (what consistency alone predicts)."""
+    out: dict[str, dict[str, float]] = {}
+    ok = np.array(meta["status"].to_pylist()) == OK
+    splits = np.array(meta["split"].to_pylist())
+    c_c = meta["chosen_c"].to_numpy(zero_copy_only=False)
+    c_r = meta["rejected_c"].to_numpy(zero_copy_only=False)
+    for sp in sorted(set(splits[ok])):
+        m = ok & (splits == sp)
+        out[sp] = {"pairs": int(m.sum()), "chosen_mean_c": float(c_c[m].mean()),
+                   "rejected_mean_c": float(c_r[m].mean()),
+                   "chosen_more_consistent": float((c_c[m] > c_r[m]).mean())}
+    return out
 
 
 def write_quarantine(prepared: list[PreparedData], path: str) -> int:
@@ -251,6 +276,12 @@ def check_quarantine(counts: dict[str, RowCounts], max_fraction: float) -> None:
             )
 
 
+def pair_columns(prepared_path: str) -> list[str]:
+    """The training columns of a prepared dataset (video data also carries consistency)."""
+    names = pads.dataset(prepared_path, format="parquet").schema.names
+    return PAIR_COLUMNS + [c for c in CONSISTENCY_COLUMNS if c in names]
+
+
 def usable_pairs(prepared_path: str, split: str, with_ids: bool = False):
     """The usable rows of one split as a streaming Ray Dataset of uint8 pixel tensors."""
     import ray
@@ -258,7 +289,7 @@ def usable_pairs(prepared_path: str, split: str, with_ids: bool = False):
 
     ds = ray.data.read_parquet(prepared_path)
     ds = ds.filter(expr=(col("status") == OK) & (col("split") == split))
-    return ds.select_columns((["pair_id", "meta"] if with_ids else []) + PAIR_COLUMNS)
+    return ds.select_columns((["pair_id", "meta"] if with_ids else []) + pair_columns(prepared_path))
 
 
 @dataclass
@@ -294,10 +325,10 @@ def prepare_step(cfg, train_shards: list[Shard], eval_shards: list[Shard], run_d
     import mlflow
 
     d = cfg.data
+    spec = MediaSpec.from_config(cfg)
     common = dict(
         layout=d.layout,
-        image_size=d.image_size,
-        max_pixels=d.max_pixels,
+        spec=spec,
         decode_actors=d.decode_actors,
         cpus_per_actor=d.cpus_per_actor,
         batch_size=d.decode_batch_size,
@@ -332,6 +363,13 @@ def prepare_step(cfg, train_shards: list[Shard], eval_shards: list[Shard], run_d
         for k in ("read", "used", "quarantined", "excluded"):
             metrics[f"rows/{split}/{k}"] = getattr(c, k)
     metrics["data/decode_s"] = sum(p.decode_s for p in prepared)
+    consistency: dict[str, dict[str, float]] = {}
+    for p in prepared:
+        consistency.update(p.consistency)
+    for split, st in consistency.items():
+        metrics[f"data/{split}/chosen_mean_c"] = st["chosen_mean_c"]
+        metrics[f"data/{split}/rejected_mean_c"] = st["rejected_mean_c"]
+        metrics[f"data/{split}/chosen_more_consistent"] = st["chosen_more_consistent"]
     mlflow.log_metrics(metrics)
     mlflow.log_artifact(quarantine_path, "data")
     sizes: Counter[str] = Counter()
@@ -343,7 +381,9 @@ def prepare_step(cfg, train_shards: list[Shard], eval_shards: list[Shard], run_d
                 "counts": {s: c.as_dict() for s, c in counts.items()},
                 "quarantined_total": n_quarantined,
                 "source_image_sizes": dict(sizes.most_common(50)),
-                "decoded_size": [3, d.image_size, d.image_size],
+                "decoded_shape": list(spec.shape),
+                "media": spec.to_dict(),
+                "temporal_consistency": consistency,
                 "split": "separate eval data" if eval_shards else f"hash of pair_id, eval_fraction={d.eval_fraction}",
                 "decode_s": metrics["data/decode_s"],
             },
@@ -359,4 +399,7 @@ def prepare_step(cfg, train_shards: list[Shard], eval_shards: list[Shard], run_d
                 f"{split} data: no usable pairs out of {counts[split].read} rows read "
                 f"(reasons: {json.dumps(counts[split].reasons)})"
             )
+    if spec.video:
+        log.info("video: %d frames per clip, pad policy %r, fps %s; consistency %s", spec.frames,
+                 spec.pad, spec.fps or "uniform", consistency)
     return PreparedSplits(train_path, eval_path, counts, quarantine_path, d.image_size)

@@ -14,6 +14,11 @@ and the objectives are (beta > 0, eps = label smoothing):
     robust   : ((1 - eps) * -logsigmoid(beta h) + eps * logsigmoid(-beta h)) / (1 - 2 eps)
                                               (Chowdhury et al. 2024, unbiased under label noise)
 
+Video scorers may add a fixed temporal-consistency prior (lambda = ``temporal_weight``): the
+reward of a clip becomes ``s(x) + lambda * c(x)`` with ``c(x) = -mean_t MSE(f_t, f_t+1)``
+computed in preprocessing, so ``h`` gains ``lambda * (c(x_c) - c(x_r))`` and the scorer is
+trained on what consistency alone does not explain (``c`` is data, so it has no gradient).
+
 ``bt`` with ``label_smoothing > 0`` is conservative DPO (cDPO):
 ``-(1 - eps) logsigmoid(beta h) - eps logsigmoid(-beta h)``.
 
@@ -41,6 +46,9 @@ def preference_loss(
     target: Tensor | None = None,
     margin: Tensor | None = None,
     weight: Tensor | None = None,
+    temporal_weight: float = 0.0,
+    chosen_c: Tensor | None = None,
+    rejected_c: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted mean loss over a batch of pairs, and TRL-named metrics (detached).
 
@@ -57,6 +65,11 @@ def preference_loss(
     """
     s_chosen = s_chosen.float()
     s_rejected = s_rejected.float()
+    if temporal_weight:
+        if chosen_c is None or rejected_c is None:
+            raise ValueError("temporal_weight != 0 needs chosen_c/rejected_c (video consistency)")
+        s_chosen = s_chosen + temporal_weight * chosen_c.float()
+        s_rejected = s_rejected + temporal_weight * rejected_c.float()
     if loss_type == "dpo" and (ref_chosen is None or ref_rejected is None):
         raise ValueError("loss_type='dpo' needs reference scores ref_chosen/ref_rejected")
     lr_c = s_chosen - (ref_chosen.float() if ref_chosen is not None else 0.0)

@@ -1,7 +1,8 @@
-"""Image scorers behind one registry by name. Input ``(N, 3, H, W)`` float, output ``(N,)``.
+"""Scorers behind one registry by name, output ``(N,)``.
 
-Every scorer is resolution-agnostic (adaptive pooling), so a model trained at 64x64 also
-scores 224x224 inputs.
+Image scorers (``SCORERS``) take ``(N, 3, H, W)`` float; video scorers (``VIDEO_SCORERS``)
+take ``(N, 3, T, H, W)``. Every scorer is resolution- and length-agnostic (adaptive pooling),
+so a model trained at 64x64 (or 8 frames) also scores 224x224 inputs (or 16 frames).
 """
 
 from __future__ import annotations
@@ -88,11 +89,89 @@ class _Squeeze(nn.Module):
         return self.net(x).squeeze(-1)
 
 
+class SeedC3D(nn.Module):
+    """The seed post's ``VideoDPO``: two Conv3d + MaxPool3d blocks and an MLP head.
+
+    The seed flattened a fixed ``128 x 4 x 4 x 4`` feature map, so it only ran on 16x16x16
+    clips; an ``AdaptiveAvgPool3d(4)`` before the flatten keeps the head and accepts any
+    length and size. Kept as the baseline.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frame_encoder = nn.Sequential(
+            nn.Conv3d(3, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool3d(2, ceil_mode=True),
+            nn.Conv3d(64, 128, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool3d(2, ceil_mode=True),
+            nn.AdaptiveAvgPool3d(4),
+            nn.Flatten(),
+        )
+        self.temporal_scorer = nn.Sequential(nn.Linear(128 * 4 * 4 * 4, 512), nn.ReLU(), nn.Linear(512, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.temporal_scorer(self.frame_encoder(x)).squeeze(-1)
+
+
+def _block3d(c_in: int, c_out: int, stride: tuple[int, int, int]) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm3d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class BNC3D(nn.Module):
+    """A small BatchNorm 3-D CNN with global pooling: ``bn-cnn`` with time as a third axis.
+
+    Temporal defects (stutter, flicker, jumps) are local in time, so 3x3x3 kernels at full
+    frame rate see them; spatial strides come first because the frames are small.
+    """
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            _block3d(3, w, (1, 2, 2)),
+            _block3d(w, 2 * w, (1, 2, 2)),
+            _block3d(2 * w, 2 * w, (1, 1, 1)),
+            _block3d(2 * w, 4 * w, (2, 2, 2)),
+            _block3d(4 * w, 4 * w, (1, 1, 1)),
+            nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(4 * w, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x)).squeeze(-1)
+
+
+def _torchvision_video(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from torchvision.models import video
+
+        # weights=None: nothing downloads at run time (Kinetics weights are a user option).
+        return _Squeeze(getattr(video, name)(weights=None, num_classes=1))
+
+    build.__name__ = name
+    return build
+
+
 SCORERS: dict[str, Callable[[], nn.Module]] = {
     "bn-cnn": BNCNN,
     "seed-cnn": SeedCNN,
     "resnet18": _resnet18,
 }
+VIDEO_SCORERS: dict[str, Callable[[], nn.Module]] = {
+    "bn-c3d": BNC3D,
+    "seed-c3d": SeedC3D,
+    "r3d_18": _torchvision_video("r3d_18"),
+    "mc3_18": _torchvision_video("mc3_18"),
+    "r2plus1d_18": _torchvision_video("r2plus1d_18"),
+}
+DEFAULT_VIDEO_SCORER = "bn-c3d"
 
 # ImageNet statistics: the usual normalisation, applied on the training device.
 MEAN = (0.485, 0.456, 0.406)
@@ -100,21 +179,26 @@ STD = (0.229, 0.224, 0.225)
 
 
 def build_scorer(name: str) -> nn.Module:
-    if name not in SCORERS:
-        raise ValueError(f"unknown scorer {name!r}; choose one of {', '.join(SCORERS)}")
-    return SCORERS[name]()
+    if name in SCORERS:
+        return SCORERS[name]()
+    if name in VIDEO_SCORERS:
+        return VIDEO_SCORERS[name]()
+    raise ValueError(f"unknown scorer {name!r}; choose one of {', '.join([*SCORERS, *VIDEO_SCORERS])}")
 
 
 def to_model_input(images: Tensor, device: torch.device, channels_last: bool) -> Tensor:
-    """uint8 ``(N, C, H, W)`` on any device -> normalised float on ``device``.
+    """uint8 ``(N, C, H, W)`` or ``(N, C, T, H, W)`` on any device -> normalised float on
+    ``device`` (channels_last / channels_last_3d when asked).
 
     The uint8 -> float conversion happens here, after the copy, so the object store and the
     host-to-device copy carry 1 byte per pixel instead of 4.
     """
     x = images.to(device, non_blocking=True).float().div_(255.0)
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    shape = (1, 3) + (1,) * (x.dim() - 2)
+    mean = torch.tensor(MEAN, device=device).view(shape)
+    std = torch.tensor(STD, device=device).view(shape)
     x = (x - mean) / std
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+        x = x.contiguous(memory_format=fmt)
     return x

@@ -56,10 +56,13 @@ def reliability_diagram(table: list[dict], ece: float, path: str) -> None:
 
 
 def worst_pairs_grid(pixels: list[tuple[np.ndarray, np.ndarray]], captions: list[str], path: str) -> None:
-    """One row per pair: chosen | rejected, uint8 ``(3, S, S)`` each."""
+    """One row per pair: chosen | rejected, uint8 ``(3, S, S)`` each, or clips ``(3, T, S, S)``
+    drawn as filmstrips (frames left to right)."""
     plt = _plt()
     n = max(1, len(pixels))
-    fig, axes = plt.subplots(n, 2, figsize=(4, 2 * n), squeeze=False)
+    pixels = [(_strip(c), _strip(r)) for c, r in pixels]
+    aspect = pixels[0][0].shape[2] / pixels[0][0].shape[1] if pixels else 1.0
+    fig, axes = plt.subplots(n, 2, figsize=(4 * min(aspect, 4), 2 * n), squeeze=False)
     for i, ((c, r), cap) in enumerate(zip(pixels, captions, strict=True)):
         for j, (img, name) in enumerate(((c, "chosen"), (r, "rejected"))):
             axes[i][j].imshow(np.asarray(img).transpose(1, 2, 0))
@@ -72,6 +75,15 @@ def worst_pairs_grid(pixels: list[tuple[np.ndarray, np.ndarray]], captions: list
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _strip(item: np.ndarray) -> np.ndarray:
+    """``(3, T, S, S)`` -> ``(3, S, T * S)``; images pass through."""
+    item = np.asarray(item)
+    if item.ndim == 4:
+        c, t, h, w = item.shape
+        return item.transpose(0, 2, 1, 3).reshape(c, h, t * w)
+    return item
 
 
 def log_report_figures(report, prepared_path: str, beta: float, worst: int) -> None:

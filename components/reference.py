@@ -23,6 +23,8 @@ class Reference:
     state_dict: dict[str, torch.Tensor]
     image_size: int
     source: str  # "init" or the model URI
+    temporal_weight: float = 0.0  # the model's temporal prior (video); 0 for images
+    media: dict | None = None  # the model's MediaSpec (decode contract), for registered models
 
 
 def pin_model_uri(uri: str) -> str:
@@ -41,7 +43,8 @@ def load_scorer_uri(uri: str) -> Reference:
     import mlflow
 
     wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-    return Reference(wrapper.meta["model"], wrapper.model.state_dict(), wrapper.image_size, uri)
+    return Reference(wrapper.meta["model"], wrapper.model.state_dict(), wrapper.image_size, uri,
+                     float(wrapper.meta.get("temporal_weight", 0.0)), wrapper.spec.to_dict())
 
 
 def resolve_reference(cfg, source: str | None = None) -> Reference:
@@ -112,12 +115,12 @@ def training_inputs(cfg, train_path: str, record: dict, warm_start: str | None =
     """
     import ray
 
-    from components.ingest import PAIR_COLUMNS, usable_pairs
+    from components.ingest import pair_columns, usable_pairs
 
     ref = resolve_reference(cfg, record["source"]) if record["source"] else None
     if record["path"]:
         ds = ray.data.read_parquet(record["path"]).select_columns(
-            [*PAIR_COLUMNS, "ref_chosen", "ref_rejected"])
+            [*pair_columns(train_path), "ref_chosen", "ref_rejected"])
     else:
         ds = usable_pairs(train_path, "train")
     if ref is not None and ref.model_name == cfg.model.name:

@@ -16,6 +16,8 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from components.media import MediaSpec
+
 CHALLENGER, CHAMPION = "challenger", "champion"
 
 
@@ -80,8 +82,9 @@ def apply(client: MlflowClient, name: str, decision: PromotionDecision) -> list[
     return sorted(client.get_model_version(name, v).aliases)
 
 
-def _example_image(eval_path: str) -> bytes:
-    """A real encoded image for the model's input example: the first usable eval pair, as PNG."""
+def _example_item(eval_path: str, video: bool) -> bytes:
+    """A real encoded item for the model's input example: the first usable eval pair's chosen
+    image as PNG, or its chosen clip as MP4."""
     import io
 
     import pyarrow.dataset as pads
@@ -93,7 +96,12 @@ def _example_image(eval_path: str) -> bytes:
     table = pads.dataset(eval_path, format="parquet").head(
         1, columns=["chosen_px"], filter=pads.field("status") == OK
     )
-    px = table["chosen_px"].combine_chunks().to_numpy()[0]  # uint8 (3, S, S)
+    px = table["chosen_px"].combine_chunks().to_numpy()[0]  # uint8 (3, S, S) or (3, T, S, S)
+    if video:
+        from components.video import encode_video
+
+        frames = np.ascontiguousarray(px.transpose(1, 2, 3, 0))  # (T, S, S, 3)
+        return encode_video(frames, "mp4" if px.shape[-1] % 2 == 0 else "gif")
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(px.transpose(1, 2, 0))).save(buf, "PNG")
     return buf.getvalue()
@@ -122,18 +130,20 @@ def register_step(cfg, outcome, report, data) -> dict:
         # Evaluate before anything is registered: a failure here moves no alias.
         ref = load_scorer_uri(f"models:/{name}@{CHAMPION}")
         champ = score_dataset(usable_pairs(data.eval_path, "eval", with_ids=True),
-                              ref.model_name, ref.state_dict, ref.image_size)
+                              ref.model_name, ref.state_dict, ref.image_size,
+                              temporal_weight=ref.temporal_weight)
         if list(champ["pair_id"]) != list(report.scores["pair_id"]):
             raise RuntimeError("champion and challenger were scored on different eval pairs")
         champion_correct = correct_vector(champ)
         mlflow.log_metric("eval/champion_accuracy", float(champion_correct.mean()))
+    spec = MediaSpec.from_config(cfg)
     info = log_scorer(
         outcome.state_dict,
         cfg.model.name,
-        cfg.data.image_size,
-        cfg.data.max_pixels,
-        _example_image(data.eval_path),
+        spec,
+        _example_item(data.eval_path, spec.video),
         registered_model_name=name,
+        temporal_weight=cfg.loss.temporal_weight,
     )
     version = str(info.registered_model_version)
     decision = decide(version, correct_vector(report.scores), champion, champion_correct, cfg.gate)

@@ -1,12 +1,16 @@
-"""The registered model: an ``mlflow.pyfunc`` that scores raw encoded image bytes.
+"""The registered model: an ``mlflow.pyfunc`` that scores raw encoded image or video bytes.
 
 Consumers need only::
 
     model = mlflow.pyfunc.load_model("models:/image-scorer@champion")
     scores = model.predict(pd.DataFrame({"image": [jpeg_bytes, png_bytes]}))  # higher = preferred
 
-Decoding, resizing and normalisation travel inside the model (the same ``decode_image`` the
-training pipeline used).
+    model = mlflow.pyfunc.load_model("models:/video-scorer@champion")
+    scores = model.predict(pd.DataFrame({"video": [mp4_bytes, webm_bytes]}))
+
+Decoding, frame sampling, resizing and normalisation travel inside the model (the same
+``MediaSpec.decode`` the training pipeline used). A video model trained with a temporal prior
+returns the full reward ``s(x) + lambda * c(x)`` it was trained with.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import pandas as pd
 import torch
 
 import components
-from components.decode import DecodeError, decode_image
+from components.decode import DecodeError
+from components.media import MediaSpec
 from components.models import build_scorer
 from components.train_step import score_images
 
@@ -34,16 +39,21 @@ PIP_REQUIREMENTS = [
     "numpy",
     "pandas",
 ]
+VIDEO_REQUIREMENTS = ["av"]
+FORMATS = {"image": "JPEG/PNG/WebP", "video": "MP4/WebM/GIF containers or lists of encoded frames"}
 
 
-class ImageScorerModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: DataFrame with a binary ``image`` column -> one float score per row."""
+class ScorerModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: DataFrame with a binary ``image`` (or ``video``) column -> one float
+    score per row."""
 
     batch_size = 64
 
     def load_context(self, context: Any) -> None:
         with open(context.artifacts["scorer"]) as f:
             self.meta = json.load(f)
+        self.spec = MediaSpec.from_dict(self.meta["media"])
+        self.temporal_weight = float(self.meta.get("temporal_weight", 0.0))
         self.model = build_scorer(self.meta["model"])
         state = torch.load(context.artifacts["weights"], map_location="cpu")
         self.model.load_state_dict(state)
@@ -56,41 +66,47 @@ class ImageScorerModel(mlflow.pyfunc.PythonModel):
         return int(self.meta["image_size"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
-        if "image" not in model_input.columns:
+        col = self.spec.column
+        if col not in model_input.columns:
             raise ValueError(
-                f"input needs a binary column 'image' with encoded JPEG/PNG/WebP bytes; "
+                f"input needs a binary column {col!r} with encoded {FORMATS[col]} bytes; "
                 f"got columns {list(model_input.columns)}"
             )
-        size, max_pixels = self.image_size, int(self.meta["max_pixels"])
-        images = np.zeros((len(model_input), 3, size, size), dtype=np.uint8)
+        n = len(model_input)
+        items = np.zeros((n, *self.spec.shape), dtype=np.uint8)
+        consistency = np.zeros(n, dtype=np.float64)
         bad = []
-        for i, data in enumerate(model_input["image"].tolist()):
+        for i, data in enumerate(model_input[col].tolist()):
             try:
-                images[i], _ = decode_image(data, size, max_pixels)
+                items[i], _, c = self.spec.decode(data)
             except DecodeError as e:
                 bad.append(f"row {i}: {e.reason}")
+                continue
+            consistency[i] = c or 0.0
         if bad:
             raise ValueError(
-                "column 'image': cannot score " + "; ".join(bad[:10])
+                f"column {col!r}: cannot score " + "; ".join(bad[:10])
                 + (f" (and {len(bad) - 10} more)" if len(bad) > 10 else "")
-                + ". Remove or re-encode these rows (JPEG/PNG/WebP)."
+                + f". Remove or re-encode these rows ({FORMATS[col]})."
             )
         out = []
-        x = torch.from_numpy(images)
+        x = torch.from_numpy(items)
+        batch = self.batch_size if not self.spec.video else max(1, self.batch_size // 8)
         with torch.no_grad():
-            for start in range(0, len(x), self.batch_size):
-                chunk = x[start : start + self.batch_size]
+            for start in range(0, len(x), batch):
+                chunk = x[start : start + batch]
                 out.append(score_images(self.model, chunk, self.device).cpu().numpy())
-        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+        scores = np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+        return scores + self.temporal_weight * consistency
 
 
 def log_scorer(
     state_dict: dict[str, torch.Tensor],
     model_name: str,
-    image_size: int,
-    max_pixels: int,
-    example_image: bytes,
+    spec: MediaSpec,
+    example: bytes,
     registered_model_name: str | None,
+    temporal_weight: float = 0.0,
 ):
     """Log the pyfunc model in the active run (and register it); returns MLflow's ModelInfo."""
     from mlflow.models import infer_signature
@@ -100,16 +116,17 @@ def log_scorer(
         torch.save(state_dict, weights)
         meta = os.path.join(d, "scorer.json")
         with open(meta, "w") as f:
-            json.dump({"model": model_name, "image_size": image_size, "max_pixels": max_pixels}, f)
-        example = pd.DataFrame({"image": [example_image]})
-        signature = infer_signature(example, np.zeros(1, dtype=np.float64))
+            json.dump({"model": model_name, "image_size": spec.size, "max_pixels": spec.max_pixels,
+                       "media": spec.to_dict(), "temporal_weight": temporal_weight}, f)
+        example_df = pd.DataFrame({spec.column: [example]})
+        signature = infer_signature(example_df, np.zeros(1, dtype=np.float64))
         return mlflow.pyfunc.log_model(
             name="model",
-            python_model=ImageScorerModel(),
+            python_model=ScorerModel(),
             artifacts={"weights": weights, "scorer": meta},
             code_paths=[os.path.dirname(components.__file__)],
             signature=signature,
-            input_example=example,
-            pip_requirements=PIP_REQUIREMENTS,
+            input_example=example_df,
+            pip_requirements=PIP_REQUIREMENTS + (VIDEO_REQUIREMENTS if spec.video else []),
             registered_model_name=registered_model_name,
         )

@@ -1,10 +1,12 @@
-"""Batch scoring for registry consumers: candidate images -> scores (and ranks per group).
+"""Batch scoring for registry consumers: candidate images or clips -> scores (and ranks).
 
-Ray Data reads candidate Parquet (a binary ``image`` column plus any id/group columns),
+Ray Data reads candidate Parquet (a binary ``image`` column, or ``video`` for a video
+scorer, plus any id/group columns),
 decodes in the CPU preprocessing pool, scores in an actor pool that loads the model once per
 actor (a GPU per actor when the cluster has GPUs) and writes Parquet with the input's
 non-media columns, ``score`` and, with ``group_by``, ``rank`` within the group (1 = best).
-Rows whose image cannot be used go to a quarantine Parquet with the reason.
+Rows whose media cannot be used go to a quarantine Parquet with the reason. Decoding follows
+the registered model's own ``MediaSpec``.
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.contract import OK, QUARANTINED, DataError, Shard, row_group_units
-from components.decode import DecodeError, decode_image
-
-MEDIA_COLUMN = "image"
+from components.decode import DecodeError
+from components.media import MediaSpec
 
 
 def _read_candidates(batch: dict[str, np.ndarray], units: list) -> Iterator[pa.Table]:
@@ -35,25 +36,29 @@ def _read_candidates(batch: dict[str, np.ndarray], units: list) -> Iterator[pa.T
 
 
 class CandidateDecoder:
-    """Preprocessing actor: ``image`` bytes -> uint8 ``(3, S, S)`` ``px``; bad rows flagged."""
+    """Preprocessing actor: ``image``/``video`` bytes -> uint8 ``_px`` of the spec's shape and
+    consistency ``_c`` (0 for images); bad rows flagged."""
 
-    def __init__(self, image_size: int, max_pixels: int):
-        self.size, self.max_pixels = image_size, max_pixels
+    def __init__(self, spec: dict):
+        self.spec = MediaSpec.from_dict(spec)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ray.data.extensions import ArrowTensorArray
 
-        images = batch.column(MEDIA_COLUMN).to_pylist()
-        px = np.zeros((len(images), 3, self.size, self.size), np.uint8)
-        status, reason = [OK] * len(images), [""] * len(images)
-        for i, data in enumerate(images):
+        items = batch.column(self.spec.column).to_pylist()
+        px = np.zeros((len(items), *self.spec.shape), np.uint8)
+        consistency = np.zeros(len(items), np.float64)
+        status, reason = [OK] * len(items), [""] * len(items)
+        for i, data in enumerate(items):
             try:
-                px[i], _ = decode_image(data, self.size, self.max_pixels)
+                px[i], _, c = self.spec.decode(data)
+                consistency[i] = c or 0.0
             except DecodeError as e:
                 status[i], reason[i] = QUARANTINED, e.reason
-        out = batch.drop_columns([MEDIA_COLUMN])
+        out = batch.drop_columns([self.spec.column])
         out = out.append_column("_status", pa.array(status, pa.string()))
         out = out.append_column("_reason", pa.array(reason, pa.string()))
+        out = out.append_column("_c", pa.array(consistency))
         return out.append_column("_px", ArrowTensorArray.from_numpy(px))
 
 
@@ -73,6 +78,7 @@ class CandidateScorer:
 
         self.model = build_scorer(ref.model_name)
         self.model.load_state_dict(ref.state_dict)
+        self.temporal_weight = ref.temporal_weight
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
 
@@ -87,7 +93,9 @@ class CandidateScorer:
         if ok.any():
             with torch.no_grad():
                 score[ok] = score_images(self.model, torch.from_numpy(px[ok]), self.device).cpu().numpy()
-        return batch.drop_columns(["_px"]).append_column("score", pa.array(score, pa.float64()))
+        # The reward the model was trained with: s(x) + lambda * c(x) (lambda = 0 for images).
+        score = score + self.temporal_weight * batch.column("_c").to_numpy()
+        return batch.drop_columns(["_px", "_c"]).append_column("score", pa.array(score, pa.float64()))
 
 
 def _rank(group: pd.DataFrame, top_k: int | None) -> pd.DataFrame:
@@ -97,7 +105,7 @@ def _rank(group: pd.DataFrame, top_k: int | None) -> pd.DataFrame:
 
 
 def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *, model_uri: str,
-                     tracking_uri: str, image_size: int, max_pixels: int, decode_actors: int,
+                     tracking_uri: str, spec: MediaSpec, decode_actors: int,
                      cpus_per_actor: float, group_by: str | None, top_k: int | None,
                      batch_size: int = 64) -> dict[str, int]:
     import ray
@@ -110,16 +118,17 @@ def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *, 
         with shard.filesystem.open_input_file(shard.path) as f:
             pf = pq.ParquetFile(f)
             names, total = pf.schema_arrow.names, total + pf.metadata.num_rows
-        if MEDIA_COLUMN not in names:
-            raise DataError(f"{shard.uri}: no binary '{MEDIA_COLUMN}' column to score; it has {names}")
+        if spec.column not in names:
+            raise DataError(f"{shard.uri}: no binary '{spec.column}' column to score with this "
+                            f"{spec.modality} scorer; it has {names}")
         if group_by and group_by not in names:
             raise DataError(f"{shard.uri}: --group-by column {group_by!r} not found; it has {names}")
     use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     ds = ray.data.from_items([{"unit": i} for i in range(len(units))])
     ds = ds.map_batches(_read_candidates, batch_size=1, batch_format="numpy",
                         fn_kwargs={"units": units}, num_cpus=0.5)
-    ds = ds.map_batches(CandidateDecoder, fn_constructor_kwargs={"image_size": image_size,
-                        "max_pixels": max_pixels}, batch_size=batch_size, batch_format="pyarrow",
+    ds = ds.map_batches(CandidateDecoder, fn_constructor_kwargs={"spec": spec.to_dict()},
+                        batch_size=batch_size, batch_format="pyarrow",
                         compute=ActorPoolStrategy(min_size=1, max_size=decode_actors),
                         num_cpus=cpus_per_actor)
     ds = ds.map_batches(CandidateScorer, fn_constructor_kwargs={"model_uri": model_uri,

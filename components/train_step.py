@@ -1,7 +1,8 @@
 """The DPO train step in plain PyTorch: no Ray, no MLflow. Ray Train wraps it.
 
-Inputs are uint8 ``(N, 3, H, W)`` batches of chosen and rejected images; they become float on
-the training device. On CUDA: bf16 autocast and channels_last. On CPU: fp32. Same code.
+Inputs are uint8 batches of chosen and rejected images ``(N, 3, H, W)`` or clips
+``(N, 3, T, H, W)``; they become float on the training device. On CUDA: bf16 autocast and
+channels_last (channels_last_3d for clips). On CPU: fp32. Same code.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class StepSettings:
     beta: float = 1.0
     label_smoothing: float = 0.0
     center_rewards_coefficient: float = 0.0
+    temporal_weight: float = 0.0
     amp: bool | None = None
     """bf16 autocast; None = on for CUDA, off on CPU."""
     channels_last: bool | None = None
@@ -34,6 +36,7 @@ class StepSettings:
             "beta": self.beta,
             "label_smoothing": self.label_smoothing,
             "center_rewards_coefficient": self.center_rewards_coefficient,
+            "temporal_weight": self.temporal_weight,
         }
 
 
@@ -45,7 +48,7 @@ def _autocast(device: torch.device, amp: bool | None):
 
 def score_images(model: nn.Module, images: Tensor, device: torch.device,
                  amp: bool | None = None, channels_last: bool | None = None) -> Tensor:
-    """uint8 ``(N, 3, H, W)`` -> float32 scores ``(N,)`` on ``device``."""
+    """uint8 ``(N, 3, H, W)`` or ``(N, 3, T, H, W)`` -> float32 scores ``(N,)`` on ``device``."""
     cl = channels_last if channels_last is not None else device.type == "cuda"
     x = to_model_input(images, device, channels_last=cl)
     with _autocast(device, amp):
@@ -60,7 +63,7 @@ def score_pairs(model: nn.Module, chosen: Tensor, rejected: Tensor, device: torc
     return s[:n], s[n:]
 
 
-PER_PAIR_KEYS = ("target", "margin", "weight", "ref_chosen", "ref_rejected")
+PER_PAIR_KEYS = ("target", "margin", "weight", "ref_chosen", "ref_rejected", "chosen_c", "rejected_c")
 
 
 def per_pair(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -78,7 +81,8 @@ def train_step(
     extras: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """One optimiser step on a batch of pairs. ``extras``: optional per-pair ``target``,
-    ``margin``, ``weight``, ``ref_chosen``, ``ref_rejected`` (see ``preference_loss``).
+    ``margin``, ``weight``, ``ref_chosen``, ``ref_rejected``, ``chosen_c``, ``rejected_c``
+    (see ``preference_loss``).
     Returns detached metrics on ``device`` (no host sync here; the caller decides when)."""
     model.train()
     s_c, s_r = score_pairs(model, chosen, rejected, device, settings.amp, settings.channels_last)

@@ -86,7 +86,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model.load_state_dict(loop_config["init_state"])  # e.g. the DPO reference's weights
     model = ray.train.torch.prepare_model(model)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        video = loop_config.get("modality") == "video"
+        model = model.to(memory_format=torch.channels_last_3d if video else torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -112,7 +113,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             batch_size=t["batch_size"],
             dtypes={"chosen_px": torch.uint8, "rejected_px": torch.uint8, "target": torch.float32,
                     "margin": torch.float32, "weight": torch.float32, "ref_chosen": torch.float32,
-                    "ref_rejected": torch.float32},
+                    "ref_rejected": torch.float32, "chosen_c": torch.float32,
+                    "rejected_c": torch.float32},
             device="cpu",
             prefetch_batches=2,
             local_shuffle_buffer_size=t["batch_size"] * 8,
@@ -203,8 +205,10 @@ def fit(
             "beta": cfg.loss.beta,
             "label_smoothing": cfg.loss.label_smoothing,
             "center_rewards_coefficient": cfg.loss.center_rewards_coefficient,
+            "temporal_weight": cfg.loss.temporal_weight,
         },
         "model_name": cfg.model.name,
+        "modality": cfg.modality,
         "mlflow_run_id": mlflow_run_id,
         "tracking_uri": tracking_uri,
         "failure_marker": marker,

@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipelines run image ...`` and ``python -m pipelines sample-data ...``.
+"""Command line: ``python -m pipelines run image|video ...``, ``evaluate``, ``score``, ``sample-data``.
 
 The same command is the entry point of a Ray job:
 ``ray job submit --working-dir . -- python -m pipelines run image --train ...``.
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a training workflow")
-    run.add_argument("modality", choices=["image"])
+    run.add_argument("modality", choices=["image", "video"])
     run.add_argument("--train", action="append", default=[], metavar="PATH",
                      help="training shards: file, directory or glob (local or s3://, gs://); repeatable")
     run.add_argument("--eval", action="append", default=[], metavar="PATH",
@@ -36,8 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--layout", choices=["auto", "canonical", "pickapic"])
     run.add_argument("--epochs", type=int)
     run.add_argument("--workers", type=int, help="Ray Train workers (data-parallel)")
-    run.add_argument("--model-name", help="registered model name (default image-scorer)")
-    run.add_argument("--experiment", help="MLflow experiment (default image-dpo)")
+    run.add_argument("--model-name", help="registered model name (default image-scorer / video-scorer)")
+    run.add_argument("--experiment", help="MLflow experiment (default image-dpo / video-dpo)")
     run.add_argument("--run-name", help="MLflow run name; the same name again resumes that run")
     run.add_argument("--resume", metavar="RUN_ID", help="resume this parent run: skip finished steps")
     run.add_argument("--incremental", action="store_true", default=None,
@@ -62,9 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--summary")
     ev.add_argument("overrides", nargs="*", metavar="key=value")
 
-    sc = sub.add_parser("score", help="score candidate images with a registered scorer")
+    sc = sub.add_parser("score", help="score candidate images or clips with a registered scorer")
     sc.add_argument("--model", required=True, help="model URI, e.g. models:/image-scorer@champion")
-    sc.add_argument("--input", required=True, help="candidate Parquet: binary 'image' column + ids")
+    sc.add_argument("--input", required=True,
+                    help="candidate Parquet: binary 'image' (or 'video') column + ids")
     sc.add_argument("--output", required=True, help="output directory of Parquet files")
     sc.add_argument("--group-by", help="rank within groups of this column (1 = best)")
     sc.add_argument("--top-k", type=int, help="with --group-by: keep the best K per group")
@@ -74,10 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("overrides", nargs="*", metavar="key=value")
 
     sd = sub.add_parser("sample-data", help="write sample preference pairs from scikit-image photos")
-    sd.add_argument("--modality", choices=["image"], default="image")
+    sd.add_argument("--modality", choices=["image", "video"], default="image")
     sd.add_argument("--out", required=True)
     sd.add_argument("--pairs", type=int, default=600)
     sd.add_argument("--size", type=int, default=64)
+    sd.add_argument("--frames", type=int, default=16, help="frames per clip (video)")
     sd.add_argument("--layout", choices=["canonical", "pickapic"], default="canonical")
     sd.add_argument("--shards", type=int, default=2)
     sd.add_argument("--seed", type=int, default=0)
@@ -136,16 +138,26 @@ def main(argv: list[str] | None = None) -> int:
         a.overrides = [*a.overrides, *unknown]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.command == "sample-data":
-        from components.sample_data import write_image_pairs
+        if a.modality == "video":
+            from components.sample_video import write_video_pairs
 
-        paths = write_image_pairs(a.out, pairs=a.pairs, size=a.size, layout=a.layout,
-                                  shards=a.shards, seed=a.seed)
+            paths = write_video_pairs(a.out, pairs=a.pairs, size=a.size, frames=a.frames,
+                                      shards=a.shards, seed=a.seed)
+        else:
+            from components.sample_data import write_image_pairs
+
+            paths = write_image_pairs(a.out, pairs=a.pairs, size=a.size, layout=a.layout,
+                                      shards=a.shards, seed=a.seed)
         print(json.dumps({"status": "ok", "paths": paths}))
         return EXIT_OK
 
     try:
         cfg = load_config(a.config, a.overrides, _cli_overrides(a),
-                          require_train=a.command == "run")
+                          require_train=a.command == "run",
+                          modality=a.modality if a.command == "run" else "image")
+        if a.command == "run" and cfg.modality != a.modality:
+            raise ConfigError([f"modality: the config says {cfg.modality!r} but the command is "
+                               f"'run {a.modality}'; drop the key or run {cfg.modality}"])
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         _emit({"status": "failed", "reason": str(e).replace("\n", " ")}, a.summary)
@@ -163,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--top-k needs --group-by (best K per group)")
             summary = run_score(cfg, a.model, a.input, a.output, a.group_by, a.top_k)
         else:
-            from pipelines.image import run_image
+            from pipelines.preference import run_preference
 
-            summary = run_image(cfg)
+            summary = run_preference(cfg)
     except LeaseHeld as e:
         _emit({"status": "skipped", "reason": str(e)}, a.summary)
         return EXIT_LEASE_HELD

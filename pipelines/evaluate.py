@@ -1,6 +1,6 @@
 """The evaluate workflow: any registered scorer on any preference data -> the eval report.
 
-prepare (Ray Data, at the model's own image size) -> score (Ray Data batch inference) ->
+prepare (Ray Data, decoded as the model was trained: size, frames) -> score (Ray Data batch inference) ->
 report (metrics and pictures, logged to MLflow). This file only wires steps.
 """
 
@@ -16,6 +16,7 @@ from components import ingest, tracking
 from components.config import RunConfig
 from components.contract import resolve_shards
 from components.evaluate import evaluation_report, score_dataset, settings_of
+from components.media import MediaSpec
 from components.plots import log_report_figures
 from components.reference import load_scorer_uri
 from components.runtime import ensure_ray
@@ -31,11 +32,12 @@ def run_evaluate(cfg: RunConfig, model_uri: str) -> dict[str, Any]:
     with mlflow.start_run(run_name=cfg.tracking.run_name or None) as run:
         mlflow.set_tags({"workflow": "evaluate", "model_uri": model_uri})
         model = load_scorer_uri(model_uri)
-        cfg.data.image_size = model.image_size  # decode at the size the model was trained at
+        MediaSpec.from_dict(model.media).apply_to(cfg)  # decode as the model was trained
         run_dir = os.path.abspath(os.path.join(cfg.output_dir, run.info.run_id))
         data = ingest.prepare_step(cfg, [], shards, run_dir)
         scores = score_dataset(ingest.usable_pairs(data.eval_path, "eval", with_ids=True),
-                               model.model_name, model.state_dict, model.image_size)
+                               model.model_name, model.state_dict, model.image_size,
+                               temporal_weight=model.temporal_weight)
         report = evaluation_report(scores, settings_of(cfg), cfg.eval.slices)
         mlflow.log_metrics(report.metrics)
         log_report_figures(report, data.eval_path, cfg.loss.beta, cfg.eval.worst_pairs)

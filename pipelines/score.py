@@ -1,4 +1,4 @@
-"""The scoring workflow: a registered scorer over candidate images -> scores and ranks.
+"""The scoring workflow: a registered scorer over candidate images/clips -> scores and ranks.
 
 read + decode (CPU pool) -> score (model actors) -> rank per group -> write. Wiring only.
 """
@@ -12,6 +12,7 @@ from typing import Any
 from components import tracking
 from components.config import RunConfig
 from components.contract import resolve_shards
+from components.media import MediaSpec
 from components.reference import load_scorer_uri
 from components.runtime import ensure_ray
 from components.scoring import score_candidates
@@ -25,12 +26,12 @@ def run_score(cfg: RunConfig, model_uri: str, input_path: str, output: str,
     shards = resolve_shards([input_path])
     ensure_ray()
     tracking.setup(uri, cfg.tracking.experiment)
-    image_size = load_scorer_uri(model_uri).image_size  # decode at the model's own size
+    spec = MediaSpec.from_dict(load_scorer_uri(model_uri).media)  # decode as the model was trained
     output = os.path.abspath(output)
     quarantine = output.rstrip("/") + ".quarantine.parquet"
     counts = score_candidates(
         shards, output, quarantine, model_uri=model_uri, tracking_uri=uri,
-        image_size=image_size, max_pixels=cfg.data.max_pixels,
+        spec=spec,
         decode_actors=cfg.data.decode_actors, cpus_per_actor=cfg.data.cpus_per_actor,
         group_by=group_by, top_k=top_k,
     )

@@ -26,7 +26,7 @@ def test_all_errors_are_reported_together():
     problems = e.value.problems
     text = "\n".join(problems)
     for needle in ("train.lr: expected a number", "train.epohcs: unknown key",
-                   "model.name: 'vgg' is not one of", "loss.beta", "data.layout: 'xml'",
+                   "model.name: 'vgg' is not one of the image scorers", "loss.beta", "data.layout: 'xml'",
                    "expected key=value", "data.train: no training data"):
         assert needle in text, needle
     assert len(problems) >= 7

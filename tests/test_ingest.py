@@ -7,6 +7,7 @@ import pytest
 
 from components.contract import DataError, resolve_shards
 from components.ingest import RowCounts, check_quarantine, prepare, usable_pairs, write_quarantine
+from components.media import MediaSpec
 from tests.conftest import photo_bytes
 
 
@@ -36,7 +37,7 @@ def messy_shards(tmp_path_factory):
 def test_bad_rows_are_quarantined_and_every_row_is_counted(ray_cluster, messy_shards, tmp_path):
     shards = resolve_shards([str(messy_shards)])
     prepared = prepare(
-        shards, str(tmp_path / "prepared"), layout="auto", image_size=32, max_pixels=10_000,
+        shards, str(tmp_path / "prepared"), layout="auto", spec=MediaSpec("image", 32, 10_000),
         decode_actors=2, cpus_per_actor=1, batch_size=4, eval_fraction=None, split="train",
     )
     c = prepared.counts["train"]
@@ -62,7 +63,7 @@ def test_bad_rows_are_quarantined_and_every_row_is_counted(ray_cluster, messy_sh
 
 def test_hash_split_assigns_every_row_once(ray_cluster, sample_dir, tmp_path):
     shards = resolve_shards([str(sample_dir / "train")])
-    p = prepare(shards, str(tmp_path / "p"), layout="canonical", image_size=32, max_pixels=10**6,
+    p = prepare(shards, str(tmp_path / "p"), layout="canonical", spec=MediaSpec("image", 32, 10**6),
                 decode_actors=1, cpus_per_actor=1, batch_size=16, eval_fraction=0.3)
     total = sum(pq.ParquetFile(s.path).metadata.num_rows for s in shards)
     assert p.counts["train"].read + p.counts["eval"].read == total

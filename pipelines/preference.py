@@ -1,4 +1,5 @@
-"""The image workflow: prepare -> reference -> train -> evaluate -> register.
+"""The preference workflow, for images and videos: prepare -> reference -> train -> evaluate ->
+register (``python -m pipelines run image|video``).
 
 Each step is a nested MLflow run of the parent (components/steps.py); a resumed parent skips
 the steps that finished with the same inputs. This file only wires steps.
@@ -21,10 +22,8 @@ from components.reference import reference_scores_step, training_inputs
 from components.runtime import ensure_ray
 from components.steps import Workflow, digest
 
-WORKFLOW = "image"
 
-
-def run_image(cfg: RunConfig) -> dict[str, Any]:
+def run_preference(cfg: RunConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri)
     tracking.check_reachable(uri)
@@ -35,10 +34,10 @@ def run_image(cfg: RunConfig) -> dict[str, Any]:
         return _run(cfg, uri, experiment_id, train_shards, eval_shards, None, t0)
 
     client, name = mlflow.MlflowClient(), cfg.tracking.model_name
-    key = schedule.lease_key(WORKFLOW, name)
+    key = schedule.lease_key(cfg.modality, name)
     token = schedule.acquire_lease(client, experiment_id, key, cfg.lease_ttl_s)
     try:
-        consumed = schedule.consumed_shards(client, experiment_id, WORKFLOW, name)
+        consumed = schedule.consumed_shards(client, experiment_id, cfg.modality, name)
         new = schedule.new_shards(train_shards, consumed)
         if not new:
             return {"status": "nothing-new", "experiment": cfg.tracking.experiment,
@@ -55,12 +54,12 @@ def run_image(cfg: RunConfig) -> dict[str, Any]:
 
 def _run(cfg: RunConfig, uri: str, experiment_id: str, train_shards, eval_shards,
          warm_start: str | None, t0: float) -> dict[str, Any]:
-    parent = tracking.find_parent_run(experiment_id, cfg.tracking.resume, cfg.tracking.run_name, WORKFLOW)
+    parent = tracking.find_parent_run(experiment_id, cfg.tracking.resume, cfg.tracking.run_name, cfg.modality)
     ensure_ray()
     with mlflow.start_run(run_id=parent, run_name=None if parent else (cfg.tracking.run_name or None)) as run:
         run_id = run.info.run_id
         run_dir = tracking.run_dir_of(run, cfg.output_dir, cfg.tracking.run_name)
-        record_run(cfg, train_shards, eval_shards, WORKFLOW)
+        record_run(cfg, train_shards, eval_shards, cfg.modality)
         wf = Workflow(mlflow.MlflowClient(), run_id)
         c = flatten(to_dict(cfg))
         prepare_in = {"data": {k: v for k, v in c.items() if k.startswith("data.") and k not in ("data.train", "data.eval")},
