@@ -21,6 +21,7 @@ LOSS_TYPES = ("bt", "dpo", "ipo", "hinge", "robust")
 USE_GPU = ("auto", "true", "false")
 MODALITIES = ("image", "video")
 PAD_POLICIES = ("repeat", "loop", "reject")
+PIN_MODES = ("auto", "off")
 
 
 class ConfigError(ValueError):
@@ -68,11 +69,20 @@ class DataConfig:
     """Images whose header declares more pixels are quarantined before full decode."""
     max_quarantine_fraction: float = 0.1
     """The run fails when more than this share of a dataset's rows is quarantined."""
-    decode_actors: int = 1
-    """Size of the preprocessing actor pool that decodes images."""
-    cpus_per_actor: float = 1.0
-    decode_batch_size: int = 32
     video: VideoConfig = field(default_factory=VideoConfig)
+
+
+@dataclass
+class PreprocessConfig:
+    """The CPU preprocessing actor pool that decodes images and clips."""
+
+    actors: int = 1
+    cpus_per_actor: int = 1
+    batch_size: int = 32
+    pin_cpus: str = "auto"
+    """``auto``: a per-node plan gives each training worker and each preprocessing actor its
+    own cores; every process pins itself (``os.sched_setaffinity``) and caps its thread pools
+    to its share. ``off``: no pinning (default thread pools)."""
 
 
 @dataclass
@@ -147,6 +157,7 @@ class RunConfig:
     modality: str = "image"
     """``image`` (2-D scorers, ``python -m pipelines run image``) or ``video`` (3-D scorers)."""
     data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     ties: str = "drop"
     """Pick-a-Pic-style ties: ``drop`` (excluded, counted) or ``soft`` (target 0.5)."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -287,12 +298,15 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
         p.append(f"data.max_pixels: {d.max_pixels} is below image_size^2 = {d.image_size**2}")
     if not 0.0 <= d.max_quarantine_fraction <= 1.0:
         p.append("data.max_quarantine_fraction: must be in [0, 1]")
-    if d.decode_actors < 1:
-        p.append("data.decode_actors: need at least one preprocessing actor")
-    if d.cpus_per_actor <= 0:
-        p.append("data.cpus_per_actor: must be > 0")
-    if d.decode_batch_size < 1:
-        p.append("data.decode_batch_size: must be >= 1")
+    pp = cfg.preprocess
+    if pp.actors < 1:
+        p.append("preprocess.actors: need at least one preprocessing actor")
+    if pp.cpus_per_actor < 1:
+        p.append("preprocess.cpus_per_actor: must be >= 1 (whole cores, so they can be pinned)")
+    if pp.batch_size < 1:
+        p.append("preprocess.batch_size: must be >= 1")
+    if pp.pin_cpus not in PIN_MODES:
+        p.append(f"preprocess.pin_cpus: {pp.pin_cpus!r} is not one of {', '.join(PIN_MODES)}")
     from components.models import SCORERS, VIDEO_SCORERS  # the registry is the source of truth
 
     if cfg.modality not in MODALITIES:

@@ -329,9 +329,9 @@ def prepare_step(cfg, train_shards: list[Shard], eval_shards: list[Shard], run_d
     common = dict(
         layout=d.layout,
         spec=spec,
-        decode_actors=d.decode_actors,
-        cpus_per_actor=d.cpus_per_actor,
-        batch_size=d.decode_batch_size,
+        decode_actors=cfg.preprocess.actors,
+        cpus_per_actor=cfg.preprocess.cpus_per_actor,
+        batch_size=cfg.preprocess.batch_size,
         ties=cfg.ties,
     )
     prepared = []

@@ -32,7 +32,7 @@ def run_score(cfg: RunConfig, model_uri: str, input_path: str, output: str,
     counts = score_candidates(
         shards, output, quarantine, model_uri=model_uri, tracking_uri=uri,
         spec=spec,
-        decode_actors=cfg.data.decode_actors, cpus_per_actor=cfg.data.cpus_per_actor,
+        decode_actors=cfg.preprocess.actors, cpus_per_actor=cfg.preprocess.cpus_per_actor,
         group_by=group_by, top_k=top_k,
     )
     return {"status": "ok", "model_uri": model_uri, "output": output,

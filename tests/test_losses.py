@@ -93,3 +93,29 @@ def test_swapping_chosen_and_rejected_mirrors_the_bt_loss():
 def test_unknown_loss_type_is_an_error():
     with pytest.raises(ValueError, match="unknown loss_type"):
         preference_loss(t(1.0), t(0.0), loss_type="nope")
+
+
+def test_temporal_prior_shifts_the_reward_by_lambda_times_consistency():
+    """lambda = 2, s_c = 0.5, s_r = 0.2, c_c = -0.1, c_r = -0.6, beta = 1:
+    reward_c = 0.5 + 2 * -0.1 = 0.3, reward_r = 0.2 + 2 * -0.6 = -1.0, h = 1.3
+    loss = softplus(-1.3) = log(1 + e^-1.3) = 0.241008   (lambda = 0: softplus(-0.3) = 0.554355)
+    d loss / d s_c = -sigmoid(-1.3) = -0.214165, d loss / d s_r = +0.214165
+    (lambda = 0: -sigmoid(-0.3) = -0.425557); c is data: no gradient flows into it."""
+    c_c, c_r = t(-0.1), t(-0.6)
+    for lam, want_loss, want_grad in ((2.0, 0.241008, 0.214165), (0.0, 0.554355, 0.425557)):
+        s_c = t(0.5).requires_grad_()
+        s_r = t(0.2).requires_grad_()
+        loss, m = preference_loss(s_c, s_r, loss_type="bt", temporal_weight=lam,
+                                  chosen_c=c_c, rejected_c=c_r)
+        loss.backward()
+        assert loss.item() == pytest.approx(want_loss, abs=1e-6)
+        assert s_c.grad.item() == pytest.approx(-want_grad, abs=1e-6)
+        assert s_r.grad.item() == pytest.approx(want_grad, abs=1e-6)
+    assert m["rewards/margins"].item() == pytest.approx(0.3)  # lambda = 0: the scorer's own gap
+    # dpo: the prior adds to the policy side only, so h = 1.3 - (ref_c - ref_r) = 1.3 - 0.5
+    loss, m = preference_loss(t(0.5), t(0.2), loss_type="dpo", ref_chosen=t(0.5),
+                              ref_rejected=t(0.0), temporal_weight=2.0, chosen_c=c_c, rejected_c=c_r)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-0.8)), abs=1e-6)
+    assert m["rewards/margins"].item() == pytest.approx(0.8, abs=1e-6)
+    with pytest.raises(ValueError, match="chosen_c/rejected_c"):
+        preference_loss(t(0.5), t(0.2), temporal_weight=1.0)

@@ -1,0 +1,200 @@
+"""Sample video preference pairs: smooth camera moves over the scikit-image photos.
+
+The preferred clip is a smooth pan and/or zoom over a crop of a photo. The rejected clip shows
+the same region with the motion broken in time (``DEFECTS``):
+
+* ``shuffle``: the chosen frames in a permuted order;
+* ``stutter``: frames held for 2-3 frames, then a jump to where the (still moving) camera is;
+  the camera is taken to move at twice the speed, so each jump is clearly larger than the
+  smooth clip's whole-step motion;
+* ``flicker``: the chosen frames with brightness alternating up and down frame to frame;
+* ``jump``: the second half of the clip continues the move over a different region.
+
+Every rejected frame on its own is an ordinary crop of the photo (at most 15-30 % brighter or
+darker for flicker), so the defect is only visible across frames. Train and eval use disjoint
+photos. Both clips are MP4 (H.264, yuv420p) written with ``components.video.encode_video``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from components.sample_data import EVAL_PHOTOS, TRAIN_PHOTOS, load_photo
+from components.video import encode_video
+
+DEFECTS = ("shuffle", "stutter", "flicker", "jump")
+
+# Camera speed per frame as a fraction of the crop side (0.3-0.7 px at 32 px): slow enough
+# that consecutive frames stay strongly correlated, fast enough that the motion is visible.
+_SPEED = (0.010, 0.022)
+
+
+def write_video_pairs(
+    out: str,
+    pairs: int = 160,
+    size: int = 32,
+    frames: int = 8,
+    shards: int = 2,
+    seed: int = 0,
+    eval_fraction: float = 0.25,
+) -> dict:
+    """Write ``out/{train,eval}/part-XXXXX.parquet``; returns the split folders and pair counts.
+
+    Columns: ``pair_id``, ``prompt``, ``chosen`` (MP4 bytes), ``rejected`` (MP4 bytes),
+    ``photo``, ``defect``. ``round(pairs * eval_fraction)`` pairs go to eval (photos from
+    ``EVAL_PHOTOS``), the rest to train (``TRAIN_PHOTOS``). Deterministic given ``seed``.
+    """
+    n_eval = round(pairs * eval_fraction)
+    n_train = pairs - n_eval
+    if n_eval < 1 or n_train < 1:
+        raise ValueError(f"pairs={pairs} with eval_fraction={eval_fraction} leaves a split empty")
+    if size < 2 or size % 2:
+        raise ValueError(f"size must be even (MP4 uses yuv420p), got {size}")
+    if frames < 4:
+        raise ValueError(f"frames must be >= 4, got {frames}")
+    written: dict = {"pairs": {}}
+    for split, photos, n, split_seed in (
+        ("train", TRAIN_PHOTOS, n_train, seed),
+        ("eval", EVAL_PHOTOS, n_eval, seed + 1000),
+    ):
+        rows = _pairs(photos, n, size, frames, split_seed, split)
+        folder = os.path.join(out, split)
+        os.makedirs(folder, exist_ok=True)
+        table = pa.table(
+            {
+                "pair_id": pa.array([r["pair_id"] for r in rows], pa.string()),
+                "prompt": pa.array([r["prompt"] for r in rows], pa.string()),
+                "chosen": pa.array([r["chosen"] for r in rows], pa.binary()),
+                "rejected": pa.array([r["rejected"] for r in rows], pa.binary()),
+                "photo": pa.array([r["photo"] for r in rows], pa.string()),
+                "defect": pa.array([r["defect"] for r in rows], pa.string()),
+            }
+        )
+        per = -(-table.num_rows // max(1, shards))
+        for k in range(max(1, shards)):
+            part = table.slice(k * per, per)
+            if part.num_rows:
+                pq.write_table(part, os.path.join(folder, f"part-{k:05d}.parquet"), row_group_size=64)
+        written[split] = folder
+        written["pairs"][split] = n
+    return written
+
+
+def _pairs(photos, n, size, frames, seed, prefix) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    loaded = {p: load_photo(p).convert("RGB") for p in photos}
+    rows = []
+    for i in range(n):
+        name = photos[i % len(photos)]
+        img = loaded[name]
+        move = _random_move(img.size, frames, rng)
+        chosen = np.stack([_render(img, move.box(p), size) for p in range(frames)])
+        defect = DEFECTS[int(rng.integers(len(DEFECTS)))]
+        rejected = _break(defect, img, move, chosen, size, rng)
+        rows.append(
+            {
+                "pair_id": f"{prefix}-{i:06d}",
+                "prompt": f"a smooth camera move over a photo: {name.rsplit('.', 1)[0].replace('_', ' ')}",
+                "chosen": encode_video(chosen, "mp4"),
+                "rejected": encode_video(rejected, "mp4"),
+                "photo": name,
+                "defect": defect,
+            }
+        )
+    return rows
+
+
+class _Move:
+    """Crop box ``(cx, cy, side)`` at position ``p`` (in chosen-clip frame steps).
+
+    The chosen clip covers ``p = 0 .. frames-1``; the move is defined (and inside the photo)
+    up to ``p = 2 * (frames-1)`` so a stutter can run ahead of it. ``offset`` shifts the
+    centre, for the jump defect.
+    """
+
+    def __init__(self, cx, cy, side, dx, dy, dlog, frames):
+        self.cx, self.cy, self.side = cx, cy, side
+        self.dx, self.dy, self.dlog = dx, dy, dlog  # per step: centre shift (px), log-zoom
+        self.frames = frames
+
+    def box(self, p: float, offset: tuple[float, float] = (0.0, 0.0)) -> tuple[float, float, float, float]:
+        s = self.side * math.exp(self.dlog * p)
+        cx, cy = self.cx + self.dx * p + offset[0], self.cy + self.dy * p + offset[1]
+        return (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2)
+
+    def inside(self, w: int, h: int, offset=(0.0, 0.0), last: float | None = None) -> bool:
+        # Centre is linear and the half-side convex in p, so the extreme positions suffice.
+        last = 2 * (self.frames - 1) if last is None else last
+        for p in (0.0, last):
+            x0, y0, x1, y1 = self.box(p, offset)
+            if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+                return False
+        return True
+
+
+def _random_move(wh: tuple[int, int], frames: int, rng: np.random.Generator) -> _Move:
+    w, h = wh
+    for _ in range(200):
+        side = min(w, h) * rng.uniform(0.3, 0.55)
+        speed = rng.uniform(*_SPEED) * side  # px per step, at the crop's scale
+        kind = rng.choice(["pan", "zoom", "both"])
+        pan_share = {"pan": 1.0, "zoom": 0.0, "both": rng.uniform(0.4, 0.8)}[kind]
+        angle = rng.uniform(0, 2 * math.pi)
+        dx, dy = pan_share * speed * math.cos(angle), pan_share * speed * math.sin(angle)
+        # A zoom moves the crop's edges by side/2 * dlog per step.
+        dlog = (1 - pan_share) * 2 * speed / side * rng.choice([-1.0, 1.0])
+        cx, cy = rng.uniform(side / 2, w - side / 2), rng.uniform(side / 2, h - side / 2)
+        move = _Move(cx, cy, side, dx, dy, dlog, frames)
+        if move.inside(w, h):
+            return move
+    raise RuntimeError(f"could not place a camera move in a {w}x{h} photo")  # pragma: no cover
+
+
+def _render(img: Image.Image, box, size: int) -> np.ndarray:
+    frame = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(frame, dtype=np.uint8)
+
+
+def _break(defect, img, move: _Move, chosen: np.ndarray, size: int, rng) -> np.ndarray:
+    t = len(chosen)
+    if defect == "shuffle":
+        # Rejection-sample a permutation with at most one pair of frames still in order, so
+        # the clip is jerky throughout rather than mostly smooth.
+        for _ in range(1000):
+            perm = rng.permutation(t)
+            if np.sum(np.diff(perm) == 1) <= 1 and np.abs(np.diff(perm)).sum() >= 2 * (t - 1):
+                break
+        return chosen[perm]
+    if defect == "stutter":
+        hold = int(rng.integers(2, 4))
+        return np.stack([_render(img, move.box(2.0 * hold * (k // hold)), size) for k in range(t)])
+    if defect == "flicker":
+        amp = rng.uniform(0.15, 0.3)
+        phase = int(rng.integers(2))
+        gains = 1.0 + amp * np.where((np.arange(t) + phase) % 2 == 0, 1.0, -1.0)
+        out = chosen.astype(np.float32) * gains[:, None, None, None]
+        return out.clip(0, 255).astype(np.uint8)
+    if defect == "jump":
+        w, h = img.size
+        offset = None
+        for _ in range(200):
+            r = move.side * rng.uniform(0.5, 1.0)
+            a = rng.uniform(0, 2 * math.pi)
+            cand = (r * math.cos(a), r * math.sin(a))
+            if move.inside(w, h, cand, last=t - 1):
+                offset = cand
+                break
+        half = t // 2
+        if offset is None:
+            # Photo too small to move the crop far enough: continue mirrored instead.
+            tail = chosen[half:, :, ::-1]
+        else:
+            tail = np.stack([_render(img, move.box(p, offset), size) for p in range(half, t)])
+        return np.concatenate([chosen[:half], tail])
+    raise ValueError(f"unknown defect {defect!r}")

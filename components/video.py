@@ -1,0 +1,441 @@
+"""Decode videos (or lists of encoded frames) to uint8 ``(3, T, S, S)`` clips with PyAV.
+
+Contract
+--------
+``decode_video(data, frames=T, size=S, limits)`` -> ``(clip, info)``:
+
+* ``data`` is either the bytes of a container FFmpeg can demux (MP4/H.264, WebM/VP9, animated
+  GIF, MKV, AVI, ... -- see ``CONTAINER_FORMATS``) or a list/tuple/object ndarray of encoded
+  frame images (JPEG/PNG/WebP bytes, one per frame, decoded with ``decode_image``).
+* ``clip`` is ``uint8`` of shape ``(3, T, S, S)`` (C, T, H, W). Every frame has its shorter side
+  resized to ``S`` and the centre ``S x S`` crop kept, as for still images.
+* ``info`` is ``{"width", "height", "frames_in_clip", "duration_s", "padded", "format"}``:
+  the source frame size, the number of frames in the source clip (for ``fps`` sampling that
+  stopped early: the container's declared count, or an estimate from duration x rate),
+  the duration in seconds (``None`` for a frame list), how many of the T output frames are
+  padding, and the demuxer name (``"frames"`` for a frame list).
+* Sampling: without ``fps`` (None or 0), T indices ``round(linspace(0, n-1, T))`` over the n
+  frames of the clip; with ``fps > 0``, the frames nearest to times ``0, 1/fps, 2/fps, ...``
+  (relative to the first frame) for as long as the clip lasts. Frame lists carry no timestamps, so ``fps`` is
+  ignored for them. Fewer than T frames are padded by ``pad`` (``PAD_POLICIES``): "repeat"
+  the last frame, "loop" from the start, or "reject" the clip.
+* Anything unusable raises ``DecodeError`` whose ``reason`` names the config key of the limit
+  that was hit (``data.video.max_bytes``, ``.max_pixels``, ``.max_duration_s``,
+  ``.max_frames``, ``.frames``/``.pad``). Limits are checked from container metadata before
+  decoding and again while decoding, because GIF/WebM often declare no frame count or duration.
+
+``temporal_consistency(clip)`` is minus the mean squared difference of consecutive frames in
+[0, 1] pixel units. ``encode_video(frames (T, H, W, 3))`` writes MP4/WebM/GIF bytes (sample
+data and tests).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import av
+import av.error
+import numpy as np
+from PIL import Image
+
+from components.decode import DecodeError, decode_image
+
+# Not every bad input raises an FFmpegError: PyAV also raises OSError/ValueError/EOFError,
+# and a few demuxers surface RuntimeError/IndexError on damaged headers.
+_AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError, RuntimeError, IndexError)
+
+PAD_POLICIES = ("repeat", "loop", "reject")
+
+# Demuxers we accept. Playlist/indirection formats (hls, dash, concat, image2 patterns, ...)
+# can make FFmpeg open other files or URLs named inside untrusted bytes, so they are not
+# listed. Audio-only containers are listed so an audio file gets the clearer
+# "no video stream" reason rather than a format error.
+CONTAINER_FORMATS = (
+    "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "gif", "apng", "avi",
+    "flv", "mpegts", "mpeg", "ogg", "asf", "h264", "hevc", "m4v", "ivf", "mjpeg", "nut",
+    "mp3", "wav", "aac", "flac",
+)
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """Per-clip limits (config ``data.video.*``); checked before and during decoding."""
+
+    max_bytes: int = 200_000_000
+    max_pixels: int = 4096 * 2160  # per frame, width * height
+    max_duration_s: float = 600.0
+    max_frames: int = 20_000
+
+
+def decode_video(
+    data: Any,
+    frames: int,
+    size: int,
+    limits: VideoLimits,
+    fps: float | None = None,
+    pad: str = "repeat",
+    threads: int = 1,
+) -> tuple[np.ndarray, dict]:
+    """Encoded video bytes or a list of encoded frames -> (uint8 ``(3, frames, size, size)``, info).
+
+    See the module docstring for sampling, padding and the info dict. Raises ``DecodeError``
+    for bad data and ``ValueError`` for bad arguments.
+    """
+    if frames < 1 or size < 1:
+        raise ValueError(f"frames and size must be >= 1, got frames={frames}, size={size}")
+    if pad not in PAD_POLICIES:
+        raise ValueError(f"pad must be one of {PAD_POLICIES}, got {pad!r}")
+    if fps is not None and not fps >= 0:
+        raise ValueError(f"fps must be >= 0 or None (None or 0: uniform), got {fps}")
+    fps = fps or None  # config uses data.video.fps=0 for uniform sampling
+    if data is None:
+        raise DecodeError("null video")
+    if isinstance(data, (list, tuple)) or (isinstance(data, np.ndarray) and data.dtype.kind in "OS"):
+        return _decode_frame_list(list(data), frames, size, limits, pad)
+    if isinstance(data, np.ndarray):
+        data = data.tobytes()
+    data = bytes(data)
+    if len(data) == 0:
+        raise DecodeError("empty video bytes")
+    if len(data) > limits.max_bytes:
+        raise DecodeError(
+            f"video is {len(data)} bytes, over data.video.max_bytes={limits.max_bytes}"
+        )
+    return _decode_container(data, frames, size, limits, fps, pad, max(1, int(threads)))
+
+
+def temporal_consistency(frames: np.ndarray) -> float:
+    """``-mean((x[:, 1:] - x[:, :-1]) ** 2)`` for a uint8 ``(3, T, H, W)`` clip scaled to [0, 1].
+
+    Every consecutive pair has the same number of elements, so this is minus the mean over t
+    of MSE(frame_t, frame_t+1). 0.0 for a still (or single-frame) clip; -1.0 at worst.
+    """
+    if frames.ndim != 4:
+        raise ValueError(f"expected (3, T, H, W), got shape {frames.shape}")
+    if frames.shape[1] < 2:
+        return 0.0
+    x = frames.astype(np.float64) / 255.0
+    return float(-np.mean((x[:, 1:] - x[:, :-1]) ** 2))
+
+
+def encode_video(frames: np.ndarray, fmt: str = "mp4", fps: int = 8) -> bytes:
+    """uint8 ``(T, H, W, 3)`` RGB frames -> encoded bytes.
+
+    ``fmt``: "mp4" (libx264, else mpeg4), "webm" (libvpx-vp9, else libvpx) or "gif" (palette
+    per frame). MP4 and WebM use yuv420p, so H and W must be even. Encoders run single-threaded
+    so the bytes are reproducible.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    t, h, w, _ = frames.shape
+    if t < 1:
+        raise ValueError("no frames to encode")
+    if fmt in ("mp4", "webm") and (h % 2 or w % 2):
+        raise ValueError(f"{fmt} uses yuv420p: height and width must be even, got {h}x{w}")
+    if fmt == "mp4":
+        codec = _encoder("libx264", "mpeg4")
+        options = {"crf": "18", "preset": "veryfast"} if codec == "libx264" else {}
+        pix_fmt, container_fmt = "yuv420p", "mp4"
+    elif fmt == "webm":
+        codec = _encoder("libvpx-vp9", "libvpx")
+        options = {"crf": "20", "b": "0", "deadline": "good", "cpu-used": "4"}
+        pix_fmt, container_fmt = "yuv420p", "webm"
+    elif fmt == "gif":
+        codec, options, pix_fmt, container_fmt = "gif", {}, "pal8", "gif"
+    else:
+        raise ValueError(f"fmt must be mp4, webm or gif, got {fmt!r}")
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=container_fmt) as container:
+        stream = container.add_stream(codec, rate=fps, options=options)
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        stream.codec_context.thread_count = 1
+        if codec == "mpeg4":
+            stream.codec_context.bit_rate = max(200_000, 8 * w * h * fps)
+        for i, arr in enumerate(frames):
+            frame = _pal8_frame(arr) if pix_fmt == "pal8" else av.VideoFrame.from_ndarray(arr, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def _decode_frame_list(items: list, frames: int, size: int, limits: VideoLimits, pad: str):
+    n = len(items)
+    if n == 0:
+        raise DecodeError("empty frame list")
+    if n > limits.max_frames:
+        raise DecodeError(f"clip has {n} frames, over data.video.max_frames={limits.max_frames}")
+    total = sum(len(b) for b in items if b is not None)
+    if total > limits.max_bytes:
+        raise DecodeError(f"frame list is {total} bytes, over data.video.max_bytes={limits.max_bytes}")
+    picked = _uniform_indices(n, frames)
+    decoded: dict[int, np.ndarray] = {}
+    width = height = 0
+    for i in sorted(set(picked)):
+        b = items[i]
+        if b is not None and len(b) > 0:
+            # Check against the video key here; decode_image's own message names data.max_pixels.
+            try:
+                with Image.open(io.BytesIO(bytes(b))) as img:
+                    w, h = img.size
+            except Exception:
+                w = h = 0  # decode_image reports why
+            if w * h > limits.max_pixels:
+                raise DecodeError(
+                    f"frame {i} is {w}x{h} = {w * h} pixels, over data.video.max_pixels={limits.max_pixels}"
+                )
+        try:
+            decoded[i], (w, h) = decode_image(b, size, limits.max_pixels)
+        except DecodeError as e:
+            raise DecodeError(f"frame {i}: {e.reason}") from None
+        if not width:
+            width, height = w, h
+    clip, padded = _assemble([decoded[i] for i in picked], frames, pad)
+    info = {"width": width, "height": height, "frames_in_clip": n, "duration_s": None,
+            "padded": padded, "format": "frames"}
+    return clip, info
+
+
+def _open(data: bytes):
+    try:
+        return av.open(
+            io.BytesIO(data), mode="r", metadata_errors="ignore",
+            options={"format_whitelist": ",".join(CONTAINER_FORMATS)},
+        )
+    except _AV_ERRORS as e:
+        raise DecodeError(f"not a decodable video ({type(e).__name__}: {e})") from None
+
+
+def _decode_container(data, frames, size, limits, fps, pad, threads):
+    with _open(data) as container:
+        fmt = container.format.name
+        if not container.streams:
+            raise DecodeError(f"not a decodable video (no streams in {fmt} container; truncated?)")
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams})
+            raise DecodeError(f"no video stream (audio only?) in {fmt} container with streams {kinds}")
+        stream = container.streams.video[0]
+        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        _check_pixels(width, height, limits)
+        duration = _declared_duration(container, stream)
+        if duration is not None and duration > limits.max_duration_s:
+            raise DecodeError(
+                f"video lasts {duration:g} s, over data.video.max_duration_s={limits.max_duration_s}"
+            )
+        declared = int(stream.frames or 0)
+        if declared > limits.max_frames:
+            raise DecodeError(
+                f"video declares {declared} frames, over data.video.max_frames={limits.max_frames}"
+            )
+        rate = stream.average_rate or stream.guessed_rate
+        rate = float(rate) if rate else None
+        if fps is None:
+            wanted = set(_uniform_indices(declared, frames)) if declared else None
+            scan = _scan(container, stream, size, limits, rate, threads, wanted)
+        else:
+            scan = _scan_fps(container, stream, size, limits, rate, threads, fps, frames)
+
+    if fps is None:
+        if wanted is not None and scan.n != declared:
+            # The header's frame count was wrong (edit lists, damaged index): decode again
+            # keeping every frame so the sampling is uniform over what is really there.
+            with _open(data) as container:
+                scan = _scan(container, container.streams.video[0], size, limits, rate, threads, None)
+        picked = [scan.kept[i] for i in _uniform_indices(scan.n, frames)]
+        frames_in_clip = scan.n
+    else:
+        picked = scan.picked
+        frames_in_clip = scan.n
+        if scan.stopped_early:
+            if declared:
+                frames_in_clip = declared
+            elif duration is not None and rate:
+                frames_in_clip = round(duration * rate)
+    if not width:
+        width, height = scan.first_size
+    if duration is None:
+        duration = scan.last_t + (1.0 / rate if rate else 0.0)
+    clip, padded = _assemble(picked, frames, pad)
+    info = {"width": width, "height": height, "frames_in_clip": int(frames_in_clip),
+            "duration_s": float(duration), "padded": padded, "format": fmt}
+    return clip, info
+
+
+def _declared_duration(container, stream) -> float | None:
+    # The video stream's own duration first: the container's is the longest stream, which
+    # may be a longer audio track.
+    if stream.duration is not None and stream.duration > 0 and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base  # microseconds
+    return None
+
+
+def _check_pixels(w: int, h: int, limits: VideoLimits) -> None:
+    if w * h > limits.max_pixels:
+        raise DecodeError(
+            f"video is {w}x{h} = {w * h} pixels per frame, over data.video.max_pixels={limits.max_pixels}"
+        )
+
+
+@dataclass
+class _Scan:
+    n: int = 0  # frames decoded
+    last_t: float = 0.0  # time of the last decoded frame, relative to the first
+    first_size: tuple[int, int] = (0, 0)
+    kept: dict = field(default_factory=dict)  # uniform mode: index -> (3, S, S)
+    picked: list = field(default_factory=list)  # fps mode: output frames in order
+    stopped_early: bool = False
+
+
+def _frames(container, stream, limits: VideoLimits, rate: float | None, threads: int, scan: _Scan):
+    """Yield ``(index, time relative to the first frame, frame)``, enforcing limits as we go.
+
+    A decoder error after some frames ends the clip there (truncated file); before any frame
+    it is a DecodeError.
+    """
+    ctx = stream.codec_context
+    ctx.thread_count = threads
+    if threads > 1:
+        ctx.thread_type = "AUTO"
+    t0 = None
+    try:
+        for frame in container.decode(stream):
+            i = scan.n
+            if i >= limits.max_frames:
+                raise DecodeError(
+                    f"video has more than {limits.max_frames} frames, over data.video.max_frames={limits.max_frames}"
+                )
+            _check_pixels(frame.width, frame.height, limits)
+            t = frame.time
+            if t is None:
+                t = i / rate if rate else float(i)
+            if t0 is None:
+                t0, scan.first_size = t, (frame.width, frame.height)
+            t -= t0
+            if t > limits.max_duration_s:
+                raise DecodeError(
+                    f"video runs past {limits.max_duration_s} s, over data.video.max_duration_s={limits.max_duration_s}"
+                )
+            scan.n, scan.last_t = i + 1, t
+            yield i, t, frame
+    except DecodeError:  # a ValueError too; ours already says what is wrong
+        raise
+    except _AV_ERRORS as e:
+        # A file cut at a frame boundary just ends early without any error, so one cut inside
+        # a frame is treated the same way: keep the frames before it.
+        if scan.n == 0:
+            raise DecodeError(f"not a decodable video ({type(e).__name__}: {e})") from None
+    if scan.n == 0:
+        raise DecodeError("not a decodable video (no frames decoded; truncated?)")
+
+
+def _scan(container, stream, size, limits, rate, threads, wanted) -> _Scan:
+    """Decode every frame; keep the resized ones whose index is in ``wanted`` (all if None)."""
+    scan = _Scan()
+    for i, _, frame in _frames(container, stream, limits, rate, threads, scan):
+        if wanted is None or i in wanted:
+            scan.kept[i] = _fit(frame, size)
+    return scan
+
+
+def _scan_fps(container, stream, size, limits, rate, threads, fps, count) -> _Scan:
+    """Frames nearest to times k/fps for k < count; stops decoding once all are found."""
+    scan = _Scan()
+    targets = np.arange(count) / fps
+    cache: list = [-1, None]  # a frame nearest to several targets is resized once
+
+    def take(i, frame):
+        if cache[0] != i:
+            cache[:] = [i, _fit(frame, size)]
+        scan.picked.append(cache[1])
+
+    prev = None  # (index, time, frame) of the previous frame
+    interval = 1.0 / rate if rate else 0.0
+    for i, t, frame in _frames(container, stream, limits, rate, threads, scan):
+        while len(scan.picked) < count and targets[len(scan.picked)] <= t:
+            target = targets[len(scan.picked)]
+            if prev is not None and target - prev[1] < t - target:
+                take(prev[0], prev[2])
+            else:
+                take(i, frame)
+        if len(scan.picked) == count:
+            scan.stopped_early = True
+            return scan
+        if prev is not None:
+            interval = t - prev[1]
+        prev = (i, t, frame)
+    # Targets after the last frame still belong to it for half a frame interval.
+    while len(scan.picked) < count and targets[len(scan.picked)] <= prev[1] + interval / 2 + 1e-9:
+        take(prev[0], prev[2])
+    return scan
+
+
+def _fit(frame, size: int) -> np.ndarray:
+    """Shorter side to ``size``, centre crop -> uint8 ``(3, size, size)``; nothing full-size kept."""
+    w, h = frame.width, frame.height
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    # AREA averages the source pixels when shrinking (no aliasing); it is also faster than
+    # BILINEAR in swscale.
+    interp = "AREA" if scale < 1 else "BILINEAR"
+    # threads=1: each call builds a new scaler, and swscale's default (one thread per CPU)
+    # spent ~1 ms per frame starting threads, far more than the scaling itself.
+    try:
+        rgb = frame.to_ndarray(width=nw, height=nh, format="rgb24", interpolation=interp, threads=1)
+    except _AV_ERRORS as e:
+        raise DecodeError(f"cannot convert {frame.format.name} frame to RGB ({type(e).__name__}: {e})") from None
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.ascontiguousarray(rgb[top:top + size, left:left + size].transpose(2, 0, 1))
+
+
+def _uniform_indices(n: int, count: int) -> list[int]:
+    if n >= count:
+        return [int(i) for i in np.rint(np.linspace(0, n - 1, count))]
+    return list(range(n))
+
+
+def _assemble(picked: list[np.ndarray], count: int, pad: str) -> tuple[np.ndarray, int]:
+    m = len(picked)
+    if m < count:
+        if pad == "reject":
+            raise DecodeError(
+                f"clip has {m} frames, fewer than data.video.frames={count} and data.video.pad=reject"
+            )
+        if pad == "loop":
+            picked = [picked[i % m] for i in range(count)]
+        else:
+            picked = picked + [picked[-1]] * (count - m)
+    return np.stack(picked[:count], axis=1), max(0, count - m)
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def _encoder(*names: str) -> str:
+    for name in names:
+        try:
+            av.Codec(name, "w")
+            return name
+        except Exception:  # UnknownCodecError / ValueError depending on the PyAV version
+            continue
+    raise RuntimeError(f"none of the encoders {names} is in this PyAV build")
+
+
+def _pal8_frame(arr: np.ndarray) -> av.VideoFrame:
+    # swscale cannot convert rgb24 to pal8, and the fixed rgb8 palette posterises photos, so
+    # each frame gets its own palette (octree: 10-40x faster than median cut, about as close).
+    q = Image.fromarray(arr).quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    rgb = np.zeros((256, 3), np.uint8)
+    pal = np.asarray(q.getpalette()[: 256 * 3], np.uint8).reshape(-1, 3)
+    rgb[: len(pal)] = pal
+    argb = np.concatenate([np.full((256, 1), 255, np.uint8), rgb], axis=1)
+    return av.VideoFrame.from_ndarray((np.asarray(q), argb), format="pal8")

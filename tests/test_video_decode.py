@@ -1,0 +1,312 @@
+"""Video decoding with PyAV on real encoded bytes (MP4/H.264, WebM/VP9, GIF, frame lists)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from components.decode import DecodeError
+from components.sample_data import EVAL_PHOTOS, TRAIN_PHOTOS, load_photo
+from components.sample_video import DEFECTS, write_video_pairs
+from components.video import (
+    PAD_POLICIES,
+    VideoLimits,
+    decode_video,
+    encode_video,
+    temporal_consistency,
+)
+
+LIMITS = VideoLimits()
+FORMATS = ("mp4", "webm", "gif")
+
+
+def ramp(n: int, h: int = 32, w: int = 32) -> np.ndarray:
+    """n flat frames; frame i has value 20*i, so a decoded value tells which frame it was."""
+    return np.stack([np.full((h, w, 3), 20 * i, np.uint8) for i in range(n)])
+
+
+def index_of(clip: np.ndarray) -> list[int]:
+    """Frame indices of a decoded ramp clip (codecs shift flat values by a few levels)."""
+    return [int(round(v / 20)) for v in clip.reshape(3, clip.shape[1], -1).mean(axis=(0, 2))]
+
+
+def photo_clip(n: int = 6, h: int = 64, w: int = 64) -> np.ndarray:
+    """A slow pan over the astronaut photo: realistic texture for round-trip error checks."""
+    img = load_photo("astronaut.png").convert("RGB")
+    return np.stack([
+        np.asarray(img.resize((w, h), Image.Resampling.BILINEAR, box=(100 + 4 * i, 40, 356 + 4 * i, 40 + 256 * h / w)))
+        for i in range(n)
+    ])
+
+
+def shrink(frames: np.ndarray, size: int) -> np.ndarray:
+    """Reference: (T, H, W, 3) square frames resized to (3, T, size, size) with PIL."""
+    out = [np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BOX)) for f in frames]
+    return np.stack(out).transpose(3, 0, 1, 2)
+
+
+@pytest.mark.parametrize("fmt,tol", [("mp4", 6.0), ("webm", 6.0), ("gif", 8.0)])
+def test_container_round_trip(fmt, tol):
+    src = photo_clip()
+    clip, info = decode_video(encode_video(src, fmt), frames=6, size=32, limits=LIMITS)
+    assert clip.shape == (3, 6, 32, 32) and clip.dtype == np.uint8
+    err = np.abs(clip.astype(float) - shrink(src, 32)).mean()
+    assert err < tol, f"{fmt}: mean abs error {err:.2f}"
+    assert (info["width"], info["height"], info["frames_in_clip"], info["padded"]) == (64, 64, 6, 0)
+    assert info["duration_s"] == pytest.approx(6 / 8, abs=0.02)
+    assert isinstance(info["format"], str) and info["format"]
+
+
+def test_non_square_is_centre_cropped():
+    """96x48 frames: red | green | blue bands of 24 | 48 | 24 columns; the centre square is green."""
+    frame = np.zeros((48, 96, 3), np.uint8)
+    frame[:, :24] = (255, 0, 0)
+    frame[:, 24:72] = (0, 255, 0)
+    frame[:, 72:] = (0, 0, 255)
+    clip, info = decode_video(encode_video(np.stack([frame] * 4), "mp4"), 2, 16, LIMITS)
+    assert (info["width"], info["height"]) == (96, 48)
+    inner = clip[:, :, 2:-2, 2:-2].astype(int)  # away from the chroma-subsampled band edges
+    assert inner[1].min() > 200 and inner[0].max() < 60 and inner[2].max() < 60
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG"])
+def test_frame_list(image_format):
+    src = photo_clip(n=5)
+    items = []
+    for f in src:
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, image_format, quality=95)
+        items.append(buf.getvalue())
+    for data in (items, tuple(items), np.array(items, dtype=object)):
+        clip, info = decode_video(data, frames=5, size=32, limits=LIMITS)
+        assert clip.shape == (3, 5, 32, 32) and clip.dtype == np.uint8
+        assert np.abs(clip.astype(float) - shrink(src, 32)).mean() < 5.0
+        assert info["format"] == "frames" and info["frames_in_clip"] == 5 and info["padded"] == 0
+        assert (info["width"], info["height"]) == (64, 64)
+    clip, _ = decode_video(items, frames=3, size=16, limits=LIMITS)
+    expect = shrink(src, 16)[:, [0, 2, 4]]
+    assert np.abs(clip.astype(float) - expect).mean() < 5.0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_uniform_sampling_picks_linspace_indices(fmt):
+    """10 frames, T frames -> round(linspace(0, 9, T)): T=4 -> 0,3,6,9; T=5 -> 0,2,4,7,9
+    (numpy rounds 4.5 to 4 and 6.75 to 7); T=1 -> 0; T=10 -> all."""
+    data = encode_video(ramp(10), fmt)
+    for t, expect in ((4, [0, 3, 6, 9]), (5, [0, 2, 4, 7, 9]), (1, [0]), (10, list(range(10)))):
+        clip, info = decode_video(data, frames=t, size=16, limits=LIMITS)
+        assert index_of(clip) == expect, (fmt, t)
+        assert info["frames_in_clip"] == 10 and info["padded"] == 0
+
+
+def test_uniform_sampling_frame_list():
+    items = []
+    for f in ramp(10):
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, "PNG")
+        items.append(buf.getvalue())
+    clip, _ = decode_video(items, frames=4, size=8, limits=LIMITS)
+    assert index_of(clip) == [0, 3, 6, 9]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_fps_sampling(fmt):
+    """Source: 10 frames at 8 fps (frame i at i/8 s, clip lasts 1.25 s).
+    fps=4, T=4: times 0, .25, .5, .75 -> frames 0, 2, 4, 6.
+    fps=3, T=6: times 0, .33, .67, 1.0 -> nearest frames 0, 3 (.375), 5 (.625), 8; 1.33 s and
+    1.67 s are past the end, so 2 frames are padding (repeat the last)."""
+    data = encode_video(ramp(10), fmt, fps=8)
+    clip, info = decode_video(data, frames=4, size=16, limits=LIMITS, fps=4)
+    assert index_of(clip) == [0, 2, 4, 6] and info["padded"] == 0
+    clip, info = decode_video(data, frames=6, size=16, limits=LIMITS, fps=3)
+    assert index_of(clip) == [0, 3, 5, 8, 8, 8] and info["padded"] == 2
+    clip, info = decode_video(data, frames=3, size=16, limits=LIMITS, fps=8)
+    assert index_of(clip) == [0, 1, 2]
+    clip, info = decode_video(data, frames=4, size=16, limits=LIMITS, fps=0)  # 0 = uniform
+    assert index_of(clip) == [0, 3, 6, 9]
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "gif"])
+def test_pad_policies(fmt):
+    """3 frames (0, 1, 2), T=5: repeat -> 0,1,2,2,2; loop -> 0,1,2,0,1; reject raises."""
+    data = encode_video(ramp(3), fmt)
+    assert PAD_POLICIES == ("repeat", "loop", "reject")
+    clip, info = decode_video(data, 5, 16, LIMITS, pad="repeat")
+    assert index_of(clip) == [0, 1, 2, 2, 2] and info["padded"] == 2 and info["frames_in_clip"] == 3
+    clip, info = decode_video(data, 5, 16, LIMITS, pad="loop")
+    assert index_of(clip) == [0, 1, 2, 0, 1] and info["padded"] == 2
+    with pytest.raises(DecodeError, match="fewer than data.video.frames=5 and data.video.pad=reject"):
+        decode_video(data, 5, 16, LIMITS, pad="reject")
+    clip, info = decode_video(data, 3, 16, LIMITS, pad="reject")
+    assert info["padded"] == 0
+
+
+def test_pad_policies_fps_and_frame_list():
+    clip, info = decode_video(encode_video(ramp(3), "webm"), 4, 16, LIMITS, fps=8, pad="loop")
+    assert index_of(clip) == [0, 1, 2, 0] and info["padded"] == 1
+    items = [encode_png(f) for f in ramp(2)]
+    clip, info = decode_video(items, 4, 8, LIMITS, pad="repeat")
+    assert index_of(clip) == [0, 1, 1, 1] and info["padded"] == 2
+    with pytest.raises(DecodeError, match="data.video.pad=reject"):
+        decode_video(items, 4, 8, LIMITS, pad="reject")
+
+
+def encode_png(frame: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_limits_name_their_config_key(fmt):
+    data = encode_video(ramp(10, h=48, w=64), fmt, fps=8)  # 64x48, 10 frames, 1.25 s
+    cases = [
+        (VideoLimits(max_bytes=len(data) - 1), "data.video.max_bytes"),
+        (VideoLimits(max_pixels=64 * 48 - 1), "data.video.max_pixels"),
+        (VideoLimits(max_duration_s=1.0), "data.video.max_duration_s"),
+        (VideoLimits(max_frames=9), "data.video.max_frames"),
+    ]
+    for limits, key in cases:
+        with pytest.raises(DecodeError, match=key.replace(".", r"\.")) as e:
+            decode_video(data, 4, 16, limits)
+        assert key in e.value.reason
+    # At the limit exactly, it decodes.
+    edge = VideoLimits(max_bytes=len(data), max_pixels=64 * 48, max_duration_s=1.3, max_frames=10)
+    assert decode_video(data, 4, 16, edge)[0].shape == (3, 4, 16, 16)
+
+
+def test_max_frames_enforced_while_decoding():
+    """WebM declares no frame count, so the limit must be enforced as frames are decoded."""
+    data = encode_video(ramp(10), "webm")
+    with av.open(io.BytesIO(data)) as c:
+        assert not c.streams.video[0].frames  # unknown up front
+    with pytest.raises(DecodeError, match="more than 6 frames.*data.video.max_frames=6"):
+        decode_video(data, 4, 16, VideoLimits(max_frames=6))
+
+
+def test_frame_list_limits():
+    items = [encode_png(f) for f in ramp(4, h=40, w=50)]
+    with pytest.raises(DecodeError, match="data.video.max_frames=3"):
+        decode_video(items, 2, 8, VideoLimits(max_frames=3))
+    with pytest.raises(DecodeError, match="data.video.max_pixels=1999"):
+        decode_video(items, 2, 8, VideoLimits(max_pixels=1999))
+    with pytest.raises(DecodeError, match="data.video.max_bytes"):
+        decode_video(items, 2, 8, VideoLimits(max_bytes=sum(map(len, items)) - 1))
+    with pytest.raises(DecodeError, match="frame 1"):
+        decode_video([items[0], b"not an image", items[2]], 3, 8, LIMITS)
+
+
+def test_corrupt_and_truncated():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        with pytest.raises(DecodeError, match="not a decodable video"):
+            decode_video(rng.bytes(4000), 4, 16, LIMITS)
+    # The MP4 index (moov) is written after the frames, so any of these cuts loses it. (Cutting
+    # only the trailing metadata atom still decodes: FFmpeg needs the index, not the tags.)
+    mp4 = encode_video(photo_clip(), "mp4")
+    for cut in (len(mp4) // 2, len(mp4) * 3 // 4, 40):
+        with pytest.raises(DecodeError, match="not a decodable video"):
+            decode_video(mp4[:cut], 4, 16, LIMITS)
+    # A GIF cut after some frames keeps those (cut inside a frame or at a boundary alike),
+    # and the rest is padding; cut before the first frame is complete, it is an error.
+    gif = encode_video(photo_clip(), "gif")
+    for cut in (len(gif) // 3, len(gif) // 3 + 100):
+        clip, info = decode_video(gif[:cut], 4, 16, LIMITS)
+        assert 1 <= info["frames_in_clip"] < 6 and info["padded"] == 4 - info["frames_in_clip"]
+    for cut in (100, 800):
+        with pytest.raises(DecodeError, match="not a decodable video"):
+            decode_video(gif[:cut], 4, 16, LIMITS)
+
+
+def test_audio_only_has_no_video_stream():
+    rate = 16000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate // 4) / rate)).astype(np.float32)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as c:
+        stream = c.add_stream("aac", rate=rate)
+        frame = av.AudioFrame.from_ndarray(tone[None], format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = rate, 0
+        c.mux(stream.encode(frame))
+        c.mux(stream.encode(None))
+    with pytest.raises(DecodeError, match="no video stream"):
+        decode_video(buf.getvalue(), 4, 16, LIMITS)
+
+
+@pytest.mark.parametrize("data", [None, b"", bytearray(), [], ()])
+def test_null_and_empty(data):
+    with pytest.raises(DecodeError):
+        decode_video(data, 4, 16, LIMITS)
+
+
+def test_bad_arguments_are_value_errors():
+    data = encode_video(ramp(3), "mp4")
+    with pytest.raises(ValueError, match="pad"):
+        decode_video(data, 4, 16, LIMITS, pad="mirror")
+    with pytest.raises(ValueError):
+        decode_video(data, 0, 16, LIMITS)
+    with pytest.raises(ValueError, match="even"):
+        encode_video(ramp(2, h=31, w=32), "mp4")
+
+
+def test_threads_do_not_change_the_result():
+    data = encode_video(photo_clip(n=8), "mp4")
+    one, _ = decode_video(data, 8, 32, LIMITS, threads=1)
+    two, _ = decode_video(data, 8, 32, LIMITS, threads=2)
+    assert np.array_equal(one, two)
+
+
+def test_temporal_consistency_by_hand():
+    """c = -mean((x[:, 1:] - x[:, :-1])**2) with x = pixels / 255.
+    * frames 0, 255: one pair, every pixel differs by 1.0 -> c = -1.0
+    * frames 0, 51, 51: pair MSEs (51/255)^2 = 0.2^2 = 0.04 and 0 -> c = -(0.04 + 0)/2 = -0.02
+    * half the pixels of frame 2 differ by 0.2 from frame 1: MSE = 0.04 / 2 -> c = -0.02
+    * a single frame or a still clip -> 0.0."""
+    def clip(*values):
+        return np.stack([np.full((3, 4, 4), v, np.uint8) for v in values], axis=1)
+
+    assert temporal_consistency(clip(0, 255)) == pytest.approx(-1.0)
+    assert temporal_consistency(clip(0, 51, 51)) == pytest.approx(-0.02)
+    half = clip(0, 0)
+    half[:, 1, :2] = 51
+    assert temporal_consistency(half) == pytest.approx(-0.02)
+    assert temporal_consistency(clip(7)) == 0.0
+    assert temporal_consistency(clip(9, 9, 9)) == 0.0
+
+
+def test_write_video_pairs(tmp_path):
+    out = write_video_pairs(str(tmp_path), pairs=80, size=32, frames=8, shards=2, seed=0)
+    assert out["pairs"] == {"train": 60, "eval": 20}
+    assert out["train"] == os.path.join(str(tmp_path), "train")
+    assert sorted(os.listdir(out["train"])) == ["part-00000.parquet", "part-00001.parquet"]
+    tables = {s: pq.read_table(out[s]) for s in ("train", "eval")}
+    assert {s: t.num_rows for s, t in tables.items()} == {"train": 60, "eval": 20}
+    assert tables["train"].column_names == ["pair_id", "prompt", "chosen", "rejected", "photo", "defect"]
+    rows = {s: t.to_pylist() for s, t in tables.items()}
+    ids = [r["pair_id"] for s in rows for r in rows[s]]
+    assert len(set(ids)) == len(ids)
+    train_photos = {r["photo"] for r in rows["train"]}
+    eval_photos = {r["photo"] for r in rows["eval"]}
+    assert train_photos <= set(TRAIN_PHOTOS) and eval_photos <= set(EVAL_PHOTOS)
+    assert not train_photos & eval_photos
+    assert {r["defect"] for s in rows for r in rows[s]} <= set(DEFECTS)
+    better = []
+    for r in rows["train"] + rows["eval"]:
+        chosen, info = decode_video(r["chosen"], 8, 32, LIMITS)
+        rejected, _ = decode_video(r["rejected"], 8, 32, LIMITS)
+        assert chosen.shape == rejected.shape == (3, 8, 32, 32)
+        assert info["frames_in_clip"] == 8 and info["padded"] == 0
+        better.append(temporal_consistency(chosen) > temporal_consistency(rejected))
+    assert np.mean(better) > 0.8
+
+
+def test_write_video_pairs_is_deterministic(tmp_path):
+    a = write_video_pairs(str(tmp_path / "a"), pairs=8, seed=3)
+    b = write_video_pairs(str(tmp_path / "b"), pairs=8, seed=3)
+    for split in ("train", "eval"):
+        assert pq.read_table(a[split]).equals(pq.read_table(b[split]))
