@@ -1,11 +1,12 @@
 """The real train step on one device, plain PyTorch (no Ray, no MLflow): runs where only torch
-is installed. Synthetic uint8 batches at realistic sizes go through ``train_step`` of each
-image scorer, for fp32 vs bf16 autocast and channels_last on/off. Prints one JSON line:
+is installed. Synthetic uint8 batches at realistic sizes (224x224 images, 16 x 112 x 112 clips)
+go through ``train_step`` of each default scorer, for fp32 vs bf16 autocast and channels_last
+(channels_last_3d for clips) on/off. Prints one JSON line:
 pairs/s, achieved TFLOP/s (FLOPs counted by torch's FlopCounterMode for one step, divided by
 the measured step time) and peak device memory.
 
-    python benchmarks/gpu_step.py                       # CUDA, 224x224, all scorers
-    python benchmarks/gpu_step.py --device cpu --size 64 --steps 3 --batch 8   # a smoke run
+    python benchmarks/gpu_step.py                       # CUDA: bn-cnn, resnet18, bn-c3d, r3d_18
+    python benchmarks/gpu_step.py --device cpu --size 64 --frames 8 --steps 2 --batch 4  # smoke
 """
 
 from __future__ import annotations
@@ -21,20 +22,22 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from components.models import build_scorer  # noqa: E402
+from components.models import VIDEO_SCORERS, build_scorer  # noqa: E402
 from components.train_step import StepSettings, train_step  # noqa: E402
 
 
 def measure(name: str, device: torch.device, size: int, batch: int, steps: int,
-            amp: bool, channels_last: bool) -> dict:
+            amp: bool, channels_last: bool, frames: int = 16) -> dict:
     torch.manual_seed(0)
+    video = name in VIDEO_SCORERS
     model = build_scorer(name).to(device)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last_3d if video else torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     settings = StepSettings(amp=amp, channels_last=channels_last)
-    c = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
-    r = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    shape = (batch, 3, frames, size, size) if video else (batch, 3, size, size)
+    c = torch.randint(0, 256, shape, dtype=torch.uint8)
+    r = torch.randint(0, 256, shape, dtype=torch.uint8)
     if device.type == "cuda":
         c, r = c.pin_memory(), r.pin_memory()
         torch.cuda.reset_peak_memory_stats(device)
@@ -54,6 +57,7 @@ def measure(name: str, device: torch.device, size: int, batch: int, steps: int,
     dt = (time.perf_counter() - t0) / steps
     return {
         "model": name, "amp_bf16": amp, "channels_last": channels_last, "image_size": size,
+        "frames": frames if video else None,
         "batch_pairs": batch, "pairs_per_s": round(batch / dt, 1),
         "tflops": round(flops / dt / 1e12, 3), "gflop_per_step": round(flops / 1e9, 2),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
@@ -64,10 +68,13 @@ def measure(name: str, device: torch.device, size: int, batch: int, steps: int,
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--size", type=int, default=224, help="image size")
+    ap.add_argument("--video-size", type=int, default=112)
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=64, help="image pairs per step")
+    ap.add_argument("--video-batch", type=int, default=16, help="clip pairs per step")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--models", default="bn-cnn,resnet18,seed-cnn")
+    ap.add_argument("--models", default="bn-cnn,resnet18,bn-c3d,r3d_18")
     a = ap.parse_args()
     device = torch.device(a.device)
     if device.type == "cuda":
@@ -78,7 +85,10 @@ def main() -> None:
             for cl in (False, True):
                 if device.type != "cuda" and (amp or cl):
                     continue  # the CPU path is fp32, contiguous
-                results.append(measure(name, device, a.size, a.batch, a.steps, amp, cl))
+                video = name in VIDEO_SCORERS
+                results.append(measure(name, device, a.video_size if video else a.size,
+                                       a.video_batch if video else a.batch, a.steps, amp, cl,
+                                       a.frames))
     print(json.dumps({"device": torch.cuda.get_device_name(device) if device.type == "cuda"
                       else "cpu", "torch": torch.__version__, "results": results}))
 

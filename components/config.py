@@ -117,6 +117,8 @@ class TrainConfig:
     log_every_steps: int = 10
     seed: int = 0
     checkpoints_to_keep: int = 2
+    compile: bool = False
+    """``torch.compile`` the scorer in each worker (worth it on GPU for long runs)."""
     inject_failure_at_epoch: int = -1
     """Fault-injection hook for testing recovery: raise once, on the first attempt only,
     at the start of this epoch (-1 = off)."""

@@ -40,6 +40,7 @@ from components.contract import (
 )
 from components.decode import DecodeError
 from components.media import MediaSpec
+from components.pinning import pin_role, plan_for_config
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,10 @@ class PairDecoder:
     bytes are dropped after decoding so the object store carries only uint8 pixels.
     """
 
-    def __init__(self, spec: dict, split: str | None = None):
+    def __init__(self, spec: dict, split: str | None = None, pinning: dict | None = None,
+                 report_dir: str | None = None):
+        # First thing: pin to this actor's cores and cap its threads (components/pinning.py).
+        pin_role(pinning, "preprocess", None, report_dir, import_torch=False)
         self.spec = MediaSpec.from_dict(spec)
         self.split = split
 
@@ -173,11 +177,14 @@ def prepare(
     eval_fraction: float | None,
     split: str | None = None,
     ties: str = "drop",
+    pinning: dict | None = None,
+    report_dir: str | None = None,
 ) -> PreparedData:
     """Read, validate and decode ``shards`` with Ray Data; write all rows to ``out_dir``.
 
     ``eval_fraction`` set: rows are split into train/eval by a hash of pair_id.
     ``split`` set instead: every row belongs to that split (e.g. ``--eval`` data).
+    ``pinning``: a ``CpuPlan`` dict; each actor pins itself and reports to ``report_dir``.
     """
     import ray
     from ray.data import ActorPoolStrategy
@@ -194,7 +201,8 @@ def prepare(
     )
     ds = ds.map_batches(
         PairDecoder,
-        fn_constructor_kwargs={"spec": spec.to_dict(), "split": split},
+        fn_constructor_kwargs={"spec": spec.to_dict(), "split": split, "pinning": pinning,
+                               "report_dir": report_dir},
         batch_size=batch_size,
         compute=ActorPoolStrategy(min_size=1, max_size=decode_actors),
         num_cpus=cpus_per_actor,
@@ -333,6 +341,8 @@ def prepare_step(cfg, train_shards: list[Shard], eval_shards: list[Shard], run_d
         cpus_per_actor=cfg.preprocess.cpus_per_actor,
         batch_size=cfg.preprocess.batch_size,
         ties=cfg.ties,
+        pinning=plan_for_config(cfg).to_dict(),
+        report_dir=os.path.join(run_dir, "pinning"),
     )
     prepared = []
     if not train_shards:  # evaluation only (python -m pipelines evaluate)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import mlflow
 
 from components import tracking
 from components.config import RunConfig, dump_yaml, flatten, to_dict
 from components.contract import Shard, fingerprint
+from components.pinning import plan_for_config
+
+log = logging.getLogger(__name__)
 
 
 def _dataset_input(specs: list[str], shards: list[Shard], name: str, context: str) -> None:
@@ -33,7 +37,12 @@ def record_run(cfg: RunConfig, train_shards: list[Shard], eval_shards: list[Shar
     the tag ``visual_dpo.config_changes`` and the new resolved config replaces config.yaml."""
     import ray
 
+    plan = plan_for_config(cfg)  # the same pure plan every step computes; logged once here
+    log.info("%s", plan.describe())
+    for w in plan.warnings:
+        log.warning("cpu pinning: %s", w)
     flat = {k: str(v)[:6000] for k, v in flatten(to_dict(cfg)).items()}
+    flat.update(plan.to_params())
     run = mlflow.active_run()
     existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params
     changed = sorted(k for k, v in flat.items() if k in existing and existing[k] != v)

@@ -365,3 +365,87 @@ def pin_current_process(cpus: Sequence[int], threads: int | None = None, *,
              report["pid"], format_cpus(report["affinity"]), report["torch_threads"],
              report["os_threads"])
     return report
+
+
+# --------------------------------------------------------------------------- in the pipeline
+
+
+def plan_for_config(cfg) -> CpuPlan:
+    """The plan of a run config, for the cores of the node this runs on (the driver's).
+
+    Nodes are assumed alike (cluster.yaml declares one worker type); a process whose node has
+    other cores remaps its set onto its own (see :func:`pin_role`)."""
+    return plan_cpus(cfg.preprocess.pin_cpus, cfg.train.workers,
+                     max(1, round(cfg.train.cpus_per_worker)), cfg.preprocess.actors,
+                     cfg.preprocess.cpus_per_actor)
+
+
+_held_slots: list[Any] = []  # open lock files: a slot stays claimed while its process lives
+
+
+def claim_slot(key: str, slots: int) -> int:
+    """A node-local index in ``[0, slots)`` for this process, unique among live processes that
+    claim with the same ``key`` (an ``flock`` per slot, released when the process exits).
+
+    Ray Data does not tell an actor its index in the pool; this does. When every slot is
+    held (a restarted actor whose predecessor is still exiting), slots are shared."""
+    import fcntl
+    import hashlib
+    import tempfile
+
+    d = os.path.join(tempfile.gettempdir(), "visual-dpo-slots",
+                     hashlib.sha1(key.encode()).hexdigest()[:16])
+    os.makedirs(d, exist_ok=True)
+    for i in range(slots):
+        f = open(os.path.join(d, f"slot-{i}.lock"), "w")  # noqa: SIM115 (held for life)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _held_slots.append(f)
+        return i
+    return os.getpid() % max(1, slots)
+
+
+def pin_role(plan: dict[str, Any] | None, role: str, index: int | None = None,
+             report_dir: str | None = None, *, import_torch: bool = True) -> dict[str, Any]:
+    """Pin this process as training worker ``index`` (``role="train"``) or preprocessing actor
+    (``role="preprocess"``; ``index=None`` claims a node-local slot) of ``plan``; write what it
+    got to ``report_dir/<role>-<index>-<pid>.json``. ``plan`` None or mode off: report only."""
+    import json
+
+    p = CpuPlan.from_dict(plan) if plan else None
+    cpus: CpuSet = ()
+    if p is not None and p.mode != "off":
+        n = len(p.train) if role == "train" else len(p.preprocess)
+        if index is None:
+            index = claim_slot(f"{report_dir}:{role}", n)
+        cpus = p.train_set(index) if role == "train" else p.preprocess_set(index)
+        own = _current_affinity()
+        if cpus and not set(cpus) <= set(own):
+            remapped = tuple(sorted({own[c % len(own)] for c in cpus}))
+            log.warning("cpu pinning: planned cores %s are not all on this node (%s); using %s",
+                        format_cpus(cpus), format_cpus(own), format_cpus(remapped))
+            cpus = remapped
+    report = pin_current_process(cpus, import_torch=import_torch) if cpus else process_report()
+    report.update(role=role, index=index, planned=list(cpus), mode=p.mode if p else "off")
+    if report_dir:
+        os.makedirs(report_dir, exist_ok=True)
+        path = os.path.join(report_dir, f"{role}-{index}-{os.getpid()}.json")
+        with open(path, "w") as f:
+            json.dump(report, f)
+    return report
+
+
+def read_reports(report_dir: str) -> list[dict[str, Any]]:
+    """The reports :func:`pin_role` wrote, oldest first."""
+    import glob
+    import json
+
+    paths = sorted(glob.glob(os.path.join(report_dir, "*.json")), key=os.path.getmtime)
+    out = []
+    for path in paths:
+        with open(path) as f:
+            out.append(json.load(f))
+    return out

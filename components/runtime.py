@@ -19,4 +19,9 @@ def ensure_ray() -> None:
         ray.init(log_to_driver=True)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
+    # Ray 2.60's datasource V2 read path (ListFiles -> ReadFilesParquetV2) spends ~7 s before
+    # the first block of a 2-file prepared dataset here, on every epoch, against ~1 s for the
+    # V1 read (benchmarks/suite.py measures time to first batch). Epochs re-read the prepared
+    # Parquet, so that start-up cost was most of an epoch on small data.
+    ctx.use_datasource_v2 = False
     log.info("ray cluster resources: %s", ray.cluster_resources())

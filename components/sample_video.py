@@ -8,7 +8,11 @@ the same region with the motion broken in time (``DEFECTS``):
   the camera is taken to move at twice the speed, so each jump is clearly larger than the
   smooth clip's whole-step motion;
 * ``flicker``: the chosen frames with brightness alternating up and down frame to frame;
-* ``jump``: the second half of the clip continues the move over a different region.
+* ``jump``: the second half of the clip continues the move over a different region;
+* ``freeze``: the camera stops a third of the way in and the rest of the clip is one held
+  frame. A frozen clip is *more* self-similar than the smooth one, so temporal consistency
+  alone ranks these pairs the wrong way round: the scorer has to learn that a stall is a
+  defect (this is what makes ``loss.temporal_weight`` a trade-off rather than a free win).
 
 Every rejected frame on its own is an ordinary crop of the photo (at most 15-30 % brighter or
 darker for flicker), so the defect is only visible across frames. Train and eval use disjoint
@@ -28,7 +32,7 @@ from PIL import Image
 from components.sample_data import EVAL_PHOTOS, TRAIN_PHOTOS, load_photo
 from components.video import encode_video
 
-DEFECTS = ("shuffle", "stutter", "flicker", "jump")
+DEFECTS = ("shuffle", "stutter", "flicker", "jump", "freeze")
 
 # Camera speed per frame as a fraction of the crop side (0.3-0.7 px at 32 px): slow enough
 # that consecutive frames stay strongly correlated, fast enough that the motion is visible.
@@ -197,4 +201,7 @@ def _break(defect, img, move: _Move, chosen: np.ndarray, size: int, rng) -> np.n
         else:
             tail = np.stack([_render(img, move.box(p, offset), size) for p in range(half, t)])
         return np.concatenate([chosen[:half], tail])
+    if defect == "freeze":
+        stop = t // 3
+        return np.concatenate([chosen[: stop + 1], np.repeat(chosen[stop : stop + 1], t - stop - 1, 0)])
     raise ValueError(f"unknown defect {defect!r}")

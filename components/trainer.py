@@ -18,6 +18,7 @@ import torch
 
 from components.config import RunConfig
 from components.models import build_scorer
+from components.pinning import pin_role, plan_for_config
 from components.train_step import StepSettings, per_pair, train_step
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(t["seed"] + rank)
-    # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this worker reserved.
-    torch.set_num_threads(max(1, int(t["cpus_per_worker"])))
+    # Pin to this worker's cores (its main and data-iteration threads) and size torch's pool
+    # to them; unpinned, use the CPUs it reserved (Ray sets OMP_NUM_THREADS=1 in workers).
+    pinned = pin_role(loop_config.get("pinning"), "train", ctx.get_local_rank(),
+                      loop_config.get("pinning_report_dir"))
+    torch.set_num_threads(len(pinned["planned"]) or max(1, int(t["cpus_per_worker"])))
     device = ray.train.torch.get_device()
     settings = StepSettings(**loop_config["step"])
 
@@ -84,6 +88,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         start_epoch, step = state["epoch"], state["step"]
     elif loop_config.get("init_state") is not None:
         model.load_state_dict(loop_config["init_state"])  # e.g. the DPO reference's weights
+    if t.get("compile"):
+        model = torch.compile(model)
     model = ray.train.torch.prepare_model(model)
     if device.type == "cuda":
         video = loop_config.get("modality") == "video"
@@ -108,20 +114,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             raise RuntimeError(f"injected failure at epoch {epoch} (train.inject_failure_at_epoch)")
 
         sums = torch.zeros(6, device=device)  # loss, r_c, r_r, margin, acc (pair-weighted), pairs
-        t0, first_batch_at = time.perf_counter(), None
+        t0, first_batch_at, first_batch_pairs = time.perf_counter(), None, 0
         for batch in shard.iter_torch_batches(
             batch_size=t["batch_size"],
             dtypes={"chosen_px": torch.uint8, "rejected_px": torch.uint8, "target": torch.float32,
                     "margin": torch.float32, "weight": torch.float32, "ref_chosen": torch.float32,
                     "ref_rejected": torch.float32, "chosen_c": torch.float32,
                     "rejected_c": torch.float32},
-            device="cpu",
+            device="cpu",  # uint8 stays uint8 until train_step copies it (non_blocking)
             prefetch_batches=2,
+            pin_memory=device.type == "cuda",  # page-locked host batches: async H2D copies
             local_shuffle_buffer_size=t["batch_size"] * 8,
             local_shuffle_seed=t["seed"] + epoch,
         ):
             if first_batch_at is None:
                 first_batch_at = time.perf_counter()
+                first_batch_pairs = batch["chosen_px"].shape[0]
             chosen, rejected = batch["chosen_px"], batch["rejected_px"]
             m = train_step(model, optimizer, chosen, rejected, settings, device,
                            per_pair(batch, device))
@@ -135,6 +143,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if step % t["log_every_steps"] == 0:
                 _log_metrics(client, run_id, {f"train/{k}": v.item() for k, v in m.items()}, step)
         elapsed = time.perf_counter() - t0
+        local_pairs = int(sums[5].item())
+        # Steady state: after the first batch arrived, so the epoch's read start-up is excluded
+        # (that is train/time_to_first_batch_s). Every worker reads an equal shard.
+        steady_s = time.perf_counter() - (first_batch_at or t0)
+        steady = world * (local_pairs - first_batch_pairs) / steady_s if steady_s > 0 else 0.0
         sums = _all_reduce_sum(sums).cpu()
         pairs = int(sums[5].item())
         if pairs == 0:
@@ -149,6 +162,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # All workers' pairs over this worker's wall time for the epoch (data wait included).
             "train/pairs_per_s": pairs / elapsed,
             "train/time_to_first_batch_s": (first_batch_at or t0) - t0,
+            "train/steady_pairs_per_s": steady,
             "epoch": float(epoch + 1),
         }
         _log_metrics(client, run_id, epoch_metrics, step)
@@ -156,6 +170,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ckpt = None
             if rank == 0:
                 raw = model.module if hasattr(model, "module") else model
+                raw = getattr(raw, "_orig_mod", raw)  # torch.compile wraps the module
                 torch.save(
                     {
                         "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
@@ -178,6 +193,7 @@ def fit(
     mlflow_run_id: str | None,
     tracking_uri: str | None,
     init_state: dict[str, torch.Tensor] | None = None,
+    pinning_report_dir: str | None = None,
 ) -> TrainOutcome:
     """Run Ray Train's TorchTrainer; the same ``run_name`` + ``storage_path`` resume.
 
@@ -198,7 +214,7 @@ def fit(
         "train": {
             k: getattr(t, k)
             for k in ("epochs", "batch_size", "lr", "weight_decay", "seed", "log_every_steps",
-                      "inject_failure_at_epoch", "cpus_per_worker")
+                      "inject_failure_at_epoch", "cpus_per_worker", "compile")
         },
         "step": {
             "loss_type": cfg.loss.type,
@@ -213,6 +229,8 @@ def fit(
         "tracking_uri": tracking_uri,
         "failure_marker": marker,
         "init_state": init_state,
+        "pinning": plan_for_config(cfg).to_dict(),
+        "pinning_report_dir": pinning_report_dir,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -76,8 +76,10 @@ def _run(cfg: RunConfig, uri: str, experiment_id: str, train_shards, eval_shards
         outcome = wf.step("train", train_in, lambda: trainer.fit(
             cfg, train_ds, storage_path=os.path.join(run_dir, "ray_results"),
             run_name=cfg.tracking.run_name or f"train-{run_id}", mlflow_run_id=run_id,
-            tracking_uri=uri, init_state=init_state,
+            tracking_uri=uri, init_state=init_state, pinning_report_dir=os.path.join(run_dir, "pinning"),
         ), trainer.TrainOutcome.to_record, trainer.TrainOutcome.from_record)
+        if os.path.isdir(os.path.join(run_dir, "pinning")):  # what each pinned process got
+            mlflow.log_artifacts(os.path.join(run_dir, "pinning"), "pinning")
         eval_in = {"upstream": digest(train_in), "eval": to_dict(cfg.eval), "ckpt": outcome.checkpoint_path}
         report = wf.step("evaluate", eval_in, lambda: evaluate_step(cfg, outcome, data, ref),
                          lambda r: r.to_record(os.path.join(run_dir, "eval_scores.parquet")),

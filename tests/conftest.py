@@ -24,9 +24,9 @@ def ray_cluster():
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    from ray.data import DataContext
+    from components.runtime import ensure_ray
 
-    DataContext.get_current().enable_progress_bars = False
+    ensure_ray()  # the pipelines' Ray Data settings, on the cluster just started
     yield ray
     ray.shutdown()
 

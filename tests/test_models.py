@@ -43,7 +43,7 @@ def test_train_step_learns_a_preference():
     dev = torch.device("cpu")
     first = None
     for _ in range(30):
-        m = train_step(model, opt, c, r, StepSettings(), dev)
+        train_step(model, opt, c, r, StepSettings(), dev)
         first = first if first is not None else m["loss"].item()
     assert m["loss"].item() < 0.5 * first
     s_c, s_r = eval_scores(model, tc, tr, dev)
@@ -81,7 +81,7 @@ def test_video_train_step_learns_temporal_order():
     c, r = clips(32, 0)
     dev = torch.device("cpu")
     for _ in range(25):
-        m = train_step(model, opt, c, r, StepSettings(), dev)
+        train_step(model, opt, c, r, StepSettings(), dev)
     tc, tr = clips(32, 1)
     s_c, s_r = eval_scores(model, tc, tr, dev)
     assert (s_c > s_r).float().mean().item() > 0.8

@@ -295,14 +295,18 @@ def test_write_video_pairs(tmp_path):
     assert train_photos <= set(TRAIN_PHOTOS) and eval_photos <= set(EVAL_PHOTOS)
     assert not train_photos & eval_photos
     assert {r["defect"] for s in rows for r in rows[s]} <= set(DEFECTS)
-    better = []
+    better: dict[str, list[bool]] = {}
     for r in rows["train"] + rows["eval"]:
         chosen, info = decode_video(r["chosen"], 8, 32, LIMITS)
         rejected, _ = decode_video(r["rejected"], 8, 32, LIMITS)
         assert chosen.shape == rejected.shape == (3, 8, 32, 32)
         assert info["frames_in_clip"] == 8 and info["padded"] == 0
-        better.append(temporal_consistency(chosen) > temporal_consistency(rejected))
-    assert np.mean(better) > 0.8
+        better.setdefault(r["defect"], []).append(
+            temporal_consistency(chosen) > temporal_consistency(rejected))
+    # Broken motion is less consistent than smooth motion; a frozen clip is more consistent.
+    assert set(better) == set(DEFECTS)
+    assert np.mean([b for d, v in better.items() if d != "freeze" for b in v]) > 0.9
+    assert not any(better["freeze"])
 
 
 def test_write_video_pairs_is_deterministic(tmp_path):

@@ -61,6 +61,26 @@ def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tra
     assert {"config.yaml", "data/quarantine.parquet", "data/report.json", "promotion.json"} <= artifacts
     assert json.loads(client.get_model_version("image-scorer", "1").tags["promotion"])["promote"] is True
 
+    # CPU pinning (preprocess.pin_cpus=auto): each process reported the cores it pinned
+    # itself to; the plan is in the params; with >= 2 cores the sets are disjoint.
+    import os
+
+    from components.pinning import read_reports
+
+    node = sorted(os.sched_getaffinity(0))
+    reports = read_reports(str(tmp_path / "out" / s["run_id"] / "pinning"))
+    by_role = {r["role"]: r for r in reports}
+    assert set(by_role) == {"preprocess", "train"}, reports
+    assert run.data.params["pinning.mode"] == "auto"
+    for r in reports:
+        assert r["affinity"] == r["planned"] and set(r["affinity"]) <= set(node)
+        assert r["omp_num_threads"] == str(len(r["planned"]))
+    assert by_role["train"]["torch_threads"] == len(by_role["train"]["planned"])
+    assert run.data.params["pinning.train.0"] != "none"
+    if len(node) >= 2:
+        assert not set(by_role["train"]["affinity"]) & set(by_role["preprocess"]["affinity"])
+    assert {"pinning"} <= {a.path for a in client.list_artifacts(s["run_id"])}
+
     # A consumer loads the champion by alias and scores raw encoded bytes.
     mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.pyfunc.load_model("models:/image-scorer@champion")
