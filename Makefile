@@ -15,7 +15,7 @@ EVAL ?= $(DATA)/eval
 ARGS ?=
 JOB_EXCLUDES = [".venv", ".git", "outputs", "data", "mlflow.db", "mlruns", "mlartifacts", "*.egg-info", "benchmarks/out"]
 
-.PHONY: install demo test test-fast lint bench bench-objectives clean submit cluster-up cluster-down
+.PHONY: install demo demo-video test test-fast lint bench bench-accuracy bench-video bench-objectives clean submit cluster-up cluster-down
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ demo: install
 	print('wall_s          ', s['wall_s']); \
 	print('look at it with  $(VENV)/bin/mlflow ui --backend-store-uri ' + s['tracking_uri'])"
 
+# The video workflow on sample clips (camera moves over the scikit-image photos).
+demo-video: install
+	$(PY) -m pipelines sample-data --modality video --out data/sample-video --pairs 200 --size 32 --frames 8
+	mkdir -p outputs
+	$(PY) -m pipelines run video --train data/sample-video/train --eval data/sample-video/eval \
+		--epochs $(EPOCHS) data.image_size=32 data.video.frames=8 train.batch_size=16 train.lr=3e-3 \
+		--summary outputs/demo-video-summary.json
+
 test: install
 	$(PY) -m pytest -q
 
@@ -46,8 +54,17 @@ test-fast: install
 lint: install
 	$(PY) -m ruff check components pipelines tests benchmarks
 
+# Throughput, memory and pinning ratios -> benchmarks/results.json (about 10 minutes on 2 cores).
 bench: install
-	$(PY) benchmarks/demo_figures.py
+	$(PY) benchmarks/suite.py
+
+# Accuracy and speed of each image scorer through the workflow -> benchmarks/accuracy.json.
+bench-accuracy: install
+	$(PY) benchmarks/demo_figures.py --out benchmarks/accuracy.json
+
+# Each video scorer and the temporal prior through the workflow -> benchmarks/video_models.json.
+bench-video: install
+	$(PY) benchmarks/video_models.py
 
 bench-objectives: install
 	$(PY) benchmarks/objectives.py

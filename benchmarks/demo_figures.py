@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=600)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--models", default="bn-cnn,seed-cnn")
-    ap.add_argument("--out", default="benchmarks/results.json")
+    ap.add_argument("--out", default="benchmarks/accuracy.json")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="vdpo-bench-")
     write_image_pairs(os.path.join(work, "data"), pairs=a.pairs, size=64)

@@ -3,7 +3,7 @@
 1. Decode efficiency: pairs/s through the Ray Data decode stage (``ingest.prepare``: read ->
    decode in the preprocessing actor pool -> write) with k actors, over k times the pairs/s of
    a single-process decode loop over the same rows (the per-core limit). Steady state: the
-   stage runs on N/4 and on N pairs and the rate is the difference of pairs over the
+   stage runs on N/3 and on N pairs and the rate is the difference of pairs over the
    difference of time, so the fixed start-up (actor start, plan) is reported apart.
 2. Pipeline overhead: steady-state training pairs/s of the full pipeline (Ray Data -> Ray
    Train, 1 worker; ``train/steady_pairs_per_s`` of the last epoch) over a plain PyTorch loop
@@ -105,7 +105,7 @@ def ray_decode_s(train_dir: str, spec: MediaSpec, actors: int, out: str) -> tupl
 def decode_bench(name: str, case: dict, pairs: int, actors: int, tmp: str) -> dict:
     spec = spec_of(case)
     big = write_data(case, os.path.join(tmp, f"{name}-big"), pairs)
-    small = write_data(case, os.path.join(tmp, f"{name}-small"), max(8, pairs // 4))
+    small = write_data(case, os.path.join(tmp, f"{name}-small"), max(8, pairs // 3))
     r1 = single_process_rate(big, spec)
     ray_decode_s(small, spec, actors, os.path.join(tmp, f"{name}-warm"))  # start workers once
     t_small, n_small = ray_decode_s(small, spec, actors, os.path.join(tmp, f"{name}-ps"))
@@ -293,6 +293,7 @@ def main() -> None:
         pairs, batch, epochs = sizes[name]
         if q:
             pairs, epochs = max(16, pairs // 20), 2
+        batch = min(batch, max(2, pairs // 6))  # several steps per epoch even on --quick
         d = decode_bench(name, case, pairs, actors, tmp)
         results["decode"][name] = {k: v for k, v in d.items() if k != "prepared"}
         print(name, "decode", json.dumps(results["decode"][name]), flush=True)

@@ -204,7 +204,9 @@ def prepare(
         fn_constructor_kwargs={"spec": spec.to_dict(), "split": split, "pinning": pinning,
                                "report_dir": report_dir},
         batch_size=batch_size,
-        compute=ActorPoolStrategy(min_size=1, max_size=decode_actors),
+        # A fixed-size pool: decoding is the stage's work, so all actors start at once (an
+        # autoscaling pool starting at 1 spends the first seconds of a short run scaling up).
+        compute=ActorPoolStrategy(size=decode_actors),
         num_cpus=cpus_per_actor,
         batch_format="numpy",
     )

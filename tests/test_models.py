@@ -43,7 +43,7 @@ def test_train_step_learns_a_preference():
     dev = torch.device("cpu")
     first = None
     for _ in range(30):
-        train_step(model, opt, c, r, StepSettings(), dev)
+        m = train_step(model, opt, c, r, StepSettings(), dev)
         first = first if first is not None else m["loss"].item()
     assert m["loss"].item() < 0.5 * first
     s_c, s_r = eval_scores(model, tc, tr, dev)
