@@ -75,7 +75,7 @@ def main() -> None:
     for model in a.models.split(","):
         results["models"][model] = run(work, model, a.epochs, [f"model.name={model}"])
         print(model, json.dumps(results["models"][model]), flush=True)
-    for lam in a.lambdas.split(","):
+    for lam in filter(None, a.lambdas.split(",")):
         results["temporal_weight"][lam] = run(work, f"lambda-{lam}", a.epochs,
                                               [f"loss.temporal_weight={lam}"])
         print("lambda", lam, json.dumps(results["temporal_weight"][lam]), flush=True)

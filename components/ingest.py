@@ -165,6 +165,48 @@ class PairDecoder:
         return pa.table(columns)
 
 
+def decode_stage(
+    shards: list[Shard],
+    *,
+    layout: str,
+    spec: MediaSpec,
+    decode_actors: int,
+    cpus_per_actor: float,
+    batch_size: int,
+    eval_fraction: float | None,
+    split: str | None = None,
+    ties: str = "drop",
+    pinning: dict | None = None,
+    report_dir: str | None = None,
+):
+    """The lazy Ray Dataset of read -> canonical rows -> decoded pairs, and the row count the
+    shards' Parquet metadata declares. ``prepare`` writes it; benchmarks stream it."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    units, total_rows = plan_reads(shards, layout)
+    ds = ray.data.from_items([{"unit": i} for i in range(len(units))])
+    ds = ds.map_batches(
+        _read_unit,
+        batch_size=1,
+        batch_format="numpy",
+        fn_kwargs={"units": units, "eval_fraction": eval_fraction, "ties": ties},
+        num_cpus=0.5,
+    )
+    ds = ds.map_batches(
+        PairDecoder,
+        fn_constructor_kwargs={"spec": spec.to_dict(), "split": split, "pinning": pinning,
+                               "report_dir": report_dir},
+        batch_size=batch_size,
+        # A fixed-size pool: decoding is the stage's work, so all actors start at once (an
+        # autoscaling pool starting at 1 spends the first seconds of a short run scaling up).
+        compute=ActorPoolStrategy(size=decode_actors),
+        num_cpus=cpus_per_actor,
+        batch_format="numpy",
+    )
+    return ds, total_rows
+
+
 def prepare(
     shards: list[Shard],
     out_dir: str,
@@ -186,30 +228,11 @@ def prepare(
     ``split`` set instead: every row belongs to that split (e.g. ``--eval`` data).
     ``pinning``: a ``CpuPlan`` dict; each actor pins itself and reports to ``report_dir``.
     """
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    units, total_rows = plan_reads(shards, layout)
     t0 = time.perf_counter()
-    ds = ray.data.from_items([{"unit": i} for i in range(len(units))])
-    ds = ds.map_batches(
-        _read_unit,
-        batch_size=1,
-        batch_format="numpy",
-        fn_kwargs={"units": units, "eval_fraction": eval_fraction, "ties": ties},
-        num_cpus=0.5,
-    )
-    ds = ds.map_batches(
-        PairDecoder,
-        fn_constructor_kwargs={"spec": spec.to_dict(), "split": split, "pinning": pinning,
-                               "report_dir": report_dir},
-        batch_size=batch_size,
-        # A fixed-size pool: decoding is the stage's work, so all actors start at once (an
-        # autoscaling pool starting at 1 spends the first seconds of a short run scaling up).
-        compute=ActorPoolStrategy(size=decode_actors),
-        num_cpus=cpus_per_actor,
-        batch_format="numpy",
-    )
+    ds, total_rows = decode_stage(shards, layout=layout, spec=spec, decode_actors=decode_actors,
+                                  cpus_per_actor=cpus_per_actor, batch_size=batch_size,
+                                  eval_fraction=eval_fraction, split=split, ties=ties,
+                                  pinning=pinning, report_dir=report_dir)
     # A rerun with the same run name writes here again: start empty, never append.
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
