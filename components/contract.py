@@ -169,6 +169,7 @@ class ReadUnit:
     row_group: int
     row_offset: int  # index of the row group's first row within the shard
     duplicate_rows: tuple[int, ...]  # shard row indices whose pair_id was already seen
+    frame_lists: bool = False  # canonical video: each side is list<binary> of encoded frames
 
 
 def plan_reads(shards: list[Shard], layout: str) -> tuple[list[ReadUnit], int]:
@@ -187,6 +188,9 @@ def plan_reads(shards: list[Shard], layout: str) -> tuple[list[ReadUnit], int]:
                 schema = pf.schema_arrow
                 shard_layout = detect_layout(schema, shard.uri, layout)
                 id_col = _id_column(shard_layout, schema.names)
+                frame_lists = shard_layout == "canonical" and all(
+                    pa.types.is_list(schema.field(c).type) or pa.types.is_large_list(schema.field(c).type)
+                    for c in ("chosen", "rejected"))
                 ids = pf.read(columns=[id_col]).column(0).to_pylist() if id_col else []
                 md = pf.metadata
         except DataError:
@@ -205,7 +209,7 @@ def plan_reads(shards: list[Shard], layout: str) -> tuple[list[ReadUnit], int]:
         for rg in range(md.num_row_groups):
             n = md.row_group(rg).num_rows
             dups = tuple(r for r in dup_rows if offset <= r < offset + n)
-            units.append(ReadUnit(shard, shard_layout, rg, offset, dups))
+            units.append(ReadUnit(shard, shard_layout, rg, offset, dups, frame_lists))
             offset += n
         total += md.num_rows
     return units, total

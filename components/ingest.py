@@ -54,6 +54,9 @@ CANONICAL_SCHEMA = pa.schema([
     ("meta", pa.string()), ("target", pa.float64()), ("margin", pa.float64()),
     ("weight", pa.float64()),
 ])
+# Canonical video shards may hold each side as a list of encoded frames (list<binary>).
+FRAME_LIST_SCHEMA = CANONICAL_SCHEMA.set(2, pa.field("chosen", pa.list_(pa.binary()))).set(
+    3, pa.field("rejected", pa.list_(pa.binary())))
 PAIR_COLUMNS = ["chosen_px", "rejected_px", "target", "margin", "weight"]
 CONSISTENCY_COLUMNS = ["chosen_c", "rejected_c"]  # video only
 
@@ -96,8 +99,9 @@ def _read_unit(
         with unit.shard.filesystem.open_input_file(unit.shard.path) as f:
             table = pq.ParquetFile(f).read_row_group(unit.row_group)
         rows = list(canonical_rows(unit, table, eval_fraction, ties))
+        schema = FRAME_LIST_SCHEMA if unit.frame_lists else CANONICAL_SCHEMA
         for start in range(0, len(rows), READ_SLICE_ROWS):
-            yield pa.Table.from_pylist(rows[start : start + READ_SLICE_ROWS], schema=CANONICAL_SCHEMA)
+            yield pa.Table.from_pylist(rows[start : start + READ_SLICE_ROWS], schema=schema)
 
 
 class PairDecoder:

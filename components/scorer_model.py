@@ -39,7 +39,7 @@ PIP_REQUIREMENTS = [
     "numpy",
     "pandas",
 ]
-VIDEO_REQUIREMENTS = ["av"]
+VIDEO_REQUIREMENTS = ["av==18.1.*"]  # as pyproject.toml
 FORMATS = {"image": "JPEG/PNG/WebP", "video": "MP4/WebM/GIF containers or lists of encoded frames"}
 
 

@@ -76,3 +76,51 @@ def test_too_much_quarantine_fails_with_advice():
     with pytest.raises(DataError, match="3 of 10 rows quarantined.*max_quarantine_fraction=0.2"):
         check_quarantine(counts, 0.2)
     check_quarantine(counts, 0.3)
+
+
+def test_video_frame_lists_are_decoded_and_bad_clips_quarantined(ray_cluster, tmp_path):
+    """A canonical video shard whose sides are lists of encoded PNG frames (list<binary>), plus
+    a clip container that is not a video: shapes, consistency columns and the counts."""
+    import io
+
+    from PIL import Image
+
+    from components.sample_data import load_photo
+    from components.video import encode_video
+
+    photo = np.asarray(load_photo("astronaut.png").convert("RGB"))
+
+    def png(a):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "PNG")
+        return buf.getvalue()
+
+    rows = []
+    for i in range(6):
+        frames = [photo[40 * i : 40 * i + 32, 4 * k : 4 * k + 32] for k in range(6)]
+        rows.append({"pair_id": f"v{i}", "chosen": [png(f) for f in frames],
+                     "rejected": [png(frames[k]) for k in (0, 5, 1, 4, 2, 3)]})
+    rows.append({"pair_id": "bad", "chosen": rows[0]["chosen"], "rejected": [b"not a frame"]})
+    d = tmp_path / "frames"
+    d.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), d / "a.parquet")
+    # Encoded containers (binary columns) in a run of their own: one run's shards use one form.
+    spec = MediaSpec("video", 32, 10**7, frames=6)
+    p = prepare(resolve_shards([str(d)]), str(tmp_path / "p"), layout="auto", spec=spec,
+                decode_actors=1, cpus_per_actor=1, batch_size=4, eval_fraction=None, split="train")
+    c = p.counts["train"]
+    assert (c.read, c.used, c.quarantined) == (7, 6, 1)
+    assert p.consistency["train"]["chosen_more_consistent"] == 1.0  # smooth pan vs shuffled
+    got = usable_pairs(p.path, "train").take_all()
+    assert got[0]["chosen_px"].shape == (3, 6, 32, 32) and "chosen_c" in got[0]
+    q = pq.read_table(tmp_path / "p").to_pandas()
+    assert q.loc[q["pair_id"] == "bad", "reason"].item().startswith("rejected: frame 0")
+
+    clip = encode_video(np.stack([photo[:32, k : k + 32] for k in range(6)]), "mp4")
+    d2 = tmp_path / "clips"
+    d2.mkdir()
+    pq.write_table(pa.table({"pair_id": ["c0"], "chosen": [clip], "rejected": [b"\x00" * 64]}),
+                   d2 / "b.parquet")
+    p2 = prepare(resolve_shards([str(d2)]), str(tmp_path / "p2"), layout="auto", spec=spec,
+                 decode_actors=1, cpus_per_actor=1, batch_size=4, eval_fraction=None, split="train")
+    assert (p2.counts["train"].used, p2.counts["train"].quarantined) == (0, 1)
