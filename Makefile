@@ -13,6 +13,7 @@ RAY_ADDRESS ?= http://127.0.0.1:8265
 TRAIN ?= $(DATA)/train
 EVAL ?= $(DATA)/eval
 ARGS ?=
+MODALITY ?= image
 JOB_EXCLUDES = [".venv", ".git", "outputs", "data", "mlflow.db", "mlruns", "mlartifacts", "*.egg-info", "benchmarks/out"]
 
 .PHONY: install demo demo-video test test-fast lint bench bench-accuracy bench-video bench-objectives clean submit cluster-up cluster-down
@@ -54,7 +55,7 @@ test-fast: install
 lint: install
 	$(PY) -m ruff check components pipelines tests benchmarks
 
-# Throughput, memory and pinning ratios -> benchmarks/results.json (about 10 minutes on 2 cores).
+# Throughput, memory and pinning ratios -> benchmarks/results.json (about 14 minutes on 2 cores).
 bench: install
 	$(PY) benchmarks/suite.py
 
@@ -80,11 +81,11 @@ ifeq ($(CLUSTER),1)
 	$(VENV)/bin/ray dashboard cluster.yaml & sleep 5; \
 	$(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --working-dir . \
 		--runtime-env-json '{"excludes": $(JOB_EXCLUDES), "env_vars": {"MLFLOW_TRACKING_URI": "$(MLFLOW_TRACKING_URI)"}}' \
-		-- python -m pipelines run image --train $(TRAIN) --eval $(EVAL) $(ARGS)
+		-- python -m pipelines run $(MODALITY) --train $(TRAIN) --eval $(EVAL) $(ARGS)
 else
 	$(VENV)/bin/ray job submit --address $(RAY_ADDRESS) --working-dir . \
 		--runtime-env-json '{"excludes": $(JOB_EXCLUDES), "env_vars": {"MLFLOW_TRACKING_URI": "$(MLFLOW_TRACKING_URI)"}}' \
-		-- python -m pipelines run image --train $(TRAIN) --eval $(EVAL) $(ARGS)
+		-- python -m pipelines run $(MODALITY) --train $(TRAIN) --eval $(EVAL) $(ARGS)
 endif
 
 clean:
