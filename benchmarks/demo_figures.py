@@ -25,10 +25,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from components.decode import decode_image  # noqa: E402
-from components.models import build_scorer  # noqa: E402
-from components.sample_data import write_image_pairs  # noqa: E402
-from components.train_step import StepSettings, train_step  # noqa: E402
+from components.config import LossConfig  # noqa: E402
+from components.media.image import decode_image  # noqa: E402
+from components.sample.images import write_image_pairs  # noqa: E402
+from components.training.models import build_scorer  # noqa: E402
+from components.training.step import train_step  # noqa: E402
 
 
 def plain_loop_pairs_per_s(train_dir: str, model: str, size: int, batch: int, threads: int) -> float:
@@ -42,10 +43,10 @@ def plain_loop_pairs_per_s(train_dir: str, model: str, size: int, batch: int, th
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     dev = torch.device("cpu")
     for i in range(0, min(len(c), 2 * batch), batch):  # warm-up
-        train_step(m, opt, c[i : i + batch], r[i : i + batch], StepSettings(), dev)
+        train_step(m, opt, c[i : i + batch], r[i : i + batch], LossConfig(), dev)
     t0 = time.perf_counter()
     for i in range(0, len(c), batch):
-        train_step(m, opt, c[i : i + batch], r[i : i + batch], StepSettings(), dev)
+        train_step(m, opt, c[i : i + batch], r[i : i + batch], LossConfig(), dev)
     return len(c) / (time.perf_counter() - t0)
 
 

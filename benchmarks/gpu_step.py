@@ -22,8 +22,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from components.models import VIDEO_SCORERS, build_scorer  # noqa: E402
-from components.train_step import StepSettings, train_step  # noqa: E402
+from components.config import LossConfig  # noqa: E402
+from components.training.models import VIDEO_SCORERS, build_scorer  # noqa: E402
+from components.training.step import train_step  # noqa: E402
 
 
 def measure(name: str, device: torch.device, size: int, batch: int, steps: int,
@@ -34,7 +35,8 @@ def measure(name: str, device: torch.device, size: int, batch: int, steps: int,
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d if video else torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    settings = StepSettings(amp=amp, channels_last=channels_last)
+    loss = LossConfig()
+    kw = {"amp": amp, "channels_last": channels_last}
     shape = (batch, 3, frames, size, size) if video else (batch, 3, size, size)
     c = torch.randint(0, 256, shape, dtype=torch.uint8)
     r = torch.randint(0, 256, shape, dtype=torch.uint8)
@@ -42,15 +44,15 @@ def measure(name: str, device: torch.device, size: int, batch: int, steps: int,
         c, r = c.pin_memory(), r.pin_memory()
         torch.cuda.reset_peak_memory_stats(device)
     with FlopCounterMode(display=False) as counter:
-        train_step(model, opt, c, r, settings, device)
+        train_step(model, opt, c, r, loss, device, **kw)
     flops = counter.get_total_flops()
     for _ in range(2):  # warm-up (cudnn autotune, allocator)
-        train_step(model, opt, c, r, settings, device)
+        train_step(model, opt, c, r, loss, device, **kw)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        m = train_step(model, opt, c, r, settings, device)
+        m = train_step(model, opt, c, r, loss, device, **kw)
     m["loss"].item()  # wait for the device
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -22,7 +22,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from components.sample_data import write_image_pairs  # noqa: E402
+from components.sample.images import write_image_pairs  # noqa: E402
 
 
 def cli(work: str, *args: str) -> dict:

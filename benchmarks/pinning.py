@@ -45,7 +45,7 @@ if ROOT not in sys.path:
 
 # Only the standard library at module level: spawned children import this module before
 # running ``_worker``, and must be able to pin and set thread variables before torch loads.
-from components.pinning import (  # noqa: E402
+from components.runtime.pinning import (  # noqa: E402
     THREAD_ENV_VARS,
     format_cpus,
     pin_current_process,

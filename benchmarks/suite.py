@@ -43,11 +43,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from components.config import load_config  # noqa: E402
-from components.contract import resolve_shards  # noqa: E402
-from components.media import MediaSpec  # noqa: E402
-from components.models import build_scorer  # noqa: E402
-from components.train_step import StepSettings, train_step  # noqa: E402
+from components.config import LossConfig, load_config  # noqa: E402
+from components.data.contract import resolve_shards  # noqa: E402
+from components.media.spec import MediaSpec  # noqa: E402
+from components.training.models import build_scorer  # noqa: E402
+from components.training.step import train_step  # noqa: E402
 
 # kind -> modality, source size, decoded size, frames (video: decoded T, source frames)
 CASES = {
@@ -68,11 +68,11 @@ def machine() -> dict:
 def write_data(case: dict, out: str, pairs: int) -> str:
     """Canonical pairs (train split only is used) -> the train directory."""
     if case["modality"] == "image":
-        from components.sample_data import write_image_pairs
+        from components.sample.images import write_image_pairs
 
         write_image_pairs(out, pairs=pairs + 8, size=case["source"], shards=2, seed=1)
     else:
-        from components.sample_video import write_video_pairs
+        from components.sample.videos import write_video_pairs
 
         write_video_pairs(out, pairs=pairs + 4, size=case["source"], frames=case["source_frames"],
                           shards=2, seed=1, eval_fraction=4 / (pairs + 4))
@@ -97,7 +97,7 @@ def single_process_rate(train_dir: str, spec: MediaSpec) -> float:
 
 def stage_s(train_dir: str, spec: MediaSpec, actors: int) -> tuple[float, int]:
     """Seconds to stream every decoded pair of ``train_dir`` through the decode stage."""
-    from components.ingest import decode_stage
+    from components.data.ingest import decode_stage
 
     t0 = time.perf_counter()
     ds, _ = decode_stage(resolve_shards([train_dir]), layout="canonical", spec=spec,
@@ -108,7 +108,7 @@ def stage_s(train_dir: str, spec: MediaSpec, actors: int) -> tuple[float, int]:
 
 
 def ray_decode_s(train_dir: str, spec: MediaSpec, actors: int, out: str) -> tuple[float, int]:
-    from components.ingest import prepare
+    from components.data.ingest import prepare
 
     p = prepare(resolve_shards([train_dir]), out, layout="canonical", spec=spec,
                 decode_actors=actors, cpus_per_actor=1, batch_size=32, eval_fraction=None,
@@ -168,22 +168,25 @@ def plain_rate(prepared: str, model: str, batch: int, threads: int, epochs: int)
         t0 = time.perf_counter()
         for s in range(0, n, batch):
             idx = perm[s : s + batch]
-            train_step(m, opt, c[idx], r[idx], StepSettings(), dev)
+            train_step(m, opt, c[idx], r[idx], LossConfig(), dev)
         times.append(time.perf_counter() - t0)
     return n / min(times[1:] or times)
 
 
 def pipeline_bench(name: str, case: dict, prepared: str, batch: int, epochs: int, tmp: str) -> dict:
-    from components.ingest import usable_pairs
-    from components.trainer import fit
+    from components.data.ingest import usable_pairs
+    from components.training.trainer import fit
+    from components.training.worker import WorkerSpec
 
     over = [f"data.image_size={case['size']}", f"train.batch_size={batch}",
             f"train.epochs={epochs}", "train.log_every_steps=1000"]
     if case["modality"] == "video":
         over.append(f"data.video.frames={case['frames']}")
     cfg = load_config(None, over, require_train=False, modality=case["modality"])
-    out = fit(cfg, usable_pairs(prepared, "train"), os.path.join(tmp, f"{name}-ray"),
-              f"bench-{name}", None, None, pinning_report_dir=os.path.join(tmp, f"{name}-pin"))
+    spec = WorkerSpec(train=cfg.train, loss=cfg.loss, model_name=cfg.model.name,
+                      modality=cfg.modality, pinning_report_dir=os.path.join(tmp, f"{name}-pin"))
+    out = fit(spec, usable_pairs(prepared, "train"), os.path.join(tmp, f"{name}-ray"),
+              f"bench-{name}")
     plain = plain_rate(prepared, cfg.model.name, batch, int(cfg.train.cpus_per_worker), epochs)
     steady = out.metrics["train/steady_pairs_per_s"]
     return {
@@ -238,17 +241,20 @@ def memory_child(pairs: int, tmp: str) -> dict:
     t0 = time.perf_counter()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     ray_init_s = time.perf_counter() - t0
-    from components.runtime import ensure_ray
+    from components.runtime.cluster import ensure_ray
 
     ensure_ray()
     t_prep, n = ray_decode_s(train, spec_of(case), 1, os.path.join(tmp, f"mem-{pairs}-p"))
-    from components.ingest import usable_pairs
-    from components.trainer import fit
+    from components.data.ingest import usable_pairs
+    from components.training.trainer import fit
+    from components.training.worker import WorkerSpec
 
     cfg = load_config(None, ["data.image_size=64", "train.epochs=1", "train.batch_size=32"],
                       require_train=False)
-    out = fit(cfg, usable_pairs(os.path.join(tmp, f"mem-{pairs}-p"), "train"),
-              os.path.join(tmp, f"mem-{pairs}-ray"), f"mem-{pairs}", None, None)
+    spec = WorkerSpec(train=cfg.train, loss=cfg.loss, model_name=cfg.model.name,
+                      modality=cfg.modality)
+    out = fit(spec, usable_pairs(os.path.join(tmp, f"mem-{pairs}-p"), "train"),
+              os.path.join(tmp, f"mem-{pairs}-ray"), f"mem-{pairs}")
     stop.set()
     ray.shutdown()
     return {"pairs": n, "peak_pss_mib": round(peak[0], 1), "driver_before_ray_mib": round(baseline, 1),
@@ -270,11 +276,11 @@ def memory_bench(n: int, tmp: str) -> dict:
 def mlflow_setup_s(tmp: str) -> float:
     import mlflow
 
-    from components import tracking
+    from components.tracking import runs
 
     t0 = time.perf_counter()
     uri = f"sqlite:///{os.path.join(tmp, 'bench-mlflow.db')}"
-    tracking.setup(uri, "bench")
+    runs.setup(uri, "bench")
     with mlflow.start_run():
         mlflow.log_param("x", 1)
     return time.perf_counter() - t0
@@ -303,7 +309,7 @@ def main() -> None:
     import ray
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    from components.runtime import ensure_ray
+    from components.runtime.cluster import ensure_ray
 
     ensure_ray()
     actors = max(1, min(2, len(os.sched_getaffinity(0))))

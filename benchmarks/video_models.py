@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from components.sample_video import write_video_pairs  # noqa: E402
+from components.sample.videos import write_video_pairs  # noqa: E402
 
 
 def run(work: str, name: str, epochs: int, overrides: list[str]) -> dict:

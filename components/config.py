@@ -21,7 +21,11 @@ LOSS_TYPES = ("bt", "dpo", "ipo", "hinge", "robust")
 USE_GPU = ("auto", "true", "false")
 MODALITIES = ("image", "video")
 PAD_POLICIES = ("repeat", "loop", "reject")
+"""Clips shorter than ``data.video.frames``: repeat the last frame, loop, or reject."""
 PIN_MODES = ("auto", "off")
+# Pillow refuses images over twice its MAX_IMAGE_PIXELS (a decompression-bomb guard, left on);
+# data.max_pixels above that could never be reached.
+PILLOW_MAX_PIXELS = 2 * 89_478_485
 
 
 class ConfigError(ValueError):
@@ -119,9 +123,6 @@ class TrainConfig:
     checkpoints_to_keep: int = 2
     compile: bool = False
     """``torch.compile`` the scorer in each worker (worth it on GPU for long runs)."""
-    inject_failure_at_epoch: int = -1
-    """Fault-injection hook for testing recovery: raise once, on the first attempt only,
-    at the start of this epoch (-1 = off)."""
 
 
 @dataclass
@@ -298,6 +299,9 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
         p.append(f"data.eval_fraction: {d.eval_fraction} must be in (0, 1) without --eval")
     if d.max_pixels < d.image_size**2:
         p.append(f"data.max_pixels: {d.max_pixels} is below image_size^2 = {d.image_size**2}")
+    if d.max_pixels > PILLOW_MAX_PIXELS:
+        p.append(f"data.max_pixels: {d.max_pixels} is over Pillow's decompression-bomb limit "
+                 f"{PILLOW_MAX_PIXELS}, which stays on; use at most that")
     if not 0.0 <= d.max_quarantine_fraction <= 1.0:
         p.append("data.max_quarantine_fraction: must be in [0, 1]")
     pp = cfg.preprocess
@@ -309,7 +313,7 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
         p.append("preprocess.batch_size: must be >= 1")
     if pp.pin_cpus not in PIN_MODES:
         p.append(f"preprocess.pin_cpus: {pp.pin_cpus!r} is not one of {', '.join(PIN_MODES)}")
-    from components.models import SCORERS, VIDEO_SCORERS  # the registry is the source of truth
+    from .training.models import SCORERS, VIDEO_SCORERS  # the registry is the source of truth
 
     if cfg.modality not in MODALITIES:
         p.append(f"modality: {cfg.modality!r} is not one of {', '.join(MODALITIES)}")
@@ -375,7 +379,7 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
 def modality_defaults(modality: str) -> dict[str, Any]:
     """Defaults that differ by modality (below the YAML file in precedence)."""
     if modality == "video":
-        from components.models import DEFAULT_VIDEO_SCORER
+        from .training.models import DEFAULT_VIDEO_SCORER
 
         return {"modality": "video", "model": {"name": DEFAULT_VIDEO_SCORER},
                 "data": {"image_size": 64},

@@ -1,4 +1,5 @@
-"""Command line: ``python -m pipelines run image|video ...``, ``evaluate``, ``score``, ``sample-data``.
+"""Command line: ``visual-dpo run image|video ...``, ``evaluate``, ``score``, ``sample-data``
+(``visual-dpo`` is the installed console script; ``python -m pipelines`` is the same).
 
 The same command is the entry point of a Ray job:
 ``ray job submit --working-dir . -- python -m pipelines run image --train ...``.
@@ -15,26 +16,48 @@ import traceback
 from typing import Any
 
 from components.config import ConfigError, load_config
-from components.schedule import LeaseHeld
-from components.steps import StepFailed
+from components.tracking.lease import LeaseHeld
+from components.tracking.steps import StepFailed
 
-# Exit codes for schedulers: 0 ok (or nothing new), 1 failed, 2 invalid config, 3 another
-# run of the same workflow and model holds the lease.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEASE_HELD = 0, 1, 2, 3
+# Exit codes for schedulers: 0 ok, nothing new, or skipped because another run of the same
+# workflow and model holds the lease (the summary's "status" tells which; a scheduled tick
+# that had nothing to do is not a failure for Ray Jobs or KubeRay); 1 failed; 2 invalid
+# command line or config.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+RUN_EPILOG = """main config keys (key=value anywhere on the line, or a YAML file with --config):
+  data.image_size=64            decoded size S (images S x S, clip frames too)
+  data.video.frames=16          frames per clip (video)
+  preprocess.actors=1           CPU decode actors (preprocess.cpus_per_actor cores each)
+  model.name=bn-cnn             image: bn-cnn, seed-cnn, resnet18; video: bn-c3d, seed-c3d,
+                                r3d_18, mc3_18, r2plus1d_18
+  loss.type=bt                  bt, dpo, ipo, hinge, robust (loss.beta, loss.reference)
+  train.epochs=3 train.batch_size=32 train.lr=1e-3 train.workers=1 train.use_gpu=auto
+  ties=drop                     Pick-a-Pic ties: drop (counted) or soft (target 0.5)
+  gate.min_delta=0.02           promotion gate against the champion
+  (every key with its default: README, "Configuration")
+
+example:
+  visual-dpo run image --train data/sample/train --eval data/sample/eval --epochs 4 \\
+      train.lr=3e-4 model.name=seed-cnn
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="visual-dpo", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    layouts = ["auto", "canonical", "pickapic"]
+    layout_help = "shard layout: canonical (pair_id/chosen/rejected), pickapic, or auto-detect"
 
-    run = sub.add_parser("run", help="run a training workflow")
-    run.add_argument("modality", choices=["image", "video"])
+    run = sub.add_parser("run", help="run a training workflow", epilog=RUN_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("modality", choices=["image", "video"], help="what the scorer scores")
     run.add_argument("--train", action="append", default=[], metavar="PATH",
                      help="training shards: file, directory or glob (local or s3://, gs://); repeatable")
     run.add_argument("--eval", action="append", default=[], metavar="PATH",
                      help="eval shards; default: a hash split of the training pairs")
-    run.add_argument("--layout", choices=["auto", "canonical", "pickapic"])
-    run.add_argument("--epochs", type=int)
+    run.add_argument("--layout", choices=layouts, help=layout_help)
+    run.add_argument("--epochs", type=int, help="passes over the training pairs (train.epochs)")
     run.add_argument("--workers", type=int, help="Ray Train workers (data-parallel)")
     run.add_argument("--model-name", help="registered model name (default image-scorer / video-scorer)")
     run.add_argument("--experiment", help="MLflow experiment (default image-dpo / video-dpo)")
@@ -45,22 +68,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
                      "else sqlite:///mlflow.db)")
     run.add_argument("--output-dir", help="where prepared data, quarantine and checkpoints go")
-    run.add_argument("--config", help="YAML config file")
+    run.add_argument("--config", help="YAML config file (keys as below)")
     run.add_argument("--summary", help="also write the JSON summary to this file")
     run.add_argument("overrides", nargs="*", metavar="key=value",
                      help="config overrides anywhere on the line, e.g. train.lr=3e-4 model.name=seed-cnn")
 
     ev = sub.add_parser("evaluate", help="evaluate a registered scorer on preference data")
     ev.add_argument("--model", required=True, help="model URI, e.g. models:/image-scorer@champion")
-    ev.add_argument("--data", action="append", required=True, metavar="PATH")
-    ev.add_argument("--layout", choices=["auto", "canonical", "pickapic"])
-    ev.add_argument("--experiment", help="MLflow experiment (default image-dpo)")
-    ev.add_argument("--run-name")
-    ev.add_argument("--tracking-uri")
-    ev.add_argument("--output-dir")
-    ev.add_argument("--config")
-    ev.add_argument("--summary")
-    ev.add_argument("overrides", nargs="*", metavar="key=value")
+    ev.add_argument("--data", action="append", required=True, metavar="PATH",
+                    help="preference shards to evaluate on (file, directory or glob); repeatable")
+    ev.add_argument("--layout", choices=layouts, help=layout_help)
+    ev.add_argument("--experiment", help="MLflow experiment for the evaluation run (default image-dpo)")
+    ev.add_argument("--run-name", help="MLflow run name of the evaluation run")
+    ev.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                    "else sqlite:///mlflow.db)")
+    ev.add_argument("--output-dir", help="where the decoded eval pairs and quarantine go")
+    ev.add_argument("--config", help="YAML config file")
+    ev.add_argument("--summary", help="also write the JSON summary to this file")
+    ev.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="config overrides, e.g. eval.slices=model_0 preprocess.actors=2")
 
     sc = sub.add_parser("score", help="score candidate images or clips with a registered scorer")
     sc.add_argument("--model", required=True, help="model URI, e.g. models:/image-scorer@champion")
@@ -69,20 +95,24 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--output", required=True, help="output directory of Parquet files")
     sc.add_argument("--group-by", help="rank within groups of this column (1 = best)")
     sc.add_argument("--top-k", type=int, help="with --group-by: keep the best K per group")
-    sc.add_argument("--tracking-uri")
-    sc.add_argument("--config")
-    sc.add_argument("--summary")
-    sc.add_argument("overrides", nargs="*", metavar="key=value")
+    sc.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                    "else sqlite:///mlflow.db)")
+    sc.add_argument("--config", help="YAML config file")
+    sc.add_argument("--summary", help="also write the JSON summary to this file")
+    sc.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="config overrides, e.g. preprocess.actors=2")
 
     sd = sub.add_parser("sample-data", help="write sample preference pairs from scikit-image photos")
-    sd.add_argument("--modality", choices=["image", "video"], default="image")
-    sd.add_argument("--out", required=True)
-    sd.add_argument("--pairs", type=int, default=600)
-    sd.add_argument("--size", type=int, default=64)
+    sd.add_argument("--modality", choices=["image", "video"], default="image",
+                    help="image pairs or clip pairs (default image)")
+    sd.add_argument("--out", required=True, help="directory; gets train/ and eval/ subfolders")
+    sd.add_argument("--pairs", type=int, default=600, help="pairs in all (a quarter go to eval/)")
+    sd.add_argument("--size", type=int, default=64, help="side of the square images/frames")
     sd.add_argument("--frames", type=int, default=16, help="frames per clip (video)")
-    sd.add_argument("--layout", choices=["canonical", "pickapic"], default="canonical")
-    sd.add_argument("--shards", type=int, default=2)
-    sd.add_argument("--seed", type=int, default=0)
+    sd.add_argument("--layout", choices=["canonical", "pickapic"], default="canonical",
+                    help="column layout of the shards (image)")
+    sd.add_argument("--shards", type=int, default=2, help="Parquet files per split")
+    sd.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     return p
 
 
@@ -136,15 +166,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if a.command in ("run", "evaluate", "score"):
         a.overrides = [*a.overrides, *unknown]
+    if a.command == "score" and a.top_k is not None and not a.group_by:
+        parser.error("--top-k needs --group-by (best K per group)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.command == "sample-data":
         if a.modality == "video":
-            from components.sample_video import write_video_pairs
+            from components.sample.videos import write_video_pairs
 
             paths = write_video_pairs(a.out, pairs=a.pairs, size=a.size, frames=a.frames,
                                       shards=a.shards, seed=a.seed)
         else:
-            from components.sample_data import write_image_pairs
+            from components.sample.images import write_image_pairs
 
             paths = write_image_pairs(a.out, pairs=a.pairs, size=a.size, layout=a.layout,
                                       shards=a.shards, seed=a.seed)
@@ -171,8 +203,6 @@ def main(argv: list[str] | None = None) -> int:
         elif a.command == "score":
             from pipelines.score import run_score
 
-            if a.top_k is not None and not a.group_by:
-                raise ValueError("--top-k needs --group-by (best K per group)")
             summary = run_score(cfg, a.model, a.input, a.output, a.group_by, a.top_k)
         else:
             from pipelines.preference import run_preference
@@ -180,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_preference(cfg)
     except LeaseHeld as e:
         _emit({"status": "skipped", "reason": str(e)}, a.summary)
-        return EXIT_LEASE_HELD
+        return EXIT_OK
     except Exception as e:  # every failure ends as one line of JSON and a non-zero exit
         traceback.print_exc()
         failed = {"status": "failed", "reason": f"{type(e).__name__}: {e}".replace("\n", " ")}
@@ -192,5 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``visual-dpo`` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,7 +1,7 @@
 """The evaluate workflow: any registered scorer on any preference data -> the eval report.
 
-prepare (Ray Data, decoded as the model was trained: size, frames) -> score (Ray Data batch inference) ->
-report (metrics and pictures, logged to MLflow). This file only wires steps.
+prepare (Ray Data, decoded as the model was trained: its own MediaSpec) -> score (Ray Data
+batch inference) -> report (metrics, per-pair scores and pictures, logged to MLflow).
 """
 
 from __future__ import annotations
@@ -12,35 +12,32 @@ from typing import Any
 
 import mlflow
 
-from components import ingest, tracking
 from components.config import RunConfig
-from components.contract import resolve_shards
-from components.evaluate import evaluation_report, score_dataset, settings_of
-from components.media import MediaSpec
-from components.plots import log_report_figures
-from components.reference import load_scorer_uri
-from components.runtime import ensure_ray
+from components.data.contract import plan_reads, resolve_shards
+from components.runtime.cluster import ensure_ray
+from components.runtime.pinning import plan_for_run
+from components.tracking import models, runs
+from pipelines import stages
 
 
 def run_evaluate(cfg: RunConfig, model_uri: str) -> dict[str, Any]:
     t0 = time.perf_counter()
-    uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri)
-    tracking.check_reachable(uri)
+    uri = runs.resolve_tracking_uri(cfg.tracking.tracking_uri)
+    runs.check_reachable(uri)
     shards = resolve_shards(cfg.data.eval)
+    plan_reads(shards, cfg.data.layout)  # footers only: a bad layout fails before Ray starts
+    plan = plan_for_run(cfg.preprocess, cfg.train)
+    runs.setup(uri, cfg.tracking.experiment)
+    scorer = models.load_scorer(models.pin_model_uri(model_uri))
     ensure_ray()
-    tracking.setup(uri, cfg.tracking.experiment)
     with mlflow.start_run(run_name=cfg.tracking.run_name or None) as run:
-        mlflow.set_tags({"workflow": "evaluate", "model_uri": model_uri})
-        model = load_scorer_uri(model_uri)
-        MediaSpec.from_dict(model.media).apply_to(cfg)  # decode as the model was trained
+        runs.announce(run, uri)
+        mlflow.set_tags({"workflow": "evaluate", "model_uri": model_uri,
+                         "model_uri.pinned": scorer.source})
         run_dir = os.path.abspath(os.path.join(cfg.output_dir, run.info.run_id))
-        data = ingest.prepare_step(cfg, [], shards, run_dir)
-        scores = score_dataset(ingest.usable_pairs(data.eval_path, "eval", with_ids=True),
-                               model.model_name, model.state_dict, model.image_size,
-                               temporal_weight=model.temporal_weight)
-        report = evaluation_report(scores, settings_of(cfg), cfg.eval.slices)
-        mlflow.log_metrics(report.metrics)
-        log_report_figures(report, data.eval_path, cfg.loss.beta, cfg.eval.worst_pairs)
+        # Decode as the model was trained (its own spec: size, frames, limits).
+        data = stages.prepare(cfg, scorer.spec, plan, [], shards, run_dir)
+        report = stages.evaluate(cfg.loss, cfg.eval, scorer, data.eval_path)
         return {
             "status": "ok",
             "run_id": run.info.run_id,

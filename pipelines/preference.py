@@ -1,92 +1,134 @@
 """The preference workflow, for images and videos: prepare -> reference -> train -> evaluate ->
-register (``python -m pipelines run image|video``).
+register (``visual-dpo run image|video``).
 
-Each step is a nested MLflow run of the parent (components/steps.py); a resumed parent skips
-the steps that finished with the same inputs. This file only wires steps.
+Each stage is a resumable step, a nested MLflow run of the parent (components/tracking/steps.py);
+a resumed parent skips the steps that finished with the same inputs. The stages themselves
+(what they compute and log) are in ``stages.py``; this file puts them in order, and holds the
+scheduling around a run: the lease and which shards are new.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import mlflow
 
-from components import ingest, registry, schedule, tracking, trainer
-from components.config import RunConfig, flatten, to_dict
-from components.contract import fingerprint, resolve_shards
-from components.evaluate import EvalReport, evaluate_step
-from components.lineage import record_run
-from components.reference import reference_scores_step, training_inputs
-from components.runtime import ensure_ray
-from components.steps import Workflow, digest
+from components.config import LossConfig, RunConfig, flatten, to_dict
+from components.data.contract import Shard, fingerprint, plan_reads, resolve_shards
+from components.data.ingest import PreparedSplits
+from components.evaluation.metrics import EvalReport
+from components.media.spec import MediaSpec
+from components.registry.gate import CHAMPION
+from components.registry.scorer_files import TrainedScorer
+from components.runtime.cluster import cluster_resources, ensure_ray
+from components.runtime.pinning import CpuPlan, plan_for_run
+from components.tracking import lease, models, runs
+from components.tracking.lineage import record_run
+from components.tracking.steps import Workflow, digest
+from components.training.trainer import TrainOutcome
+from pipelines import stages
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run works on, resolved and checked before Ray or MLflow start."""
+
+    train: list[Shard]
+    eval: list[Shard]
+    spec: MediaSpec
+    plan: CpuPlan
+
+
+def resolve_inputs(cfg: RunConfig) -> RunInputs:
+    train = resolve_shards(cfg.data.train)
+    evals = resolve_shards(cfg.data.eval) if cfg.data.eval else []
+    plan_reads(train + evals, cfg.data.layout)  # reads footers only: a bad layout fails here
+    return RunInputs(train, evals, MediaSpec.from_config(cfg.modality, cfg.data),
+                     plan_for_run(cfg.preprocess, cfg.train))
 
 
 def run_preference(cfg: RunConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
-    uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri)
-    tracking.check_reachable(uri)
-    train_shards = resolve_shards(cfg.data.train)
-    eval_shards = resolve_shards(cfg.data.eval) if cfg.data.eval else []
-    experiment_id = tracking.setup(uri, cfg.tracking.experiment)
+    uri = runs.resolve_tracking_uri(cfg.tracking.tracking_uri)
+    runs.check_reachable(uri)
+    inputs = resolve_inputs(cfg)
+    experiment_id = runs.setup(uri, cfg.tracking.experiment)
     if not cfg.incremental:
-        return _run(cfg, uri, experiment_id, train_shards, eval_shards, None, t0)
+        return _run(cfg, cfg.loss, uri, experiment_id, inputs, None, t0)
 
-    client, name = mlflow.MlflowClient(), cfg.tracking.model_name
-    key = schedule.lease_key(cfg.modality, name)
-    token = schedule.acquire_lease(client, experiment_id, key, cfg.lease_ttl_s)
+    name = cfg.tracking.model_name
+    key = lease.lease_key(cfg.modality, name)
+    client = mlflow.MlflowClient()
+    token = lease.acquire_lease(client, experiment_id, key, cfg.lease_ttl_s)
     try:
-        consumed = schedule.consumed_shards(client, experiment_id, cfg.modality, name)
-        new = schedule.new_shards(train_shards, consumed)
+        consumed = lease.consumed_shards(client, experiment_id, cfg.modality, name)
+        new = lease.new_shards(inputs.train, consumed)
         if not new:
             return {"status": "nothing-new", "experiment": cfg.tracking.experiment,
-                    "model_name": name, "shards_seen": len(train_shards),
+                    "model_name": name, "shards_seen": len(inputs.train),
                     "wall_s": round(time.perf_counter() - t0, 1)}
-        champion = registry.current_champion(client, name)
-        warm = f"models:/{name}@{registry.CHAMPION}" if champion else None
-        if warm and cfg.loss.type == "dpo" and cfg.loss.reference == "init":
-            cfg.loss.reference = warm  # continue from production, anchored to it
-        return _run(cfg, uri, experiment_id, new, eval_shards, warm, t0)
+        warm = f"models:/{name}@{CHAMPION}" if models.current_champion(name) else None
+        inputs = RunInputs(new, inputs.eval, inputs.spec, inputs.plan)
+        return _run(cfg, stages.with_reference(cfg.loss, warm), uri, experiment_id, inputs,
+                    warm, t0)
     finally:
-        schedule.release_lease(client, experiment_id, key, token)
+        lease.release_lease(client, experiment_id, key, token)
 
 
-def _run(cfg: RunConfig, uri: str, experiment_id: str, train_shards, eval_shards,
+def _run(cfg: RunConfig, loss: LossConfig, uri: str, experiment_id: str, inputs: RunInputs,
          warm_start: str | None, t0: float) -> dict[str, Any]:
-    parent = tracking.find_parent_run(experiment_id, cfg.tracking.resume, cfg.tracking.run_name, cfg.modality)
+    parent = runs.find_parent_run(experiment_id, cfg.tracking.resume, cfg.tracking.run_name,
+                                  cfg.modality)
     ensure_ray()
+    log.info("%s", inputs.plan.describe())
+    for w in inputs.plan.warnings:
+        log.warning("cpu pinning: %s", w)
     with mlflow.start_run(run_id=parent, run_name=None if parent else (cfg.tracking.run_name or None)) as run:
         run_id = run.info.run_id
-        run_dir = tracking.run_dir_of(run, cfg.output_dir, cfg.tracking.run_name)
-        record_run(cfg, train_shards, eval_shards, cfg.modality)
+        runs.announce(run, uri)
+        run_dir = runs.run_dir_of(run, cfg.output_dir, cfg.tracking.run_name)
+        record_run(cfg, inputs.train, inputs.eval, inputs.plan, cluster_resources())
         wf = Workflow(mlflow.MlflowClient(), run_id)
-        c = flatten(to_dict(cfg))
-        prepare_in = {"data": {k: v for k, v in c.items() if k.startswith("data.") and k not in ("data.train", "data.eval")},
-                      "ties": cfg.ties, "train": fingerprint(train_shards), "eval": fingerprint(eval_shards)}
+        flat = flatten(to_dict(cfg))
+        prepare_in = {"data": {k: v for k, v in flat.items()
+                               if k.startswith("data.") and k not in ("data.train", "data.eval")},
+                      "ties": cfg.ties, "train": fingerprint(inputs.train),
+                      "eval": fingerprint(inputs.eval)}
         data = wf.step("prepare", prepare_in,
-                       lambda: ingest.prepare_step(cfg, train_shards, eval_shards, run_dir),
-                       ingest.PreparedSplits.to_record, ingest.PreparedSplits.from_record)
-        ref_in = {"upstream": digest(prepare_in), "loss": to_dict(cfg.loss), "model": cfg.model.name,
+                       lambda: stages.prepare(cfg, inputs.spec, inputs.plan, inputs.train,
+                                              inputs.eval, run_dir),
+                       PreparedSplits.to_record, PreparedSplits.from_record)
+        ref_in = {"upstream": digest(prepare_in), "loss": to_dict(loss), "model": cfg.model.name,
                   "seed": cfg.train.seed}
         ref_record = wf.step("reference", ref_in,
-                             lambda: reference_scores_step(cfg, data.train_path, run_dir), dict, dict)
-        train_ds, ref, init_state = training_inputs(cfg, data.train_path, ref_record, warm_start)
-        train_in = {"upstream": digest(ref_in), "train": to_dict(cfg.train), "warm_start": warm_start}
-        outcome = wf.step("train", train_in, lambda: trainer.fit(
-            cfg, train_ds, storage_path=os.path.join(run_dir, "ray_results"),
-            run_name=cfg.tracking.run_name or f"train-{run_id}", mlflow_run_id=run_id,
-            tracking_uri=uri, init_state=init_state, pinning_report_dir=os.path.join(run_dir, "pinning"),
-        ), trainer.TrainOutcome.to_record, trainer.TrainOutcome.from_record)
-        if os.path.isdir(os.path.join(run_dir, "pinning")):  # what each pinned process got
-            mlflow.log_artifacts(os.path.join(run_dir, "pinning"), "pinning")
-        eval_in = {"upstream": digest(train_in), "eval": to_dict(cfg.eval), "ckpt": outcome.checkpoint_path}
-        report = wf.step("evaluate", eval_in, lambda: evaluate_step(cfg, outcome, data, ref),
+                             lambda: stages.reference(cfg, loss, inputs.spec, data.train_path,
+                                                      run_dir), dict, dict)
+        train_ds, ref, init_state = stages.training_inputs(cfg, inputs.spec, data.train_path,
+                                                           ref_record, warm_start)
+        train_in = {"upstream": digest(ref_in), "train": to_dict(cfg.train),
+                    "warm_start": warm_start}
+        outcome = wf.step("train", train_in,
+                          lambda: stages.train(cfg, loss, train_ds, init_state, inputs.plan,
+                                               run_dir, run_id, uri),
+                          TrainOutcome.to_record, TrainOutcome.from_record)
+        scorer = TrainedScorer(cfg.model.name, outcome.state_dict, inputs.spec,
+                               loss.temporal_weight, outcome.checkpoint_path)
+        eval_in = {"upstream": digest(train_in), "eval": to_dict(cfg.eval),
+                   "ckpt": outcome.checkpoint_path}
+        report = wf.step("evaluate", eval_in,
+                         lambda: stages.evaluate(loss, cfg.eval, scorer, data.eval_path, ref),
                          lambda r: r.to_record(os.path.join(run_dir, "eval_scores.parquet")),
                          EvalReport.from_record)
         registered = wf.step("register", {"upstream": digest(eval_in), "gate": to_dict(cfg.gate)},
-                             lambda: registry.register_step(cfg, outcome, report, data), dict, dict,
-                             once=True)  # never registers or promotes twice for one parent run
+                             lambda: stages.register(cfg.tracking.model_name, cfg.gate, scorer,
+                                                     report, data.eval_path),
+                             dict, dict, once=True)  # never registers twice for one parent run
         return {
             "status": "ok",
             "run_id": run_id,

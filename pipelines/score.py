@@ -1,6 +1,6 @@
 """The scoring workflow: a registered scorer over candidate images/clips -> scores and ranks.
 
-read + decode (CPU pool) -> score (model actors) -> rank per group -> write. Wiring only.
+read + decode (CPU pool) -> score (model actors) -> rank per group -> write.
 """
 
 from __future__ import annotations
@@ -9,29 +9,27 @@ import os
 import time
 from typing import Any
 
-from components import tracking
 from components.config import RunConfig
-from components.contract import resolve_shards
-from components.media import MediaSpec
-from components.reference import load_scorer_uri
-from components.runtime import ensure_ray
-from components.scoring import score_candidates
+from components.data.contract import resolve_shards
+from components.evaluation.batch_scoring import check_candidates, score_candidates
+from components.runtime.cluster import ensure_ray
+from components.tracking import models, runs
 
 
 def run_score(cfg: RunConfig, model_uri: str, input_path: str, output: str,
               group_by: str | None, top_k: int | None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri)
-    tracking.check_reachable(uri)
+    uri = runs.resolve_tracking_uri(cfg.tracking.tracking_uri)
+    runs.check_reachable(uri)
     shards = resolve_shards([input_path])
+    runs.setup(uri, cfg.tracking.experiment)
+    scorer = models.load_scorer(models.pin_model_uri(model_uri))  # decode as it was trained
+    check_candidates(shards, scorer.spec, group_by)  # footers: fails before Ray starts
     ensure_ray()
-    tracking.setup(uri, cfg.tracking.experiment)
-    spec = MediaSpec.from_dict(load_scorer_uri(model_uri).media)  # decode as the model was trained
     output = os.path.abspath(output)
     quarantine = output.rstrip("/") + ".quarantine.parquet"
     counts = score_candidates(
-        shards, output, quarantine, model_uri=model_uri, tracking_uri=uri,
-        spec=spec,
+        shards, output, quarantine, scorer=scorer,
         decode_actors=cfg.preprocess.actors, cpus_per_actor=cfg.preprocess.cpus_per_actor,
         group_by=group_by, top_k=top_k,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -17,14 +18,39 @@ from PIL import Image
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def fault_plan_path(tmp_path_factory) -> Path:
+    """Where the test-only fault hook of the training worker looks for its plan
+    (components/training/worker.py); set in the environment before Ray starts its workers."""
+    from components.training.worker import _TEST_FAULTS_ENV
+
+    path = tmp_path_factory.mktemp("faults") / "plan.json"
+    os.environ[_TEST_FAULTS_ENV] = str(path)
+    return path
+
+
+@pytest.fixture
+def fail_training_once(fault_plan_path, tmp_path):
+    """Call with an epoch: rank 0 fails once at the start of that epoch (marker: the path
+    returned, written when the failure fires). The plan is removed after the test."""
+
+    def arm(epoch: int) -> Path:
+        marker = tmp_path / "injected-failure"
+        fault_plan_path.write_text(json.dumps({"epoch": epoch, "marker": str(marker)}))
+        return marker
+
+    yield arm
+    fault_plan_path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(fault_plan_path):
     """A real local Ray cluster. 4 logical CPUs on 2 cores leave slots free for Ray Data
     actor pools next to a training worker (ray issue 44687)."""
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    from components.runtime import ensure_ray
+    from components.runtime.cluster import ensure_ray
 
     ensure_ray()  # the pipelines' Ray Data settings, on the cluster just started
     yield ray
@@ -34,7 +60,7 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory):
     """Canonical sample pairs from the scikit-image photos (train/eval photos disjoint)."""
-    from components.sample_data import write_image_pairs
+    from components.sample.images import write_image_pairs
 
     d = tmp_path_factory.mktemp("sample")
     write_image_pairs(str(d), pairs=240, size=48, shards=2, seed=0)

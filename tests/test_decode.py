@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.decode import DecodeError, decode_image
+from components.media.image import DecodeError, decode_image
 from tests.conftest import encode
 
 RNG = np.random.default_rng(0)

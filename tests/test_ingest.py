@@ -5,9 +5,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.contract import DataError, resolve_shards
-from components.ingest import RowCounts, check_quarantine, prepare, usable_pairs, write_quarantine
-from components.media import MediaSpec
+from components.data.contract import DataError, resolve_shards
+from components.data.ingest import (
+    RowCounts,
+    check_quarantine,
+    prepare,
+    usable_pairs,
+    write_quarantine,
+)
+from components.media.spec import MediaSpec
 from tests.conftest import photo_bytes
 
 
@@ -85,8 +91,8 @@ def test_video_frame_lists_are_decoded_and_bad_clips_quarantined(ray_cluster, tm
 
     from PIL import Image
 
-    from components.sample_data import load_photo
-    from components.video import encode_video
+    from components.media.video import encode_video
+    from components.sample.images import load_photo
 
     photo = np.asarray(load_photo("astronaut.png").convert("RGB"))
 

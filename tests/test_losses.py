@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from components.losses import preference_loss
+from components.training.losses import preference_loss
 
 
 def t(*v):

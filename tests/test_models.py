@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from components.models import SCORERS, VIDEO_SCORERS, build_scorer
-from components.sample_data import degrade, load_photo
-from components.train_step import StepSettings, eval_scores, train_step
+from components.config import LossConfig
+from components.sample.images import degrade, load_photo
+from components.training.models import SCORERS, VIDEO_SCORERS, build_scorer
+from components.training.step import eval_scores, train_step
 
 
 @pytest.mark.parametrize("name", sorted(SCORERS))
@@ -43,7 +44,7 @@ def test_train_step_learns_a_preference():
     dev = torch.device("cpu")
     first = None
     for _ in range(30):
-        m = train_step(model, opt, c, r, StepSettings(), dev)
+        m = train_step(model, opt, c, r, LossConfig(), dev)
         first = first if first is not None else m["loss"].item()
     assert m["loss"].item() < 0.5 * first
     s_c, s_r = eval_scores(model, tc, tr, dev)
@@ -81,7 +82,7 @@ def test_video_train_step_learns_temporal_order():
     c, r = clips(32, 0)
     dev = torch.device("cpu")
     for _ in range(25):
-        train_step(model, opt, c, r, StepSettings(), dev)
+        train_step(model, opt, c, r, LossConfig(), dev)
     tc, tr = clips(32, 1)
     s_c, s_r = eval_scores(model, tc, tr, dev)
     assert (s_c > s_r).float().mean().item() > 0.8

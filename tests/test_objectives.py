@@ -13,10 +13,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.evaluate import evaluation_report, expected_calibration_error, tie_aware_accuracy
-from components.losses import preference_loss
-from components.registry import decide, paired_bootstrap
-from components.train_step import StepSettings
+from components.config import LossConfig
+from components.evaluation.metrics import (
+    evaluation_report,
+    expected_calibration_error,
+    tie_aware_accuracy,
+)
+from components.registry.gate import decide, paired_bootstrap
+from components.training.losses import preference_loss
 
 scores = st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=1, max_size=16)
 betas = st.floats(0.01, 10.0)
@@ -127,11 +131,11 @@ def test_evaluation_report_counts_ties_and_slices():
         "target": [1.0, 1.0, 0.5, 1.0],
         "meta": ['{"src": "x"}', '{"src": "x"}', '{"src": "y"}', '{"src": "y"}'],
     })
-    r = evaluation_report(df, StepSettings(), ["src"])
+    r = evaluation_report(df, LossConfig(), ["src"])
     m = r.metrics
     assert m["eval/accuracy"] == pytest.approx(2 / 3)  # the tie is not a strict pair
     assert m["eval/ties"] == 1.0 and "eval/tie_accuracy" in m
-    assert m["eval/slice/src=x/accuracy"] == 0.5 and m["eval/slice/src=y/accuracy"] == 1.0
+    assert m["eval/slice/src/x/accuracy"] == 0.5 and m["eval/slice/src/y/accuracy"] == 1.0
 
 
 GATE = SimpleNamespace(min_delta=0.02, confidence=0.95, bootstrap_samples=2000)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components.pinning import (
+from components.runtime.pinning import (
     CpuPlan,
     format_cpus,
     parse_cpus,
@@ -162,7 +162,7 @@ def test_thread_env_and_report():
 _PIN_CHILD = """
 import json, os, sys
 import torch
-from components.pinning import pin_current_process
+from components.runtime.pinning import pin_current_process
 before = sorted(os.sched_getaffinity(0))
 threads_before = torch.get_num_threads()
 core = before[-1]
@@ -194,7 +194,7 @@ def test_pin_current_process_changes_affinity_and_threads():
 def test_pin_without_sched_setaffinity_is_a_noop(monkeypatch, caplog):
     monkeypatch.delattr(os, "sched_setaffinity")
     before = os.sched_getaffinity(0)
-    from components.pinning import pin_current_process
+    from components.runtime.pinning import pin_current_process
 
     with caplog.at_level("WARNING", logger="components.pinning"):
         report = pin_current_process([min(before)], threads=0)  # threads=0: no thread caps

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from components.schedule import LeaseHeld, acquire_lease, lease_key, release_lease
+from components.tracking.lease import LeaseHeld, acquire_lease, lease_key, release_lease
 from pipelines.__main__ import main
 
 FAST = ["data.image_size=32", "train.batch_size=16"]
@@ -31,12 +31,14 @@ def _steps(client, parent_id):
 
 
 @pytest.mark.slow
-def test_a_failed_step_fails_the_run_and_a_resume_continues_from_there(ray_cluster, sample_dir, tmp_path, tracking_uri, capsys):
+def test_a_failed_step_fails_the_run_and_a_resume_continues_from_there(ray_cluster, sample_dir, tmp_path, tracking_uri, capsys, fail_training_once):
+    marker = fail_training_once(epoch=1)
     args = ["--train", str(sample_dir / "train"), "--eval", str(sample_dir / "eval"), "--epochs", "2",
             "--tracking-uri", tracking_uri, "--output-dir", str(tmp_path / "out"), "--run-name", "nightly",
-            *FAST, "train.inject_failure_at_epoch=1", "train.max_failures=0"]
+            *FAST, "train.max_failures=0"]
     rc, s = _main(args, tmp_path, capsys, "first")
     assert rc == 1 and s["failed_step"] == "train", s
+    assert marker.exists()
     client = MlflowClient(tracking_uri, tracking_uri)
     parent = client.get_run(s["run_id"])
     assert parent.info.status == "FAILED" and parent.data.tags["visual_dpo.failed_step"] == "train"
@@ -115,7 +117,7 @@ def test_the_lease_blocks_a_second_run_until_released_or_expired(sample_dir, tmp
         acquire_lease(client, exp, key, ttl_s=3600)
     rc, s = _main(["--train", str(sample_dir / "train"), "--incremental", "--tracking-uri", tracking_uri],
                   tmp_path, capsys, "blocked")
-    assert rc == 3 and s["status"] == "skipped" and "lease" in s["reason"]
+    assert rc == 0 and s["status"] == "skipped" and "lease" in s["reason"]
     release_lease(client, exp, key, token)
     expired = acquire_lease(client, exp, key, ttl_s=-1)  # a crashed holder's lease...
     assert acquire_lease(client, exp, key, ttl_s=3600) != expired  # ...is taken over

@@ -11,18 +11,31 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from components.decode import DecodeError
-from components.sample_data import EVAL_PHOTOS, TRAIN_PHOTOS, load_photo
-from components.sample_video import DEFECTS, write_video_pairs
-from components.video import (
-    PAD_POLICIES,
-    VideoLimits,
-    decode_video,
-    encode_video,
-    temporal_consistency,
-)
+from components.config import PAD_POLICIES
+from components.media.image import DecodeError
+from components.media.spec import MediaSpec
+from components.media.video import decode_video as decode_with_spec
+from components.media.video import encode_video, temporal_consistency
+from components.sample.images import EVAL_PHOTOS, TRAIN_PHOTOS, load_photo
+from components.sample.videos import DEFECTS, write_video_pairs
+
+
+def VideoLimits(max_bytes=200_000_000, max_pixels=4096 * 2160, max_duration_s=600.0,
+                max_frames=20_000) -> dict:
+    """The limit fields of a MediaSpec (defaults as the config's)."""
+    return {"max_bytes": max_bytes, "max_pixels": max_pixels, "max_duration_s": max_duration_s,
+            "max_frames": max_frames}
+
 
 LIMITS = VideoLimits()
+
+
+def decode_video(data, frames, size, limits=LIMITS, fps=None, pad="repeat", threads=1):
+    """The production decoder, called with the MediaSpec these arguments describe (a bad
+    argument raises ValueError when the spec is built, as the spec validates itself)."""
+    spec = MediaSpec("video", size, frames=frames, fps=fps or 0.0, pad=pad,
+                     decoder_threads=threads, **limits)
+    return decode_with_spec(data, spec)
 FORMATS = ("mp4", "webm", "gif")
 
 
@@ -168,7 +181,7 @@ def test_limits_name_their_config_key(fmt):
     data = encode_video(ramp(10, h=48, w=64), fmt, fps=8)  # 64x48, 10 frames, 1.25 s
     cases = [
         (VideoLimits(max_bytes=len(data) - 1), "data.video.max_bytes"),
-        (VideoLimits(max_pixels=64 * 48 - 1), "data.video.max_pixels"),
+        (VideoLimits(max_pixels=64 * 48 - 1), "data.max_pixels"),
         (VideoLimits(max_duration_s=1.0), "data.video.max_duration_s"),
         (VideoLimits(max_frames=9), "data.video.max_frames"),
     ]
@@ -194,7 +207,7 @@ def test_frame_list_limits():
     items = [encode_png(f) for f in ramp(4, h=40, w=50)]
     with pytest.raises(DecodeError, match="data.video.max_frames=3"):
         decode_video(items, 2, 8, VideoLimits(max_frames=3))
-    with pytest.raises(DecodeError, match="data.video.max_pixels=1999"):
+    with pytest.raises(DecodeError, match="data.max_pixels=1999"):
         decode_video(items, 2, 8, VideoLimits(max_pixels=1999))
     with pytest.raises(DecodeError, match="data.video.max_bytes"):
         decode_video(items, 2, 8, VideoLimits(max_bytes=sum(map(len, items)) - 1))

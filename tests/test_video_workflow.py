@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from components.video import encode_video
+from components.media.video import encode_video
 from pipelines.__main__ import main
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def video_dir(tmp_path_factory):
-    from components.sample_video import write_video_pairs
+    from components.sample.videos import write_video_pairs
 
     d = tmp_path_factory.mktemp("video")
     write_video_pairs(str(d), pairs=160, size=32, frames=8, shards=2, seed=0)

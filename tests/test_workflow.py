@@ -28,7 +28,7 @@ def _run(args, tmp_path, capsys, name="s.json"):
 def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tracking_uri, tmp_path, capsys):
     args = ["--train", str(sample_dir / "train"), "--eval", str(sample_dir / "eval"),
             "--epochs", "5", "--tracking-uri", tracking_uri, "--output-dir", str(tmp_path / "out"),
-            *FAST]
+            *FAST, "eval.slices=degradation,photo"]
     rc, s = _run(args, tmp_path, capsys)
     assert rc == 0, s
     assert s["status"] == "ok"
@@ -54,6 +54,9 @@ def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tra
     assert len(run.data.tags["data.train.fingerprint"]) == 16
     assert "CPU" in json.loads(run.data.tags["ray.cluster_resources"])
     assert run.data.metrics["rows/train/read"] == s["rows"]["train"]["read"]
+    # Slice metrics reach a real store under valid names (one per degradation and photo).
+    assert 0.0 <= run.data.metrics["eval/slice/degradation/blur/accuracy"] <= 1.0
+    assert run.data.metrics["eval/slice/photo/chelsea.png/pairs"] > 0
     steps = client.get_metric_history(s["run_id"], "train/loss")
     assert len(steps) >= 4  # per step (every 2) and per epoch, from rank 0
     artifacts = {a.path for a in client.list_artifacts(s["run_id"])} | {
@@ -65,7 +68,7 @@ def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tra
     # itself to; the plan is in the params; with >= 2 cores the sets are disjoint.
     import os
 
-    from components.pinning import read_reports
+    from components.runtime.pinning import read_reports
 
     node = sorted(os.sched_getaffinity(0))
     reports = read_reports(str(tmp_path / "out" / s["run_id"] / "pinning"))
@@ -91,6 +94,8 @@ def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tra
     assert (s_c > s_r).mean() >= 0.75
     with pytest.raises(ValueError, match="row 1: not a decodable image"):
         model.predict(pd.DataFrame({"image": [ev["chosen"][0], b"junk"]}))
+    _consumer_with_its_own_components_package(tmp_path, tracking_uri, list(ev["chosen"][:4]),
+                                              s_c[:4])
 
     # Batch scoring (best-of-N): groups of one clean crop and two degraded versions of it,
     # from eval photos, plus one corrupt row that must be quarantined.
@@ -113,7 +118,7 @@ def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tra
     # The evaluation pictures, and the evaluate command on the same data: the same accuracy.
     pictures = {a.path for a in client.list_artifacts(s["run_id"], "eval")}
     assert {"eval/score_histograms.png", "eval/reliability.png",
-            "eval/most_confidently_wrong.png"} <= pictures
+            "eval/most_confidently_wrong.png", "eval/scores.json"} <= pictures
     rc = main(["evaluate", "--model", "models:/image-scorer@champion", "--data",
                str(sample_dir / "eval"), "--tracking-uri", tracking_uri, "--output-dir",
                str(tmp_path / "out-eval"), "--summary", str(tmp_path / "e.json")])
@@ -125,10 +130,44 @@ def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tra
     assert client.get_run(e["run_id"]).data.tags["workflow"] == "evaluate"
 
 
+def _consumer_with_its_own_components_package(tmp_path, tracking_uri, items, expected):
+    """A registry consumer whose own project has a ``components`` package with a ``models``
+    module imports it, then loads the champion: the model scores, and the consumer's package
+    is still its own (the model's code ships as ``visual_dpo_components``)."""
+    import base64
+    import subprocess
+    import sys
+
+    project = tmp_path / "consumer"
+    (project / "components").mkdir(parents=True)
+    (project / "components" / "__init__.py").write_text("")
+    (project / "components" / "models.py").write_text('OWNER = "consumer"\n')
+    script = f"""
+import base64, json, sys
+import components.models
+import mlflow, pandas as pd
+mlflow.set_tracking_uri({tracking_uri!r})
+model = mlflow.pyfunc.load_model("models:/image-scorer@champion")
+items = [base64.b64decode(b) for b in json.loads(sys.stdin.read())]
+scores = model.predict(pd.DataFrame({{"image": items}}))
+import components.models as again
+print(json.dumps({{"scores": [float(x) for x in scores], "owner": again.OWNER,
+                  "file": again.__file__, "shipped": "visual_dpo_components" in sys.modules}}))
+"""
+    payload = json.dumps([base64.b64encode(b).decode() for b in items])
+    res = subprocess.run([sys.executable, "-c", script], cwd=project, input=payload,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["owner"] == "consumer" and out["file"].startswith(str(project))
+    assert out["shipped"]
+    np.testing.assert_allclose(out["scores"], expected, rtol=1e-5, atol=1e-5)
+
+
 def _candidates(path, groups):
     import pyarrow as pa
 
-    from components.sample_data import EVAL_PHOTOS, _crop, degrade, encode, load_photo
+    from components.sample.images import EVAL_PHOTOS, _crop, degrade, encode, load_photo
 
     rng = np.random.default_rng(5)
     rows = {"group": [], "kind": [], "image": []}

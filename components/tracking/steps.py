@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -79,13 +80,18 @@ class Workflow:
         rid = run.info.run_id
         self.client.log_text(rid, json.dumps(inputs, indent=2, sort_keys=True, default=str),
                              "step/inputs.json")
+        log.info("step %s: started", name)
+        t0 = time.perf_counter()
         try:
             value = compute()
             outputs = save(value)
         except BaseException as e:
+            log.error("step %s: failed after %.1f s: %s: %s", name, time.perf_counter() - t0,
+                      type(e).__name__, e)
             self.client.set_terminated(rid, "FAILED")
             self.client.set_tag(self.parent, FAILED_STEP, name)
             raise StepFailed(name, self.parent, e) from e
+        log.info("step %s: finished in %.1f s", name, time.perf_counter() - t0)
         # Fingerprint every local output path, so a reader can tell the files were not replaced.
         outputs = {**outputs, "fingerprints": {
             k: file_fingerprint(v) for k, v in outputs.items()

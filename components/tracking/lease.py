@@ -17,7 +17,7 @@ import uuid
 
 from mlflow import MlflowClient
 
-from components.contract import Shard
+from ..data.contract import Shard
 
 
 class LeaseHeld(RuntimeError):

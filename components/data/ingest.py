@@ -29,7 +29,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from components.contract import (
+from ..config import DataConfig, PreprocessConfig
+from ..media.image import DecodeError
+from ..media.spec import MediaSpec
+from .contract import (
     OK,
     QUARANTINED,
     DataError,
@@ -38,9 +41,6 @@ from components.contract import (
     canonical_rows,
     plan_reads,
 )
-from components.decode import DecodeError
-from components.media import MediaSpec
-from components.pinning import pin_role, plan_for_config
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,9 @@ class PairDecoder:
 
     def __init__(self, spec: dict, split: str | None = None, pinning: dict | None = None,
                  report_dir: str | None = None):
-        # First thing: pin to this actor's cores and cap its threads (components/pinning.py).
+        # First thing: pin to this actor's cores and cap its threads (runtime/pinning.py).
+        from ..runtime.pinning import pin_role
+
         pin_role(pinning, "preprocess", None, report_dir, import_torch=False)
         self.spec = MediaSpec.from_dict(spec)
         self.split = split
@@ -338,17 +340,29 @@ class PreparedSplits:
     counts: dict[str, RowCounts]
     quarantine_path: str
     image_size: int
+    metrics: dict[str, float] = field(default_factory=dict)  # rows/*, data/* (to log)
+    report: dict[str, Any] = field(default_factory=dict)  # data/report.json (to log)
 
     def to_record(self) -> dict[str, Any]:
         return {"train_path": self.train_path, "eval_path": self.eval_path,
                 "counts": {s: c.as_dict() for s, c in self.counts.items()},
-                "quarantine_path": self.quarantine_path, "image_size": self.image_size}
+                "quarantine_path": self.quarantine_path, "image_size": self.image_size,
+                "metrics": self.metrics, "report": self.report}
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> PreparedSplits:
         return cls(r["train_path"], r["eval_path"],
                    {s: RowCounts(**c) for s, c in r["counts"].items()},
-                   r["quarantine_path"], r["image_size"])
+                   r["quarantine_path"], r["image_size"], r.get("metrics", {}),
+                   r.get("report", {}))
+
+    def check(self, max_quarantine_fraction: float) -> None:
+        """Fail (DataError) when a split is mostly quarantined or has no usable pair."""
+        check_quarantine(self.counts, max_quarantine_fraction)
+        for split, c in self.counts.items():
+            if c.used == 0:
+                raise DataError(f"{split} data: no usable pairs out of {c.read} rows read "
+                                f"(reasons: {json.dumps(c.reasons)})")
 
     def rows_summary(self) -> dict[str, dict[str, int]]:
         return {
@@ -357,47 +371,51 @@ class PreparedSplits:
         }
 
 
-def prepare_step(cfg, train_shards: list[Shard], eval_shards: list[Shard], run_dir: str) -> PreparedSplits:
-    """Ingest train (and eval) data, write quarantine, log counts and the data report."""
-    import mlflow
+def prepare_splits(train_shards: list[Shard], eval_shards: list[Shard], run_dir: str, *,
+                   data: DataConfig, preprocess: PreprocessConfig, ties: str, spec: MediaSpec,
+                   pinning: dict | None) -> PreparedSplits:
+    """Ingest train (and eval) data into ``run_dir/prepared`` and write the quarantine file.
 
-    d = cfg.data
-    spec = MediaSpec.from_config(cfg)
+    Returns where everything is, the counts, the metrics and the data report; the caller logs
+    them and then calls ``PreparedSplits.check`` (so a failing run still records its counts).
+    No ``train_shards``: evaluation only (the eval split).
+    """
     common = dict(
-        layout=d.layout,
+        layout=data.layout,
         spec=spec,
-        decode_actors=cfg.preprocess.actors,
-        cpus_per_actor=cfg.preprocess.cpus_per_actor,
-        batch_size=cfg.preprocess.batch_size,
-        ties=cfg.ties,
-        pinning=plan_for_config(cfg).to_dict(),
+        decode_actors=preprocess.actors,
+        cpus_per_actor=preprocess.cpus_per_actor,
+        batch_size=preprocess.batch_size,
+        ties=ties,
+        pinning=pinning,
         report_dir=os.path.join(run_dir, "pinning"),
     )
-    prepared = []
+    prepared_dir = os.path.join(run_dir, "prepared")
     if not train_shards:  # evaluation only (python -m pipelines evaluate)
-        ev = prepare(eval_shards, os.path.join(run_dir, "prepared", "eval"),
+        ev = prepare(eval_shards, os.path.join(prepared_dir, "eval"),
                      eval_fraction=None, split="eval", **common)
         prepared = [ev]
         counts = {"eval": ev.counts.get("eval", RowCounts())}
         train_path, eval_path = "", ev.path
     elif eval_shards:
-        tr = prepare(train_shards, os.path.join(run_dir, "prepared", "train"),
+        tr = prepare(train_shards, os.path.join(prepared_dir, "train"),
                      eval_fraction=None, split="train", **common)
-        ev = prepare(eval_shards, os.path.join(run_dir, "prepared", "eval"),
+        ev = prepare(eval_shards, os.path.join(prepared_dir, "eval"),
                      eval_fraction=None, split="eval", **common)
         prepared = [tr, ev]
-        counts = {"train": tr.counts.get("train", RowCounts()), "eval": ev.counts.get("eval", RowCounts())}
+        counts = {"train": tr.counts.get("train", RowCounts()),
+                  "eval": ev.counts.get("eval", RowCounts())}
         train_path, eval_path = tr.path, ev.path
     else:
-        both = prepare(train_shards, os.path.join(run_dir, "prepared", "all"),
-                       eval_fraction=d.eval_fraction, **common)
+        both = prepare(train_shards, os.path.join(prepared_dir, "all"),
+                       eval_fraction=data.eval_fraction, **common)
         prepared = [both]
         counts = {s: both.counts.get(s, RowCounts()) for s in ("train", "eval")}
         train_path = eval_path = both.path
 
     quarantine_path = os.path.join(run_dir, "quarantine.parquet")
     n_quarantined = write_quarantine(prepared, quarantine_path)
-    metrics = {}
+    metrics: dict[str, float] = {}
     for split, c in counts.items():
         for k in ("read", "used", "quarantined", "excluded"):
             metrics[f"rows/{split}/{k}"] = getattr(c, k)
@@ -406,39 +424,50 @@ def prepare_step(cfg, train_shards: list[Shard], eval_shards: list[Shard], run_d
     for p in prepared:
         consistency.update(p.consistency)
     for split, st in consistency.items():
-        metrics[f"data/{split}/chosen_mean_c"] = st["chosen_mean_c"]
-        metrics[f"data/{split}/rejected_mean_c"] = st["rejected_mean_c"]
-        metrics[f"data/{split}/chosen_more_consistent"] = st["chosen_more_consistent"]
-    mlflow.log_metrics(metrics)
-    mlflow.log_artifact(quarantine_path, "data")
+        for k in ("chosen_mean_c", "rejected_mean_c", "chosen_more_consistent"):
+            metrics[f"data/{split}/{k}"] = st[k]
     sizes: Counter[str] = Counter()
     for p in prepared:
         sizes.update(p.image_sizes)
-    mlflow.log_text(
-        json.dumps(
-            {
-                "counts": {s: c.as_dict() for s, c in counts.items()},
-                "quarantined_total": n_quarantined,
-                "source_image_sizes": dict(sizes.most_common(50)),
-                "decoded_shape": list(spec.shape),
-                "media": spec.to_dict(),
-                "temporal_consistency": consistency,
-                "split": "separate eval data" if eval_shards else f"hash of pair_id, eval_fraction={d.eval_fraction}",
-                "decode_s": metrics["data/decode_s"],
-            },
-            indent=2,
-        ),
-        "data/report.json",
-    )
-    log.info("rows: %s", {s: c.as_dict() for s, c in counts.items()})
-    check_quarantine(counts, d.max_quarantine_fraction)
-    for split in counts:
-        if counts[split].used == 0:
-            raise DataError(
-                f"{split} data: no usable pairs out of {counts[split].read} rows read "
-                f"(reasons: {json.dumps(counts[split].reasons)})"
-            )
+    report = {
+        "counts": {s: c.as_dict() for s, c in counts.items()},
+        "quarantined_total": n_quarantined,
+        "source_image_sizes": dict(sizes.most_common(50)),
+        "decoded_shape": list(spec.shape),
+        "media": spec.to_dict(),
+        "temporal_consistency": consistency,
+        "split": "separate eval data" if eval_shards or not train_shards
+        else f"hash of pair_id, eval_fraction={data.eval_fraction}",
+        "decode_s": metrics["data/decode_s"],
+    }
+    log.info("rows: %s", report["counts"])
     if spec.video:
         log.info("video: %d frames per clip, pad policy %r, fps %s; consistency %s", spec.frames,
                  spec.pad, spec.fps or "uniform", consistency)
-    return PreparedSplits(train_path, eval_path, counts, quarantine_path, d.image_size)
+    return PreparedSplits(train_path, eval_path, counts, quarantine_path, spec.size, metrics,
+                          report)
+
+
+def example_item(prepared_path: str, video: bool) -> bytes:
+    """A real encoded item for the model's input example: the first usable pair's chosen
+    image (from prepared data) as PNG, or its chosen clip as MP4 (GIF for odd sizes)."""
+    import io
+
+    import numpy as np
+    import pyarrow.dataset as pads
+    import ray.data  # noqa: F401  (registers Ray's tensor extension type with pyarrow)
+    from PIL import Image
+
+
+    table = pads.dataset(prepared_path, format="parquet").head(
+        1, columns=["chosen_px"], filter=pads.field("status") == OK
+    )
+    px = table["chosen_px"].combine_chunks().to_numpy()[0]  # uint8 (3, S, S) or (3, T, S, S)
+    if video:
+        from ..media.video import encode_video
+
+        frames = np.ascontiguousarray(px.transpose(1, 2, 3, 0))  # (T, S, S, 3)
+        return encode_video(frames, "mp4" if px.shape[-1] % 2 == 0 else "gif")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(px.transpose(1, 2, 0))).save(buf, "PNG")
+    return buf.getvalue()

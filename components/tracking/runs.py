@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -65,6 +67,21 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+class MetricsLogger:
+    """Metrics of one run from a process other than the driver (rank 0 of Ray Train)."""
+
+    def __init__(self, tracking_uri: str | None, run_id: str):
+        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        self.run_id = run_id
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id,
+                              metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
 def log_params_flat(flat: dict[str, Any]) -> None:
     # MLflow caps a param value at 6000 characters; shard lists can be long.
     mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
@@ -106,3 +123,22 @@ def run_dir_of(run, output_dir: str, run_name: str) -> str:
     path = os.path.abspath(os.path.join(output_dir, run_name or run.info.run_id))
     mlflow.set_tag(key, path)
     return path
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where a person looks at the run: the tracking server's page, or the command that
+    serves a local store."""
+    if uri.startswith(("http://", "https://")):
+        return f"{redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {uri}  (then experiment {experiment_id}, run {run_id})"
+
+
+def announce(run, uri: str) -> None:
+    """Print where the run can be watched, as soon as it exists."""
+    print(f"MLflow run {run.info.run_id}: {run_url(uri, run.info.experiment_id, run.info.run_id)}",
+          flush=True)
+
+
+def redact(uri: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host`` for printing."""
+    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", uri)

@@ -2,7 +2,8 @@
 
 A ``MediaSpec`` is the decode contract shared by training (the preprocessing actors), batch
 scoring and the registered pyfunc model, so a consumer's bytes go through exactly the
-preprocessing the scorer was trained with:
+preprocessing the scorer was trained with. It owns every decode setting and limit; nothing
+else carries a copy:
 
     image: encoded JPEG/PNG/WebP          -> uint8 ``(3, S, S)``
     video: encoded MP4/WebM/GIF container,
@@ -11,19 +12,21 @@ preprocessing the scorer was trained with:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from components.decode import decode_image
+from ..config import MODALITIES, PAD_POLICIES, DataConfig
+from .image import decode_image
 
 
 @dataclass(frozen=True)
 class MediaSpec:
     modality: str  # "image" | "video"
     size: int  # S: frames/images are resized (shorter side) and centre-cropped to S x S
-    max_pixels: int  # per image / per frame, checked from the header
+    max_pixels: int  # per image / per frame, checked from the header (config data.max_pixels)
     frames: int = 0  # T (video)
     fps: float = 0.0  # 0 = uniform over the clip
     pad: str = "repeat"
@@ -32,13 +35,28 @@ class MediaSpec:
     max_frames: int = 20_000
     decoder_threads: int = 1
 
+    def __post_init__(self) -> None:
+        # Internal invariants: a user's config is validated (with key names) before this.
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        if self.size < 1 or self.max_pixels < 1:
+            raise ValueError(f"size and max_pixels must be >= 1, got {self.size}, {self.max_pixels}")
+        if self.video:
+            if self.frames < 1:
+                raise ValueError(f"frames must be >= 1 for video, got {self.frames}")
+            if self.pad not in PAD_POLICIES:
+                raise ValueError(f"pad must be one of {PAD_POLICIES}, got {self.pad!r}")
+            if not self.fps >= 0:
+                raise ValueError(f"fps must be >= 0 (0: uniform), got {self.fps}")
+
     @classmethod
-    def from_config(cls, cfg) -> MediaSpec:
-        d, v = cfg.data, cfg.data.video
-        if cfg.modality == "image":
-            return cls("image", d.image_size, d.max_pixels)
-        return cls("video", d.image_size, d.max_pixels, v.frames, v.fps, v.pad, v.max_bytes,
-                   v.max_duration_s, v.max_frames, v.decoder_threads)
+    def from_config(cls, modality: str, data: DataConfig) -> MediaSpec:
+        """The one place config keys become decode settings (``data.image_size``,
+        ``data.max_pixels``, ``data.video.*``)."""
+        if modality == "image":
+            return cls("image", data.image_size, data.max_pixels)
+        return cls("video", data.image_size, data.max_pixels,
+                   **dataclasses.asdict(data.video))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MediaSpec:
@@ -46,13 +64,6 @@ class MediaSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def apply_to(self, cfg) -> None:
-        """Make ``cfg`` prepare data the way this spec decodes (e.g. a registered model's)."""
-        cfg.modality, cfg.data.image_size = self.modality, self.size
-        if self.video:
-            v = cfg.data.video
-            v.frames, v.fps, v.pad = self.frames, self.fps, self.pad
 
     @property
     def video(self) -> bool:
@@ -77,10 +88,7 @@ class MediaSpec:
         if not self.video:
             px, (w, h) = decode_image(data, self.size, self.max_pixels)
             return px, f"{w}x{h}", None
-        from components.video import VideoLimits, decode_video, temporal_consistency
+        from .video import decode_video, temporal_consistency
 
-        limits = VideoLimits(max_bytes=self.max_bytes, max_pixels=self.max_pixels,
-                             max_duration_s=self.max_duration_s, max_frames=self.max_frames)
-        px, info = decode_video(data, self.frames, self.size, limits, fps=self.fps or None,
-                                pad=self.pad, threads=self.decoder_threads)
+        px, info = decode_video(data, self)
         return px, f"{info['width']}x{info['height']}", temporal_consistency(px)

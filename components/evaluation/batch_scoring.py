@@ -20,9 +20,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.contract import OK, QUARANTINED, DataError, Shard, row_group_units
-from components.decode import DecodeError
-from components.media import MediaSpec
+from ..data.contract import OK, QUARANTINED, DataError, Shard, row_group_units
+from ..media.image import DecodeError
+from ..media.spec import MediaSpec
+from ..registry.scorer_files import TrainedScorer
 
 
 def _read_candidates(batch: dict[str, np.ndarray], units: list) -> Iterator[pa.Table]:
@@ -63,29 +64,23 @@ class CandidateDecoder:
 
 
 class CandidateScorer:
-    """Scoring actor: loads the registered model once, adds ``score`` (NaN for bad rows)."""
+    """Scoring actor: builds the scorer once, adds ``score`` (NaN for bad rows)."""
 
-    def __init__(self, model_uri: str, tracking_uri: str):
-        import mlflow
+    def __init__(self, scorer: TrainedScorer):
         import torch
 
-        from components.reference import load_scorer_uri
+        from ..training.models import build_scorer
 
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-        ref = load_scorer_uri(model_uri)
-        from components.models import build_scorer
-
-        self.model = build_scorer(ref.model_name)
-        self.model.load_state_dict(ref.state_dict)
-        self.temporal_weight = ref.temporal_weight
+        self.model = build_scorer(scorer.model_name)
+        self.model.load_state_dict(scorer.state_dict)
+        self.temporal_weight = scorer.temporal_weight
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        from components.train_step import score_images
+        from ..training.step import score_images
 
         px = batch.column("_px").combine_chunks().to_numpy()
         ok = np.array(batch.column("_status").to_pylist()) == OK
@@ -104,15 +99,10 @@ def _rank(group: pd.DataFrame, top_k: int | None) -> pd.DataFrame:
     return group.head(top_k) if top_k else group
 
 
-def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *, model_uri: str,
-                     tracking_uri: str, spec: MediaSpec, decode_actors: int,
-                     cpus_per_actor: float, group_by: str | None, top_k: int | None,
-                     batch_size: int = 64) -> dict[str, int]:
-    import ray
-    from ray.data import ActorPoolStrategy
-    from ray.data.expressions import col
+def check_candidates(shards: list[Shard], spec: MediaSpec, group_by: str | None) -> int:
+    """Read the shards' footers: the media column and ``group_by`` exist. Returns the rows.
 
-    units = row_group_units(shards)
+    Cheap (no data read), so it runs before Ray starts."""
     total = 0
     for shard in shards:
         with shard.filesystem.open_input_file(shard.path) as f:
@@ -123,6 +113,20 @@ def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *, 
                             f"{spec.modality} scorer; it has {names}")
         if group_by and group_by not in names:
             raise DataError(f"{shard.uri}: --group-by column {group_by!r} not found; it has {names}")
+    return total
+
+
+def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *,
+                     scorer: TrainedScorer, decode_actors: int, cpus_per_actor: float,
+                     group_by: str | None, top_k: int | None,
+                     batch_size: int = 64) -> dict[str, int]:
+    import ray
+    from ray.data import ActorPoolStrategy
+    from ray.data.expressions import col
+
+    spec = scorer.spec
+    units = row_group_units(shards)
+    total = check_candidates(shards, spec, group_by)
     use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     ds = ray.data.from_items([{"unit": i} for i in range(len(units))])
     ds = ds.map_batches(_read_candidates, batch_size=1, batch_format="numpy",
@@ -131,8 +135,8 @@ def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *, 
                         batch_size=batch_size, batch_format="pyarrow",
                         compute=ActorPoolStrategy(min_size=1, max_size=decode_actors),
                         num_cpus=cpus_per_actor)
-    ds = ds.map_batches(CandidateScorer, fn_constructor_kwargs={"model_uri": model_uri,
-                        "tracking_uri": tracking_uri}, batch_size=batch_size,
+    ds = ds.map_batches(CandidateScorer, fn_constructor_kwargs={"scorer": scorer},
+                        batch_size=batch_size,
                         batch_format="pyarrow", compute=ActorPoolStrategy(size=1),
                         num_cpus=0 if use_gpu else 1, num_gpus=1 if use_gpu else 0)
     scored = ds.materialize()  # pixels are dropped by now: ids, score and status only

@@ -10,60 +10,43 @@ Consumers need only::
 
 Decoding, frame sampling, resizing and normalisation travel inside the model (the same
 ``MediaSpec.decode`` the training pipeline used). A video model trained with a temporal prior
-returns the full reward ``s(x) + lambda * c(x)`` it was trained with.
+returns the full reward ``s(x) + lambda * c(x)`` it was trained with. The model is logged as
+MLflow "models from code" (components/tracking/models.py): no pickled Python object.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.pyfunc import PythonModel
 
-import components
-from components.decode import DecodeError
-from components.media import MediaSpec
-from components.models import build_scorer
-from components.train_step import score_images
+from ..media.image import DecodeError
+from ..training.models import build_scorer
+from ..training.step import score_images
+from .scorer_files import read_scorer
 
-PIP_REQUIREMENTS = [
-    "torch==2.14.1",
-    "torchvision==0.29.1",
-    f"mlflow=={mlflow.__version__}",
-    "pillow",
-    "numpy",
-    "pandas",
-]
-VIDEO_REQUIREMENTS = ["av==18.1.*"]  # as pyproject.toml
 FORMATS = {"image": "JPEG/PNG/WebP", "video": "MP4/WebM/GIF containers or lists of encoded frames"}
 
 
-class ScorerModel(mlflow.pyfunc.PythonModel):
+class ScorerModel(PythonModel):
     """pyfunc wrapper: DataFrame with a binary ``image`` (or ``video``) column -> one float
     score per row."""
 
     batch_size = 64
 
     def load_context(self, context: Any) -> None:
-        with open(context.artifacts["scorer"]) as f:
-            self.meta = json.load(f)
-        self.spec = MediaSpec.from_dict(self.meta["media"])
-        self.temporal_weight = float(self.meta.get("temporal_weight", 0.0))
-        self.model = build_scorer(self.meta["model"])
-        state = torch.load(context.artifacts["weights"], map_location="cpu")
-        self.model.load_state_dict(state)
+        scorer = read_scorer(context.artifacts["scorer"])
+        self.spec = scorer.spec
+        self.model_name = scorer.model_name
+        self.temporal_weight = scorer.temporal_weight
+        self.model = build_scorer(scorer.model_name)
+        self.model.load_state_dict(scorer.state_dict)
         self.model.eval()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
-
-    @property
-    def image_size(self) -> int:
-        return int(self.meta["image_size"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
         col = self.spec.column
@@ -98,35 +81,3 @@ class ScorerModel(mlflow.pyfunc.PythonModel):
                 out.append(score_images(self.model, chunk, self.device).cpu().numpy())
         scores = np.concatenate(out).astype(np.float64) if out else np.zeros(0)
         return scores + self.temporal_weight * consistency
-
-
-def log_scorer(
-    state_dict: dict[str, torch.Tensor],
-    model_name: str,
-    spec: MediaSpec,
-    example: bytes,
-    registered_model_name: str | None,
-    temporal_weight: float = 0.0,
-):
-    """Log the pyfunc model in the active run (and register it); returns MLflow's ModelInfo."""
-    from mlflow.models import infer_signature
-
-    with tempfile.TemporaryDirectory() as d:
-        weights = os.path.join(d, "weights.pt")
-        torch.save(state_dict, weights)
-        meta = os.path.join(d, "scorer.json")
-        with open(meta, "w") as f:
-            json.dump({"model": model_name, "image_size": spec.size, "max_pixels": spec.max_pixels,
-                       "media": spec.to_dict(), "temporal_weight": temporal_weight}, f)
-        example_df = pd.DataFrame({spec.column: [example]})
-        signature = infer_signature(example_df, np.zeros(1, dtype=np.float64))
-        return mlflow.pyfunc.log_model(
-            name="model",
-            python_model=ScorerModel(),
-            artifacts={"weights": weights, "scorer": meta},
-            code_paths=[os.path.dirname(components.__file__)],
-            signature=signature,
-            input_example=example_df,
-            pip_requirements=PIP_REQUIREMENTS + (VIDEO_REQUIREMENTS if spec.video else []),
-            registered_model_name=registered_model_name,
-        )

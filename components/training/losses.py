@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import LossConfig
+
 
 def preference_loss(
     s_chosen: Tensor,
@@ -106,3 +108,23 @@ def preference_loss(
         "rewards/accuracies": (r_c > r_r).float().mean(),
     }
     return loss, metrics
+
+
+def configured_loss(
+    s_chosen: Tensor, s_rejected: Tensor, loss: LossConfig, *, with_prior: bool = True,
+    **per_pair: Tensor,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``preference_loss`` with the run's ``LossConfig``: the one place the config's loss keys
+    become the objective, for the train step, evaluation and the reference pass alike.
+
+    ``with_prior=False`` for scores that already hold the full reward ``s + lambda * c``
+    (evaluation scores them that way), so the temporal prior is not added twice.
+    ``per_pair``: ``target``, ``margin``, ``weight``, ``ref_chosen``, ``ref_rejected``,
+    ``chosen_c``, ``rejected_c`` as in ``preference_loss``.
+    """
+    return preference_loss(
+        s_chosen, s_rejected, loss_type=loss.type, beta=loss.beta,
+        label_smoothing=loss.label_smoothing,
+        center_rewards_coefficient=loss.center_rewards_coefficient,
+        temporal_weight=loss.temporal_weight if with_prior else 0.0, **per_pair,
+    )

@@ -8,36 +8,13 @@ channels_last (channels_last_3d for clips). On CPU: fp32. Same code.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from components.losses import preference_loss
-from components.models import to_model_input
-
-
-@dataclass(frozen=True)
-class StepSettings:
-    loss_type: str = "bt"
-    beta: float = 1.0
-    label_smoothing: float = 0.0
-    center_rewards_coefficient: float = 0.0
-    temporal_weight: float = 0.0
-    amp: bool | None = None
-    """bf16 autocast; None = on for CUDA, off on CPU."""
-    channels_last: bool | None = None
-    """channels_last inputs; None = on for CUDA, off on CPU."""
-
-    @property
-    def loss_kwargs(self) -> dict:
-        return {
-            "loss_type": self.loss_type,
-            "beta": self.beta,
-            "label_smoothing": self.label_smoothing,
-            "center_rewards_coefficient": self.center_rewards_coefficient,
-            "temporal_weight": self.temporal_weight,
-        }
+from ..config import LossConfig
+from .losses import configured_loss
+from .models import to_model_input
 
 
 def _autocast(device: torch.device, amp: bool | None):
@@ -76,17 +53,21 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     chosen: Tensor,
     rejected: Tensor,
-    settings: StepSettings,
+    loss_cfg: LossConfig,
     device: torch.device,
     extras: dict[str, Tensor] | None = None,
+    *,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
 ) -> dict[str, Tensor]:
     """One optimiser step on a batch of pairs. ``extras``: optional per-pair ``target``,
     ``margin``, ``weight``, ``ref_chosen``, ``ref_rejected``, ``chosen_c``, ``rejected_c``
-    (see ``preference_loss``).
+    (see ``preference_loss``). ``amp`` (bf16 autocast) and ``channels_last``: None = on for
+    CUDA, off on CPU.
     Returns detached metrics on ``device`` (no host sync here; the caller decides when)."""
     model.train()
-    s_c, s_r = score_pairs(model, chosen, rejected, device, settings.amp, settings.channels_last)
-    loss, metrics = preference_loss(s_c, s_r, **settings.loss_kwargs, **(extras or {}))
+    s_c, s_r = score_pairs(model, chosen, rejected, device, amp, channels_last)
+    loss, metrics = configured_loss(s_c, s_r, loss_cfg, **(extras or {}))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

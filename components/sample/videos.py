@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from components.sample_data import EVAL_PHOTOS, TRAIN_PHOTOS, load_photo
-from components.video import encode_video
+from ..media.video import encode_video
+from .images import EVAL_PHOTOS, TRAIN_PHOTOS, load_photo
 
 DEFECTS = ("shuffle", "stutter", "flicker", "jump", "freeze")
 

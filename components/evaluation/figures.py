@@ -1,26 +1,27 @@
-"""Evaluation pictures logged to MLflow as PNG: score histograms, a reliability diagram and
-the eval pairs the model gets most confidently wrong."""
+"""Evaluation pictures: score histograms, a reliability diagram and the eval pairs the model
+gets most confidently wrong, as matplotlib figures (the pipeline logs them with
+``mlflow.log_figure``)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def score_histograms(s_chosen: np.ndarray, s_rejected: np.ndarray, path: str) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+def _figure(figsize: tuple[float, float]):
+    # A bare Figure (no pyplot): no global backend switch, no figure registry to clean up.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
+def score_histograms(s_chosen: np.ndarray, s_rejected: np.ndarray) -> Figure:
+    fig = _figure((6, 4))
+    ax = fig.subplots()
     lo, hi = float(min(s_chosen.min(), s_rejected.min())), float(max(s_chosen.max(), s_rejected.max()))
     bins = np.linspace(lo, hi if hi > lo else lo + 1, 30)
     ax.hist(s_chosen, bins=bins, alpha=0.6, label="chosen")
@@ -30,13 +31,12 @@ def score_histograms(s_chosen: np.ndarray, s_rejected: np.ndarray, path: str) ->
     ax.set_title("eval scores: chosen vs rejected")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def reliability_diagram(table: list[dict], ece: float, path: str) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 5))
+def reliability_diagram(table: list[dict], ece: float) -> Figure:
+    fig = _figure((5, 5))
+    ax = fig.subplots()
     ax.plot([0.5, 1.0], [0.5, 1.0], "k--", lw=1, label="perfect calibration")
     if table:
         conf = [b["confidence"] for b in table]
@@ -51,18 +51,17 @@ def reliability_diagram(table: list[dict], ece: float, path: str) -> None:
     ax.set_title(f"reliability (ECE = {ece:.3f}; labels: pairs per bin)")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def worst_pairs_grid(pixels: list[tuple[np.ndarray, np.ndarray]], captions: list[str], path: str) -> None:
+def worst_pairs_grid(pixels: list[tuple[np.ndarray, np.ndarray]], captions: list[str]) -> Figure:
     """One row per pair: chosen | rejected, uint8 ``(3, S, S)`` each, or clips ``(3, T, S, S)``
     drawn as filmstrips (frames left to right)."""
-    plt = _plt()
     n = max(1, len(pixels))
     pixels = [(_strip(c), _strip(r)) for c, r in pixels]
     aspect = pixels[0][0].shape[2] / pixels[0][0].shape[1] if pixels else 1.0
-    fig, axes = plt.subplots(n, 2, figsize=(4 * min(aspect, 4), 2 * n), squeeze=False)
+    fig = _figure((4 * min(aspect, 4), 2 * n))
+    axes = fig.subplots(n, 2, squeeze=False)
     for i, ((c, r), cap) in enumerate(zip(pixels, captions, strict=True)):
         for j, (img, name) in enumerate(((c, "chosen"), (r, "rejected"))):
             axes[i][j].imshow(np.asarray(img).transpose(1, 2, 0))
@@ -73,8 +72,7 @@ def worst_pairs_grid(pixels: list[tuple[np.ndarray, np.ndarray]], captions: list
         axes[0][0].axis("off")
         axes[0][1].axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def _strip(item: np.ndarray) -> np.ndarray:
@@ -86,9 +84,8 @@ def _strip(item: np.ndarray) -> np.ndarray:
     return item
 
 
-def log_report_figures(report, prepared_path: str, beta: float, worst: int) -> None:
-    """Draw the three pictures of an EvalReport and log them under ``eval/`` in MLflow."""
-    import mlflow
+def report_figures(report, prepared_path: str, worst: int) -> dict[str, Figure]:
+    """The three pictures of an EvalReport, by file name (``eval/<name>`` in MLflow)."""
     import pyarrow.dataset as pads
     import ray.data  # noqa: F401  (registers Ray's tensor extension type with pyarrow)
 
@@ -111,8 +108,8 @@ def log_report_figures(report, prepared_path: str, beta: float, worst: int) -> N
             k = by_id[pid]
             pixels.append((chosen[k], rejected[k]))
             captions.append(f"{s_c[i]:.2f}|{s_r[i]:.2f}")
-    with tempfile.TemporaryDirectory() as d:
-        score_histograms(s_c, s_r, os.path.join(d, "score_histograms.png"))
-        reliability_diagram(report.reliability, ece, os.path.join(d, "reliability.png"))
-        worst_pairs_grid(pixels, captions, os.path.join(d, "most_confidently_wrong.png"))
-        mlflow.log_artifacts(d, "eval")
+    return {
+        "score_histograms.png": score_histograms(s_c, s_r),
+        "reliability.png": reliability_diagram(report.reliability, ece),
+        "most_confidently_wrong.png": worst_pairs_grid(pixels, captions),
+    }

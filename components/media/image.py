@@ -8,10 +8,6 @@ import warnings
 import numpy as np
 from PIL import Image
 
-# We enforce our own pixel limit from config before decoding; PIL's global bomb check would
-# otherwise raise or warn on its own threshold.
-Image.MAX_IMAGE_PIXELS = None
-
 
 class DecodeError(ValueError):
     """An input that cannot be used; ``reason`` goes into the quarantine record."""
@@ -33,7 +29,13 @@ def decode_image(data: bytes | None, size: int, max_pixels: int) -> tuple[np.nda
     if len(data) == 0:
         raise DecodeError("empty image bytes")
     try:
-        img = Image.open(io.BytesIO(data))
+        # Pillow's decompression-bomb guard stays on (nothing here changes process-wide
+        # settings); its warning below its error threshold is ours to report, per call.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise DecodeError(f"image is over Pillow's decompression-bomb limit ({e})") from None
     except Exception as e:  # PIL raises several types for unknown formats
         raise DecodeError(f"not a decodable image ({type(e).__name__}: {e})") from None
     w, h = img.size

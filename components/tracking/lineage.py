@@ -7,10 +7,10 @@ import logging
 
 import mlflow
 
-from components import tracking
-from components.config import RunConfig, dump_yaml, flatten, to_dict
-from components.contract import Shard, fingerprint
-from components.pinning import plan_for_config
+from ..config import RunConfig, dump_yaml, flatten, to_dict
+from ..data.contract import Shard, fingerprint
+from ..runtime.pinning import CpuPlan
+from .runs import git_commit, log_json_artifact, log_params_flat
 
 log = logging.getLogger(__name__)
 
@@ -31,39 +31,33 @@ def _dataset_input(specs: list[str], shards: list[Shard], name: str, context: st
 
 
 def record_run(cfg: RunConfig, train_shards: list[Shard], eval_shards: list[Shard],
-               workflow: str = "image") -> None:
+               plan: CpuPlan, cluster_resources: dict[str, float]) -> None:
     """Params, tags and lineage of the active run. On a resumed run, params that already
     exist keep their first value (MLflow params are immutable); changed keys are listed in
     the tag ``visual_dpo.config_changes`` and the new resolved config replaces config.yaml."""
-    import ray
-
-    plan = plan_for_config(cfg)  # the same pure plan every step computes; logged once here
-    log.info("%s", plan.describe())
-    for w in plan.warnings:
-        log.warning("cpu pinning: %s", w)
     flat = {k: str(v)[:6000] for k, v in flatten(to_dict(cfg)).items()}
     flat.update(plan.to_params())
     run = mlflow.active_run()
     existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params
     changed = sorted(k for k, v in flat.items() if k in existing and existing[k] != v)
-    tracking.log_params_flat({k: v for k, v in flat.items() if k not in existing})
+    log_params_flat({k: v for k, v in flat.items() if k not in existing})
     if changed:
         mlflow.set_tag("visual_dpo.config_changes", ",".join(changed))
     tags = {
         "model_name": cfg.tracking.model_name,
         "data.train.fingerprint": fingerprint(train_shards),
         "data.train.shards": str(len(train_shards)),
-        "ray.cluster_resources": json.dumps(ray.cluster_resources(), sort_keys=True),
-        "workflow": workflow,
+        "ray.cluster_resources": json.dumps(cluster_resources, sort_keys=True),
+        "workflow": cfg.modality,
     }
     if eval_shards:
         tags["data.eval.fingerprint"] = fingerprint(eval_shards)
-    commit = tracking.git_commit()
+    commit = git_commit()
     if commit:
         tags["git.commit"] = commit
     mlflow.set_tags(tags)
     mlflow.log_text(dump_yaml(cfg), "config.yaml")
-    tracking.log_json_artifact(
+    log_json_artifact(
         {
             "train": [{"uri": s.uri, "size": s.size, "mtime_ns": s.mtime_ns} for s in train_shards],
             "eval": [{"uri": s.uri, "size": s.size, "mtime_ns": s.mtime_ns} for s in eval_shards],

@@ -2,7 +2,8 @@
 
 Contract
 --------
-``decode_video(data, frames=T, size=S, limits)`` -> ``(clip, info)``:
+``decode_video(data, spec)`` -> ``(clip, info)``, with ``T = spec.frames``, ``S = spec.size``
+and every limit from the ``MediaSpec``:
 
 * ``data`` is either the bytes of a container FFmpeg can demux (MP4/H.264, WebM/VP9, animated
   GIF, MKV, AVI, ... -- see ``CONTAINER_FORMATS``) or a list/tuple/object ndarray of encoded
@@ -20,8 +21,8 @@ Contract
   ignored for them. Fewer than T frames are padded by ``pad`` (``PAD_POLICIES``): "repeat"
   the last frame, "loop" from the start, or "reject" the clip.
 * Anything unusable raises ``DecodeError`` whose ``reason`` names the config key of the limit
-  that was hit (``data.video.max_bytes``, ``.max_pixels``, ``.max_duration_s``,
-  ``.max_frames``, ``.frames``/``.pad``). Limits are checked from container metadata before
+  that was hit (``data.video.max_bytes``, ``data.max_pixels``, ``data.video.max_duration_s``,
+  ``data.video.max_frames``, ``data.video.frames``/``.pad``). Limits are checked from container metadata before
   decoding and again while decoding, because GIF/WebM often declare no frame count or duration.
 
 ``temporal_consistency(clip)`` is minus the mean squared difference of consecutive frames in
@@ -34,20 +35,20 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import av.error
 import numpy as np
 from PIL import Image
 
-from components.decode import DecodeError, decode_image
+if TYPE_CHECKING:
+    from .spec import MediaSpec
+from .image import DecodeError, decode_image
 
 # Not every bad input raises an FFmpegError: PyAV also raises OSError/ValueError/EOFError,
 # and a few demuxers surface RuntimeError/IndexError on damaged headers.
 _AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError, RuntimeError, IndexError)
-
-PAD_POLICIES = ("repeat", "loop", "reject")
 
 # Demuxers we accept. Playlist/indirection formats (hls, dash, concat, image2 patterns, ...)
 # can make FFmpeg open other files or URLs named inside untrusted bytes, so they are not
@@ -60,37 +61,18 @@ CONTAINER_FORMATS = (
 )
 
 
-@dataclass(frozen=True)
-class VideoLimits:
-    """Per-clip limits (config ``data.video.*``); checked before and during decoding."""
-
-    max_bytes: int = 200_000_000
-    max_pixels: int = 4096 * 2160  # per frame, width * height
-    max_duration_s: float = 600.0
-    max_frames: int = 20_000
-
-
-def decode_video(
-    data: Any,
-    frames: int,
-    size: int,
-    limits: VideoLimits,
-    fps: float | None = None,
-    pad: str = "repeat",
-    threads: int = 1,
-) -> tuple[np.ndarray, dict]:
-    """Encoded video bytes or a list of encoded frames -> (uint8 ``(3, frames, size, size)``, info).
+def decode_video(data: Any, spec: MediaSpec) -> tuple[np.ndarray, dict]:
+    """Encoded video bytes or a list of encoded frames -> (uint8 ``(3, T, S, S)``, info) with
+    ``T = spec.frames`` and ``S = spec.size``; every limit comes from ``spec``.
 
     See the module docstring for sampling, padding and the info dict. Raises ``DecodeError``
-    for bad data and ``ValueError`` for bad arguments.
+    for bad data.
     """
-    if frames < 1 or size < 1:
-        raise ValueError(f"frames and size must be >= 1, got frames={frames}, size={size}")
-    if pad not in PAD_POLICIES:
-        raise ValueError(f"pad must be one of {PAD_POLICIES}, got {pad!r}")
-    if fps is not None and not fps >= 0:
-        raise ValueError(f"fps must be >= 0 or None (None or 0: uniform), got {fps}")
-    fps = fps or None  # config uses data.video.fps=0 for uniform sampling
+    if not spec.video:
+        raise ValueError(f"decode_video needs a video MediaSpec, got modality={spec.modality!r}")
+    frames, size, pad, limits = spec.frames, spec.size, spec.pad, spec
+    threads = max(1, int(spec.decoder_threads))
+    fps = spec.fps or None  # config uses data.video.fps=0 for uniform sampling
     if data is None:
         raise DecodeError("null video")
     if isinstance(data, (list, tuple)) or (isinstance(data, np.ndarray) and data.dtype.kind in "OS"):
@@ -104,7 +86,7 @@ def decode_video(
         raise DecodeError(
             f"video is {len(data)} bytes, over data.video.max_bytes={limits.max_bytes}"
         )
-    return _decode_container(data, frames, size, limits, fps, pad, max(1, int(threads)))
+    return _decode_container(data, frames, size, limits, fps, pad, threads)
 
 
 def temporal_consistency(frames: np.ndarray) -> float:
@@ -138,7 +120,7 @@ def encode_video(frames: np.ndarray, fmt: str = "mp4", fps: int = 8) -> bytes:
         raise ValueError(f"{fmt} uses yuv420p: height and width must be even, got {h}x{w}")
     if fmt == "mp4":
         codec = _encoder("libx264", "mpeg4")
-        options = {"crf": "18", "preset": "veryfast"} if codec == "libx264" else {}
+        options = {"crf": "18", "preset": "veryfast", "threads": "1"} if codec == "libx264" else {}
         pix_fmt, container_fmt = "yuv420p", "mp4"
     elif fmt == "webm":
         codec = _encoder("libvpx-vp9", "libvpx")
@@ -167,7 +149,7 @@ def encode_video(frames: np.ndarray, fmt: str = "mp4", fps: int = 8) -> bytes:
 # --- decoding -------------------------------------------------------------------------------
 
 
-def _decode_frame_list(items: list, frames: int, size: int, limits: VideoLimits, pad: str):
+def _decode_frame_list(items: list, frames: int, size: int, limits: MediaSpec, pad: str):
     n = len(items)
     if n == 0:
         raise DecodeError("empty frame list")
@@ -181,17 +163,6 @@ def _decode_frame_list(items: list, frames: int, size: int, limits: VideoLimits,
     width = height = 0
     for i in sorted(set(picked)):
         b = items[i]
-        if b is not None and len(b) > 0:
-            # Check against the video key here; decode_image's own message names data.max_pixels.
-            try:
-                with Image.open(io.BytesIO(bytes(b))) as img:
-                    w, h = img.size
-            except Exception:
-                w = h = 0  # decode_image reports why
-            if w * h > limits.max_pixels:
-                raise DecodeError(
-                    f"frame {i} is {w}x{h} = {w * h} pixels, over data.video.max_pixels={limits.max_pixels}"
-                )
         try:
             decoded[i], (w, h) = decode_image(b, size, limits.max_pixels)
         except DecodeError as e:
@@ -279,10 +250,10 @@ def _declared_duration(container, stream) -> float | None:
     return None
 
 
-def _check_pixels(w: int, h: int, limits: VideoLimits) -> None:
+def _check_pixels(w: int, h: int, limits: MediaSpec) -> None:
     if w * h > limits.max_pixels:
         raise DecodeError(
-            f"video is {w}x{h} = {w * h} pixels per frame, over data.video.max_pixels={limits.max_pixels}"
+            f"video is {w}x{h} = {w * h} pixels per frame, over data.max_pixels={limits.max_pixels}"
         )
 
 
@@ -296,7 +267,7 @@ class _Scan:
     stopped_early: bool = False
 
 
-def _frames(container, stream, limits: VideoLimits, rate: float | None, threads: int, scan: _Scan):
+def _frames(container, stream, limits: MediaSpec, rate: float | None, threads: int, scan: _Scan):
     """Yield ``(index, time relative to the first frame, frame)``, enforcing limits as we go.
 
     A decoder error after some frames ends the clip there (truncated file); before any frame

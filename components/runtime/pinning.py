@@ -36,9 +36,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import PIN_MODES, PreprocessConfig, TrainConfig
+
 log = logging.getLogger(__name__)
 
-PIN_MODES = ("auto", "off")
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 CpuSet = tuple[int, ...]
@@ -370,14 +371,14 @@ def pin_current_process(cpus: Sequence[int], threads: int | None = None, *,
 # --------------------------------------------------------------------------- in the pipeline
 
 
-def plan_for_config(cfg) -> CpuPlan:
-    """The plan of a run config, for the cores of the node this runs on (the driver's).
+def plan_for_run(preprocess: PreprocessConfig, train: TrainConfig) -> CpuPlan:
+    """The plan of a run's preprocessing and training sections, for the cores of the node this
+    runs on (the driver's). Computed once per run and passed to every process.
 
     Nodes are assumed alike (cluster.yaml declares one worker type); a process whose node has
     other cores remaps its set onto its own (see :func:`pin_role`)."""
-    return plan_cpus(cfg.preprocess.pin_cpus, cfg.train.workers,
-                     max(1, round(cfg.train.cpus_per_worker)), cfg.preprocess.actors,
-                     cfg.preprocess.cpus_per_actor)
+    return plan_cpus(preprocess.pin_cpus, train.workers, max(1, round(train.cpus_per_worker)),
+                     preprocess.actors, preprocess.cpus_per_actor)
 
 
 _held_slots: list[Any] = []  # open lock files: a slot stays claimed while its process lives

@@ -1,0 +1,85 @@
+"""Score prepared pairs with a trained scorer: Ray Data batch inference (one actor that loads
+the model once), used for evaluation, the champion comparison and the DPO reference pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..registry.scorer_files import TrainedScorer
+from ..training.models import build_scorer
+from ..training.step import eval_scores
+
+PASS_THROUGH = ("pair_id", "target", "meta")
+
+
+class PairScorer:
+    """Ray Data actor: loads a scorer once, adds ``s_chosen``/``s_rejected`` columns.
+
+    Inputs prepared at another size than the scorer was trained at (``scorer.spec.size``) are
+    resized (antialiased, frame by frame for clips) so a champion is judged at its own
+    resolution. With a temporal prior (video) and ``with_prior``, ``s_*`` is the full reward
+    ``s(x) + lambda * c(x)`` that the model was trained with and that the registered model
+    returns; the scorer's own part is kept as ``model_chosen``/``model_rejected``.
+    """
+
+    def __init__(self, scorer: TrainedScorer, with_prior: bool = True):
+        self.model = build_scorer(scorer.model_name)
+        self.model.load_state_dict(scorer.state_dict)
+        self.model.eval()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        self.size = scorer.spec.size
+        self.temporal_weight = scorer.temporal_weight if with_prior else 0.0
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == self.size and x.shape[-2] == self.size:
+            return x
+        video = x.dim() == 5
+        if video:  # (N, C, T, H, W) -> frames (N*T, C, H, W)
+            n, c, t, h, w = x.shape
+            x = x.transpose(1, 2).reshape(n * t, c, h, w)
+        y = F.interpolate(x.float(), size=(self.size, self.size), mode="bilinear", antialias=True)
+        y = y.round().clamp(0, 255).to(torch.uint8)
+        if video:
+            y = y.reshape(n, t, c, self.size, self.size).transpose(1, 2).contiguous()
+        return y
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        c = self._resize(torch.from_numpy(np.ascontiguousarray(batch["chosen_px"])))
+        r = self._resize(torch.from_numpy(np.ascontiguousarray(batch["rejected_px"])))
+        s_c, s_r = eval_scores(self.model, c, r, self.device)
+        s_c, s_r = s_c.cpu().numpy().astype(np.float64), s_r.cpu().numpy().astype(np.float64)
+        out = {k: batch[k] for k in PASS_THROUGH if k in batch}
+        if "chosen_c" in batch:
+            out.update(model_chosen=s_c, model_rejected=s_r, chosen_c=batch["chosen_c"],
+                       rejected_c=batch["rejected_c"])
+            s_c = s_c + self.temporal_weight * np.asarray(batch["chosen_c"], dtype=np.float64)
+            s_r = s_r + self.temporal_weight * np.asarray(batch["rejected_c"], dtype=np.float64)
+        elif self.temporal_weight:
+            raise ValueError("temporal_weight is set but the data has no consistency columns "
+                             "(chosen_c/rejected_c): prepare it with modality=video")
+        out.update(s_chosen=s_c, s_rejected=s_r)
+        return out
+
+
+def score_dataset(ds, scorer: TrainedScorer, batch_size: int = 64,
+                  with_prior: bool = True) -> pd.DataFrame:
+    """Scores of every pair in a prepared dataset, one row per pair, sorted by pair_id so two
+    models' scores line up pair by pair."""
+    from ray.data import ActorPoolStrategy
+
+    scored = ds.map_batches(
+        PairScorer,
+        fn_constructor_kwargs={"scorer": scorer, "with_prior": with_prior},
+        batch_size=batch_size,
+        compute=ActorPoolStrategy(size=1),
+        num_cpus=1,
+        batch_format="numpy",
+    )
+    df = scored.to_pandas()
+    if len(df) and "pair_id" in df:
+        df = df.sort_values("pair_id", kind="stable").reset_index(drop=True)
+    return df

@@ -1,0 +1,65 @@
+"""A trained scorer as plain files: ``weights.pt`` (a state dict) and ``scorer.json`` (the
+architecture name, the decode contract ``MediaSpec``, the temporal prior and the SHA-256 of
+the weights). The registered MLflow model carries this directory as its ``scorer`` artifact;
+the pyfunc model, batch scoring, evaluation and the DPO reference all load it through
+``read_scorer``, which verifies the hash and loads tensors only (``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..media.spec import MediaSpec
+
+WEIGHTS, META = "weights.pt", "scorer.json"
+
+
+@dataclass
+class TrainedScorer:
+    model_name: str  # architecture in components.training.models
+    state_dict: dict[str, torch.Tensor]
+    spec: MediaSpec  # how its inputs are decoded (the size it was trained at, frames, limits)
+    temporal_weight: float = 0.0  # video: lambda of the prior; the score is s(x) + lambda c(x)
+    source: str = ""  # "init", a model URI, or a run's checkpoint
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_scorer(directory: str, scorer: TrainedScorer) -> str:
+    """Write the two files into ``directory``; returns the weights' SHA-256."""
+    os.makedirs(directory, exist_ok=True)
+    weights = os.path.join(directory, WEIGHTS)
+    torch.save({k: v.detach().cpu().contiguous() for k, v in scorer.state_dict.items()}, weights)
+    digest = _sha256(weights)
+    with open(os.path.join(directory, META), "w") as f:
+        json.dump({"model": scorer.model_name, "media": scorer.spec.to_dict(),
+                   "temporal_weight": scorer.temporal_weight, "weights_sha256": digest}, f)
+    return digest
+
+
+def read_scorer(directory: str, source: str = "") -> TrainedScorer:
+    """Read a directory ``write_scorer`` wrote; raises when the weights are not the ones
+    whose hash was recorded."""
+    with open(os.path.join(directory, META)) as f:
+        meta = json.load(f)
+    weights = os.path.join(directory, WEIGHTS)
+    expected = meta.get("weights_sha256")
+    if expected and _sha256(weights) != expected:
+        raise ValueError(f"{weights}: SHA-256 differs from the one recorded at training "
+                         f"({expected}); the weights were replaced or damaged. Re-download "
+                         "the model or re-register it.")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    return TrainedScorer(meta["model"], state, MediaSpec.from_dict(meta["media"]),
+                         float(meta.get("temporal_weight", 0.0)), source)
+

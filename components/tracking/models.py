@@ -1,0 +1,157 @@
+"""The MLflow model registry side: log and register a trained scorer, load one back, and move
+the ``challenger``/``champion`` aliases.
+
+What ships with a registered model: the ``scorer`` artifact (weights + spec, see
+registry/scorer_files.py), the pyfunc class as MLflow "models from code", and a copy of the
+``components`` package under the unique name ``visual_dpo_components`` (``code_paths``), so a
+consumer whose own project has a ``components`` package loads the model without either one
+shadowing the other. Every import inside ``components`` is relative, which is what lets the
+copy work under another name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from importlib import metadata
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from ..registry.gate import CHALLENGER, CHAMPION, PromotionDecision
+from ..registry.scorer_files import META, WEIGHTS, TrainedScorer, read_scorer, write_scorer
+
+SHIPPED_PACKAGE = "visual_dpo_components"
+COMPONENTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_CODE = f'''"""Built by visual-dpo at log time: MLflow runs this file to make the pyfunc model."""
+from mlflow.models import set_model
+
+from {SHIPPED_PACKAGE}.registry.pyfunc import ScorerModel
+
+set_model(ScorerModel())
+'''
+# The project's runtime pins that a scorer needs, read from the one place they are declared.
+RUNTIME_PACKAGES = ("torch", "torchvision", "pillow", "numpy", "pandas")
+VIDEO_PACKAGES = ("av",)
+
+
+def project_requirements() -> dict[str, str]:
+    """``{package: requirement}`` as pyproject.toml declares them (installed metadata, else the
+    pyproject.toml next to this checkout)."""
+    try:
+        reqs = metadata.requires("visual-dpo") or []
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        with open(os.path.join(os.path.dirname(COMPONENTS_DIR), "pyproject.toml"), "rb") as f:
+            reqs = tomllib.load(f)["project"]["dependencies"]
+    out = {}
+    for r in reqs:
+        if ";" in r:  # extras such as test tools
+            continue
+        name = re.split(r"[\[=<>~! ]", r, maxsplit=1)[0].lower()
+        out[name] = re.sub(r"\[.*?\]", "", r).replace(" ", "")
+    return out
+
+
+def pip_requirements(video: bool) -> list[str]:
+    declared = project_requirements()
+    names = RUNTIME_PACKAGES + (VIDEO_PACKAGES if video else ())
+    return [declared.get(n, n) for n in names] + [f"mlflow=={mlflow.__version__}"]
+
+
+def log_scorer(scorer: TrainedScorer, example: bytes, registered_model_name: str | None):
+    """Log the pyfunc model in the active run (and register it); returns MLflow's ModelInfo."""
+    from mlflow.models import infer_signature
+
+    spec = scorer.spec
+    with tempfile.TemporaryDirectory() as d:
+        package = os.path.join(d, SHIPPED_PACKAGE)
+        shutil.copytree(COMPONENTS_DIR, package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        code = os.path.join(d, "scorer_model.py")
+        with open(code, "w") as f:
+            f.write(MODEL_CODE)
+        files = os.path.join(d, "scorer")
+        digest = write_scorer(files, scorer)
+        example_df = pd.DataFrame({spec.column: [example]})
+        signature = infer_signature(example_df, np.zeros(1, dtype=np.float64))
+        sys.path.insert(0, d)  # MLflow runs the model code once while logging
+        try:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=code,
+                artifacts={"scorer": files},
+                code_paths=[package],
+                signature=signature,
+                input_example=example_df,
+                pip_requirements=pip_requirements(spec.video),
+                registered_model_name=registered_model_name,
+            )
+        finally:
+            sys.path.remove(d)
+    if registered_model_name and info.registered_model_version is not None:
+        MlflowClient().set_model_version_tag(registered_model_name,
+                                             str(info.registered_model_version),
+                                             "weights_sha256", digest)
+    return info
+
+
+def load_scorer(uri: str) -> TrainedScorer:
+    """A logged/registered scorer from its files only: no pyfunc, no unpickling, the installed
+    code builds the architecture; the weights' hash is checked."""
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory() as d:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=d)
+        conf = Model.load(local).flavors["python_function"].get("artifacts", {})
+        path = os.path.join(local, conf["scorer"]["path"])
+        if os.path.isfile(path):  # models logged before scorer/ was a directory
+            return _read_legacy(path, os.path.join(local, conf["weights"]["path"]), uri)
+        return read_scorer(path, source=uri)
+
+
+def _read_legacy(meta_path: str, weights_path: str, uri: str) -> TrainedScorer:
+    with open(meta_path) as f:
+        meta = json.load(f)
+    meta.setdefault("media", {"modality": "image", "size": meta["image_size"],
+                              "max_pixels": meta["max_pixels"]})
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(weights_path, os.path.join(tmp, WEIGHTS))
+        with open(os.path.join(tmp, META), "w") as f:
+            json.dump(meta, f)
+        return read_scorer(tmp, source=uri)
+
+
+def pin_model_uri(uri: str) -> str:
+    """``models:/NAME@ALIAS`` -> ``models:/NAME/VERSION``: what the alias points at now, so a
+    resumed run uses the same model even if the alias has moved since."""
+    if uri.startswith("models:/") and "@" in uri:
+        name, alias = uri[len("models:/"):].split("@", 1)
+        return f"models:/{name}/{MlflowClient().get_model_version_by_alias(name, alias).version}"
+    return uri
+
+
+def current_champion(name: str) -> str | None:
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None  # no champion yet (or no such model)
+
+
+def apply_decision(name: str, decision: PromotionDecision) -> list[str]:
+    """Set the aliases the decision calls for, record it on the version; returns its aliases."""
+    client = MlflowClient()
+    v = decision.challenger_version
+    client.set_registered_model_alias(name, CHALLENGER, v)
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, v)
+    client.set_model_version_tag(name, v, "promotion", json.dumps(decision.as_dict()))
+    return sorted(client.get_model_version(name, v).aliases)

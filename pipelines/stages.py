@@ -1,0 +1,164 @@
+"""The stages of the workflows: each calls the components that compute it and logs what they
+return to MLflow. ``preference.py`` and ``evaluate.py`` put them in order."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import replace
+from typing import Any
+
+import mlflow
+
+from components.config import EvalConfig, GateConfig, LossConfig, RunConfig
+from components.data.contract import Shard
+from components.data.ingest import (
+    PreparedSplits,
+    example_item,
+    pair_columns,
+    prepare_splits,
+    usable_pairs,
+)
+from components.evaluation.figures import report_figures
+from components.evaluation.metrics import EvalReport, evaluation_report
+from components.evaluation.pair_scoring import score_dataset
+from components.media.spec import MediaSpec
+from components.registry.gate import correct_vector, decide
+from components.registry.scorer_files import TrainedScorer
+from components.runtime.pinning import CpuPlan
+from components.tracking import models
+from components.training.reference import add_reference_scores, initial_scorer, reference_dataset
+from components.training.trainer import TrainOutcome, fit
+from components.training.worker import WorkerSpec
+
+log = logging.getLogger(__name__)
+
+
+def prepare(cfg: RunConfig, spec: MediaSpec, plan: CpuPlan, train_shards: list[Shard],
+            eval_shards: list[Shard], run_dir: str) -> PreparedSplits:
+    data = prepare_splits(train_shards, eval_shards, run_dir, data=cfg.data,
+                          preprocess=cfg.preprocess, ties=cfg.ties, spec=spec,
+                          pinning=plan.to_dict())
+    mlflow.log_metrics(data.metrics)
+    mlflow.log_artifact(data.quarantine_path, "data")
+    mlflow.log_dict(data.report, "data/report.json")
+    data.check(cfg.data.max_quarantine_fraction)
+    return data
+
+
+def resolve_reference(source: str, model_name: str, seed: int, spec: MediaSpec) -> TrainedScorer:
+    """``init`` (the seeded initial weights) or a model URI, pinned to its version."""
+    if source == "init":
+        return initial_scorer(model_name, seed, spec)
+    return models.load_scorer(models.pin_model_uri(source))
+
+
+def reference(cfg: RunConfig, loss: LossConfig, spec: MediaSpec, train_path: str,
+              run_dir: str) -> dict[str, Any]:
+    """For ``loss.type=dpo``: precompute the reference's scores of the training pairs.
+
+    Returns ``{"path", "source"}``: the scored pairs and the (pinned) reference; both None for
+    objectives without a reference."""
+    if loss.type != "dpo":
+        return {"path": None, "source": None}
+    ref = resolve_reference(loss.reference, cfg.model.name, cfg.train.seed, spec)
+    path = add_reference_scores(usable_pairs(train_path, "train", with_ids=True), ref,
+                                os.path.join(run_dir, "prepared", "train_ref"))
+    mlflow.set_tags({"loss.reference": ref.source, "loss.reference_model": ref.model_name})
+    return {"path": path, "source": ref.source}
+
+
+def training_inputs(cfg: RunConfig, spec: MediaSpec, train_path: str, record: dict,
+                    warm_start: str | None = None):
+    """``(train_ds, reference, init_state)`` for the train stage.
+
+    The policy starts from the reference's weights when the architectures match (so DPO
+    starts at log 2), else from ``warm_start`` (a model URI, e.g. the champion of an
+    incremental run) when it matches, else from the seeded random init.
+    """
+    ref = (resolve_reference(record["source"], cfg.model.name, cfg.train.seed, spec)
+           if record["source"] else None)
+    if record["path"]:
+        ds = reference_dataset(record["path"], pair_columns(train_path))
+    else:
+        ds = usable_pairs(train_path, "train")
+    if ref is not None and ref.model_name == cfg.model.name:
+        return ds, ref, ref.state_dict
+    if warm_start:  # loaded only when the reference cannot serve as the start point
+        warm = models.load_scorer(models.pin_model_uri(warm_start))
+        if warm.model_name == cfg.model.name:
+            return ds, ref, warm.state_dict
+    return ds, ref, None
+
+
+def train(cfg: RunConfig, loss: LossConfig, train_ds, init_state, plan: CpuPlan, run_dir: str,
+          run_id: str, tracking_uri: str) -> TrainOutcome:
+    spec = WorkerSpec(train=cfg.train, loss=loss, model_name=cfg.model.name,
+                      modality=cfg.modality, init_state=init_state, pinning=plan.to_dict(),
+                      pinning_report_dir=os.path.join(run_dir, "pinning"),
+                      mlflow_run_id=run_id, tracking_uri=tracking_uri)
+    outcome = fit(spec, train_ds, storage_path=os.path.join(run_dir, "ray_results"),
+                  run_name=cfg.tracking.run_name or f"train-{run_id}")
+    if os.path.isdir(os.path.join(run_dir, "pinning")):  # what each pinned process got
+        mlflow.log_artifacts(os.path.join(run_dir, "pinning"), "pinning")
+    return outcome
+
+
+def evaluate(loss: LossConfig, eval_cfg: EvalConfig, scorer: TrainedScorer, eval_path: str,
+             ref: TrainedScorer | None = None) -> EvalReport:
+    """Score the held-out pairs; log ``eval/*`` metrics, the per-pair scores and the figures."""
+    df = score_dataset(usable_pairs(eval_path, "eval", with_ids=True), scorer)
+    ref_df = None
+    if ref is not None:  # the reference's raw scores: the prior cancels in h
+        ref_df = score_dataset(usable_pairs(eval_path, "eval", with_ids=True), ref,
+                               with_prior=False)
+    report = evaluation_report(df, loss, eval_cfg.slices, ref_df)
+    log_report(report, eval_path, eval_cfg.worst_pairs)
+    return report
+
+
+def log_report(report: EvalReport, eval_path: str, worst_pairs: int) -> None:
+    mlflow.log_metrics(report.metrics)
+    for name, fig in report_figures(report, eval_path, worst_pairs).items():
+        mlflow.log_figure(fig, f"eval/{name}")
+    table = report.scores.drop(columns=["meta"], errors="ignore")
+    mlflow.log_table(table, "eval/scores.json")
+
+
+def register(name: str, gate: GateConfig, scorer: TrainedScorer, report: EvalReport,
+             eval_path: str) -> dict[str, Any]:
+    """Log and register the trained scorer; gate it against the champion on the same eval data
+    (evaluated before anything is registered: a failure here moves no alias)."""
+    champion = models.current_champion(name)
+    champion_correct = None
+    if champion is not None:
+        champ = models.load_scorer(f"models:/{name}/{champion}")
+        scores = score_dataset(usable_pairs(eval_path, "eval", with_ids=True), champ)
+        if list(scores["pair_id"]) != list(report.scores["pair_id"]):
+            raise RuntimeError("champion and challenger were scored on different eval pairs")
+        champion_correct = correct_vector(scores)
+        mlflow.log_metric("eval/champion_accuracy", float(champion_correct.mean()))
+    info = models.log_scorer(scorer, example_item(eval_path, scorer.spec.video), name)
+    version = str(info.registered_model_version)
+    decision = decide(version, correct_vector(report.scores), champion, champion_correct, gate)
+    aliases = models.apply_decision(name, decision)
+    mlflow.set_tags({"promotion.promoted": str(decision.promote).lower(),
+                     "promotion.decision": json.dumps(decision.as_dict())})
+    mlflow.log_dict(decision.as_dict(), "promotion.json")
+    return {
+        "model_name": name,
+        "model_version": version,
+        "model_uri": f"models:/{name}/{version}",
+        "aliases": aliases,
+        "promoted": decision.promote,
+        "promotion": decision.as_dict(),
+        "champion_version_before": champion,
+    }
+
+
+def with_reference(loss: LossConfig, warm_start: str | None) -> LossConfig:
+    """Incremental DPO from the champion: continue from production, anchored to it."""
+    if warm_start and loss.type == "dpo" and loss.reference == "init":
+        return replace(loss, reference=warm_start)
+    return loss

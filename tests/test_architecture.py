@@ -1,0 +1,131 @@
+"""The layering the README's architecture section describes, checked on the source: which
+modules may import Ray and MLflow, relative imports inside ``components`` (so the copy that
+ships with a registered model works under another name), no side effects at import time."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPONENTS = ROOT / "components"
+
+# Pure: the decode contract, the model/loss/step code, the metrics and the gate can be reused
+# and tested with neither Ray nor MLflow installed (benchmarks/gpu_step.py runs on a GPU box
+# without Ray).
+PURE = ["config.py", "media/", "training/models.py", "training/losses.py", "training/step.py",
+        "evaluation/metrics.py", "registry/gate.py", "registry/scorer_files.py",
+        "data/contract.py", "runtime/pinning.py", "sample/"]
+# MLflow lives in pipelines/ and the tracking layer; the pyfunc class subclasses PythonModel.
+MLFLOW_ALLOWED = ["tracking/", "registry/pyfunc.py"]
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in COMPONENTS.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level names of every absolute import in the file, at any depth (function-level
+    imports count too); ``ray.data`` -> ``ray``."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _matches(path: Path, patterns: list[str]) -> bool:
+    rel = path.relative_to(COMPONENTS).as_posix()
+    return any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in patterns)
+
+
+def test_pure_modules_import_neither_ray_nor_mlflow():
+    offenders = {p.relative_to(ROOT).as_posix(): sorted(_imports(p) & {"ray", "mlflow"})
+                 for p in _modules() if _matches(p, PURE)}
+    assert {k: v for k, v in offenders.items() if v} == {}
+    assert len(offenders) >= 12  # the patterns still name real files
+
+
+def test_mlflow_only_in_the_tracking_layer():
+    users = sorted(p.relative_to(COMPONENTS).as_posix() for p in _modules()
+                   if "mlflow" in _imports(p))
+    assert [u for u in users if not _matches(COMPONENTS / u, MLFLOW_ALLOWED)] == []
+    assert "tracking/runs.py" in users  # the check sees real imports
+
+
+def test_components_never_import_pipelines_or_themselves_absolutely():
+    """Relative imports only: the registered model carries this package as
+    ``visual_dpo_components``, where ``import components...`` would find the consumer's own."""
+    bad = {p.relative_to(ROOT).as_posix(): sorted(_imports(p) & {"components", "pipelines"})
+           for p in _modules()}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_importing_components_changes_no_process_wide_setting():
+    code = """
+import logging, os, sys
+from PIL import Image
+state = lambda: (Image.MAX_IMAGE_PIXELS, dict(os.environ), list(logging.root.handlers),
+                 logging.root.level, sorted(k for k in sys.modules if k.startswith("matplotlib")))
+before = state()
+import components.media.spec, components.media.video, components.registry.pyfunc
+import components.evaluation.figures, components.data.ingest, components.training.worker
+assert state() == before, (before, state())
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+def test_media_spec_carries_every_decode_setting_of_the_config():
+    """Adding a key to data.video without a MediaSpec field fails here, not as a silent
+    difference between training and serving."""
+    from components.config import DataConfig, VideoConfig
+    from components.media.spec import MediaSpec
+
+    spec_fields = {f.name for f in dataclasses.fields(MediaSpec)}
+    assert {f.name for f in dataclasses.fields(VideoConfig)} <= spec_fields
+    d = DataConfig(image_size=40, max_pixels=5000,
+                   video=VideoConfig(frames=5, fps=2.0, pad="loop", max_bytes=10,
+                                     max_duration_s=3.0, max_frames=7, decoder_threads=2))
+    spec = MediaSpec.from_config("video", d)
+    assert dataclasses.asdict(spec) == {"modality": "video", "size": 40, "max_pixels": 5000,
+                                        **dataclasses.asdict(d.video)}
+    assert MediaSpec.from_config("image", d) == MediaSpec("image", 40, 5000)
+
+
+def test_an_enumeration_is_defined_once():
+    for name in ("PAD_POLICIES", "PIN_MODES", "LOSS_TYPES", "LAYOUTS"):
+        defining = [p.relative_to(ROOT).as_posix() for p in _modules()
+                    if any(isinstance(n, ast.Assign) and any(
+                        isinstance(t, ast.Name) and t.id == name for t in n.targets)
+                        for n in ast.parse(p.read_text()).body)]
+        assert defining == ["components/config.py"], (name, defining)
+
+
+def test_failure_injection_is_not_a_user_setting():
+    from components.config import TrainConfig
+    from pipelines.__main__ import _parser
+
+    assert not any("inject" in f.name for f in dataclasses.fields(TrainConfig))
+    for text in ((ROOT / "README.md").read_text(), _parser().format_help()):
+        assert "inject" not in text.lower() and "VISUAL_DPO_TEST" not in text
+
+
+@pytest.mark.parametrize("requirement", ["torch", "torchvision", "av"])
+def test_model_requirements_come_from_pyproject(requirement):
+    import tomllib
+
+    from components.tracking.models import pip_requirements
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pin = next(d for d in declared if d.split("=")[0] == requirement)
+    assert pin in pip_requirements(video=True)
