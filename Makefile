@@ -14,7 +14,48 @@ TRAIN ?= $(DATA)/train
 EVAL ?= $(DATA)/eval
 ARGS ?=
 MODALITY ?= image
+# The job's working dir ships without .git: the commit goes in as MLflow's source tag.
+GIT_COMMIT := $(shell git rev-parse HEAD 2>/dev/null)
 JOB_EXCLUDES = [".venv", ".git", "outputs", "data", "mlflow.db", "mlruns", "mlartifacts", "*.egg-info", "benchmarks/out"]
+
+# A submitted job runs elsewhere, from an upload of this checkout without JOB_EXCLUDES (and what
+# .gitignore / .rayignore list, as Ray does): refuse, before submitting anything, a tracking URI
+# that would log into a throwaway store inside that copy, and a local TRAIN/EVAL that the upload
+# leaves out. Arguments: MLFLOW_TRACKING_URI, JOB_EXCLUDES, then NAME=PATH pairs.
+define SUBMIT_CHECK
+import json, os, sys
+from urllib.parse import urlparse
+from ray._private.thirdparty.pathspec import PathSpec
+uri, excludes, paths = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
+ignored = list(excludes)
+for name in (".gitignore", ".rayignore"):
+    if os.path.isfile(name):
+        ignored += open(name).read().splitlines()
+spec = PathSpec.from_lines("gitwildmatch", ignored)
+errors = []
+if urlparse(uri).scheme in ("", "file", "sqlite") and uri not in ("databricks", "databricks-uc"):
+    what = "is not set" if not uri else f"is {uri!r}, a local store"
+    errors.append(f"MLFLOW_TRACKING_URI {what}: the job would log into a throwaway store inside its working-dir copy on the cluster. Point it at a tracking server the cluster reaches, e.g. MLFLOW_TRACKING_URI=http://mlflow:5000 make submit ...")
+for pair in paths:
+    name, path = pair.split("=", 1)
+    if not path or "://" in path or os.path.isabs(path):
+        continue  # a URI or an absolute path: read as given, on the cluster
+    rel = os.path.normpath(path)
+    if rel == ".." or rel.startswith("../"):
+        errors.append(f"{name}={path} is outside this checkout, so it is not uploaded with the job. Use shared storage: {name}=s3://bucket/pairs/ (or an absolute path every node mounts).")
+    elif spec.match_file(rel) or spec.match_file(rel + "/_"):
+        hits = sorted({p.rstrip("/") for p in ignored if PathSpec.from_lines("gitwildmatch", [p]).match_file(rel + "/_")}) or [rel]
+        errors.append(f"{name}={path} is under {', '.join(map(repr, hits))}, which the job upload leaves out (JOB_EXCLUDES, .gitignore): the job would find no data there. Copy it to shared storage and pass {name}=s3://bucket/pairs/ (or an absolute path every node mounts).")
+    elif not os.path.exists(rel):
+        errors.append(f"{name}={path} does not exist in this checkout, and a relative path is read from the job's uploaded copy of it.")
+for e in errors:
+    print("make submit:", e, file=sys.stderr)
+sys.exit(2 if errors else 0)
+endef
+export SUBMIT_CHECK
+# Runs a command in a new session (process group), so all of it can be stopped at once: `ray
+# dashboard` leaves its ssh port-forward running when only the ray process is killed.
+NEW_SESSION = $(PY) -c 'import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])'
 
 .PHONY: install demo demo-video test test-fast lint bench bench-accuracy bench-video bench-objectives clean submit cluster-up cluster-down
 
@@ -77,14 +118,25 @@ cluster-down: install
 	$(VENV)/bin/ray down -y cluster.yaml
 
 submit: install
+	@$(PY) -c "$$SUBMIT_CHECK" '$(MLFLOW_TRACKING_URI)' '$(JOB_EXCLUDES)' 'TRAIN=$(TRAIN)' 'EVAL=$(EVAL)'
 ifeq ($(CLUSTER),1)
-	$(VENV)/bin/ray dashboard cluster.yaml & sleep 5; \
+	@if $(PY) -c "import socket, sys; sys.exit(socket.socket().connect_ex(('127.0.0.1', 8265)) != 0)"; then \
+		echo "make submit: 127.0.0.1:8265 is in use (a local Ray?); the port-forward to cluster.yaml needs it" >&2; \
+		exit 1; \
+	fi
+	$(NEW_SESSION) $(VENV)/bin/ray dashboard cluster.yaml & forward=$$!; \
+	trap 'kill -TERM -$$forward 2>/dev/null' EXIT; trap 'exit 130' INT TERM HUP; \
+	for i in $$(seq 60); do \
+		kill -0 $$forward 2>/dev/null || { echo "make submit: ray dashboard cluster.yaml exited; is the cluster up (make cluster-up)?" >&2; exit 1; }; \
+		$(PY) -c "import socket, sys; sys.exit(socket.socket().connect_ex(('127.0.0.1', 8265)))" && break; \
+		sleep 1; \
+	done; \
 	$(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --working-dir . \
-		--runtime-env-json '{"excludes": $(JOB_EXCLUDES), "env_vars": {"MLFLOW_TRACKING_URI": "$(MLFLOW_TRACKING_URI)"}}' \
+		--runtime-env-json '{"excludes": $(JOB_EXCLUDES), "env_vars": {"MLFLOW_TRACKING_URI": "$(MLFLOW_TRACKING_URI)", "VISUAL_DPO_GIT_COMMIT": "$(GIT_COMMIT)"}}' \
 		-- python -m pipelines run $(MODALITY) --train $(TRAIN) --eval $(EVAL) $(ARGS)
 else
 	$(VENV)/bin/ray job submit --address $(RAY_ADDRESS) --working-dir . \
-		--runtime-env-json '{"excludes": $(JOB_EXCLUDES), "env_vars": {"MLFLOW_TRACKING_URI": "$(MLFLOW_TRACKING_URI)"}}' \
+		--runtime-env-json '{"excludes": $(JOB_EXCLUDES), "env_vars": {"MLFLOW_TRACKING_URI": "$(MLFLOW_TRACKING_URI)", "VISUAL_DPO_GIT_COMMIT": "$(GIT_COMMIT)"}}' \
 		-- python -m pipelines run $(MODALITY) --train $(TRAIN) --eval $(EVAL) $(ARGS)
 endif
 

@@ -35,7 +35,7 @@ RUN_EPILOG = """main config keys (key=value anywhere on the line, or a YAML file
   train.epochs=3 train.batch_size=32 train.lr=1e-3 train.workers=1 train.use_gpu=auto
   ties=drop                     Pick-a-Pic ties: drop (counted) or soft (target 0.5)
   gate.min_delta=0.02           promotion gate against the champion
-  (every key with its default: README, "Configuration")
+  (every key with its default: README, "The CLI")
 
 example:
   visual-dpo run image --train data/sample/train --eval data/sample/eval --epochs 4 \\

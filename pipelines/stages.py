@@ -141,6 +141,7 @@ def register(name: str, gate: GateConfig, scorer: TrainedScorer, report: EvalRep
         mlflow.log_metric("eval/champion_accuracy", float(champion_correct.mean()))
     info = models.log_scorer(scorer, example_item(eval_path, scorer.spec.video), name)
     version = str(info.registered_model_version)
+    mlflow.log_metrics(report.metrics, model_id=info.model_id)  # the model's own eval metrics
     decision = decide(version, correct_vector(report.scores), champion, champion_correct, gate)
     aliases = models.apply_decision(name, decision)
     mlflow.set_tags({"promotion.promoted": str(decision.promote).lower(),

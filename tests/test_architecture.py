@@ -72,6 +72,9 @@ def test_importing_components_changes_no_process_wide_setting():
     code = """
 import logging, os, sys
 from PIL import Image
+# Third-party libraries have import-time effects of their own (MLflow sets a telemetry
+# variable): import them first, so what is compared is what components adds.
+import av, mlflow.pyfunc, numpy, pandas, pyarrow, ray.data, torch, torchvision
 state = lambda: (Image.MAX_IMAGE_PIXELS, dict(os.environ), list(logging.root.handlers),
                  logging.root.level, sorted(k for k in sys.modules if k.startswith("matplotlib")))
 before = state()

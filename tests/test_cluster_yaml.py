@@ -20,7 +20,13 @@ def test_cluster_yaml_is_valid_and_keeps_training_off_the_head():
     types = cfg["available_node_types"]
     assert types[cfg["head_node_type"]]["resources"] == {"CPU": 0}
     assert "GPU" in " ".join(types) or any("gpu" in t for t in types)
-    assert any("pip install" in c and "visual-dpo" in c for c in cfg["setup_commands"])
+    # The image (./Dockerfile) has Ray, torch and the project: nodes install nothing at boot,
+    # and the launcher runs that image, not a stock Ray one (tests/test_manifests.py checks the
+    # tag is the Dockerfile's).
+    boot = [c for key in ("initialization_commands", "setup_commands", "head_setup_commands",
+                          "worker_setup_commands") for c in cfg.get(key, [])]
+    assert not [c for c in boot if "pip install" in c or "conda install" in c], boot
+    assert not cfg["docker"]["image"].startswith("rayproject/"), cfg["docker"]["image"]
 
 
 def test_a_misspelled_key_is_rejected():

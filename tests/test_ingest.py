@@ -6,13 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.data.contract import DataError, resolve_shards
-from components.data.ingest import (
-    RowCounts,
-    check_quarantine,
-    prepare,
-    usable_pairs,
-    write_quarantine,
-)
+from components.data.ingest import prepare, usable_pairs
+from components.data.quarantine import RowCounts, check_quarantine, write_quarantine
 from components.media.spec import MediaSpec
 from tests.conftest import photo_bytes
 

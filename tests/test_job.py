@@ -108,9 +108,11 @@ def test_workflow_runs_as_a_ray_job_logging_to_a_tracking_server(ray_head, mlflo
         f"--output-dir {tmp_path / 'out'} --model-name job-scorer --experiment job "
         "data.image_size=32 train.batch_size=16"
     )
+    commit = "0123456789abcdef0123456789abcdef01234567"  # what `make submit` passes in
     job_id = client.submit_job(
         entrypoint=entrypoint,
-        runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES},
+        runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES,
+                     "env_vars": {"VISUAL_DPO_GIT_COMMIT": commit}},
     )
     deadline = time.time() + 600
     status = None
@@ -127,6 +129,12 @@ def test_workflow_runs_as_a_ray_job_logging_to_a_tracking_server(ray_head, mlflo
     mlf = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     run = mlf.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
+    # The working dir has no .git: the commit came in explicitly, under MLflow's own tag.
+    assert run.data.tags["mlflow.source.git.commit"] == commit and "git.commit" not in run.data.tags
+    # What a person watching the job sees: where the run is, each step, each epoch.
+    assert f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in logs
+    assert "step prepare: started" in logs and "step register: finished in" in logs
+    assert "epoch 1/1  loss " in logs and " pairs/s  ETA 0 s" in logs
     assert mlf.get_metric_history(summary["run_id"], "train/loss")  # from the Ray worker, over HTTP
     assert "config.yaml" in {a.path for a in mlf.list_artifacts(summary["run_id"])}
     assert str(mlf.get_model_version_by_alias("job-scorer", "champion").version) == "1"

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from ..config import DataConfig, PreprocessConfig
 from ..media.image import DecodeError
 from ..media.spec import MediaSpec
+from .quarantine import RowCounts, check_quarantine, write_quarantine
 from .contract import (
     OK,
     QUARANTINED,
@@ -59,26 +60,6 @@ FRAME_LIST_SCHEMA = CANONICAL_SCHEMA.set(2, pa.field("chosen", pa.list_(pa.binar
     3, pa.field("rejected", pa.list_(pa.binary())))
 PAIR_COLUMNS = ["chosen_px", "rejected_px", "target", "margin", "weight"]
 CONSISTENCY_COLUMNS = ["chosen_c", "rejected_c"]  # video only
-
-
-@dataclass
-class RowCounts:
-    """rows read = used + quarantined + excluded, per dataset."""
-
-    read: int = 0
-    used: int = 0
-    quarantined: int = 0
-    excluded: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "read": self.read,
-            "used": self.used,
-            "quarantined": self.quarantined,
-            "excluded": self.excluded,
-            "reasons": dict(self.reasons),
-        }
 
 
 @dataclass
@@ -290,29 +271,6 @@ def consistency_stats(meta: pa.Table) -> dict[str, dict[str, float]]:
                    "rejected_mean_c": float(c_r[m].mean()),
                    "chosen_more_consistent": float((c_c[m] > c_r[m]).mean())}
     return out
-
-
-def write_quarantine(prepared: list[PreparedData], path: str) -> int:
-    """All quarantined rows of the given datasets -> one Parquet file; returns the count."""
-    cols = ["pair_id", "prompt", "shard", "row", "split", "reason", "meta"]
-    tables = []
-    for p in prepared:
-        d = pads.dataset(p.path, format="parquet")
-        tables.append(d.to_table(columns=cols, filter=pc.field("status") == QUARANTINED))
-    table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in cols})
-    pq.write_table(table, path)
-    return table.num_rows
-
-
-def check_quarantine(counts: dict[str, RowCounts], max_fraction: float) -> None:
-    for split, c in counts.items():
-        if c.read and c.quarantined / c.read > max_fraction:
-            raise DataError(
-                f"{split} data: {c.quarantined} of {c.read} rows quarantined "
-                f"({c.quarantined / c.read:.1%}), over data.max_quarantine_fraction="
-                f"{max_fraction}. Reasons: {json.dumps(c.reasons)}. See quarantine.parquet "
-                "for the rows; fix the data or raise the limit."
-            )
 
 
 def pair_columns(prepared_path: str) -> list[str]:

@@ -107,8 +107,9 @@ def encode_video(frames: np.ndarray, fmt: str = "mp4", fps: int = 8) -> bytes:
     """uint8 ``(T, H, W, 3)`` RGB frames -> encoded bytes.
 
     ``fmt``: "mp4" (libx264, else mpeg4), "webm" (libvpx-vp9, else libvpx) or "gif" (palette
-    per frame). MP4 and WebM use yuv420p, so H and W must be even. Encoders run single-threaded
-    so the bytes are reproducible.
+    per frame). MP4 and WebM use yuv420p, so H and W must be even. The bytes are reproducible:
+    encoders run single-threaded, x264 without macroblock-tree and muxers in bitexact mode
+    (see the comments below).
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -120,7 +121,15 @@ def encode_video(frames: np.ndarray, fmt: str = "mp4", fps: int = 8) -> bytes:
         raise ValueError(f"{fmt} uses yuv420p: height and width must be even, got {h}x{w}")
     if fmt == "mp4":
         codec = _encoder("libx264", "mpeg4")
-        options = {"crf": "18", "preset": "veryfast", "threads": "1"} if codec == "libx264" else {}
+        # mbtree=0: x264's AVX-512 macroblock-tree kernel (mbtree_propagate_list) handles 8
+        # macroblocks per step with no tail, so when the width is not a multiple of 128 px the
+        # lanes past the end of a row (uninitialised memory) add to the costs. On an AVX-512
+        # CPU the same frames then give different bytes from call to call (threads=1 does not
+        # help). Without macroblock-tree the bytes are the same at every x86 SIMD level.
+        options = (
+            {"crf": "18", "preset": "veryfast", "threads": "1", "mbtree": "0"}
+            if codec == "libx264" else {}
+        )
         pix_fmt, container_fmt = "yuv420p", "mp4"
     elif fmt == "webm":
         codec = _encoder("libvpx-vp9", "libvpx")
@@ -132,7 +141,9 @@ def encode_video(frames: np.ndarray, fmt: str = "mp4", fps: int = 8) -> bytes:
         raise ValueError(f"fmt must be mp4, webm or gif, got {fmt!r}")
 
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format=container_fmt) as container:
+    # fflags=+bitexact: the Matroska/WebM muxer otherwise writes random segment and track UIDs
+    # (and muxers tag their library version), so the container bytes would differ per call.
+    with av.open(buf, mode="w", format=container_fmt, options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         stream.codec_context.thread_count = 1

@@ -40,6 +40,8 @@ class ScorerModel(PythonModel):
     def load_context(self, context: Any) -> None:
         scorer = read_scorer(context.artifacts["scorer"])
         self.spec = scorer.spec
+        if self.spec.video:  # import the decoder now, from the code this model shipped with
+            from ..media import video  # noqa: F401
         self.model_name = scorer.model_name
         self.temporal_weight = scorer.temporal_weight
         self.model = build_scorer(scorer.model_name)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import mlflow
 
 from ..config import RunConfig, dump_yaml, flatten, to_dict
 from ..data.contract import Shard, fingerprint
 from ..runtime.pinning import CpuPlan
-from .runs import git_commit, log_json_artifact, log_params_flat
+from .runs import log_json_artifact, log_params_flat
+
+GIT_COMMIT_ENV = "VISUAL_DPO_GIT_COMMIT"
+"""Set by ``make submit`` to the commit of the submitted working dir (it ships without .git)."""
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,8 @@ def record_run(cfg: RunConfig, train_shards: list[Shard], eval_shards: list[Shar
     flat = {k: str(v)[:6000] for k, v in flatten(to_dict(cfg)).items()}
     flat.update(plan.to_params())
     run = mlflow.active_run()
-    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+    recorded = mlflow.MlflowClient().get_run(run.info.run_id).data
+    existing, run_tags = recorded.params, recorded.tags
     changed = sorted(k for k, v in flat.items() if k in existing and existing[k] != v)
     log_params_flat({k: v for k, v in flat.items() if k not in existing})
     if changed:
@@ -52,9 +57,11 @@ def record_run(cfg: RunConfig, train_shards: list[Shard], eval_shards: list[Shar
     }
     if eval_shards:
         tags["data.eval.fingerprint"] = fingerprint(eval_shards)
-    commit = git_commit()
-    if commit:
-        tags["git.commit"] = commit
+    # MLflow records mlflow.source.git.commit itself when the entry point is in a git
+    # checkout; a Ray job's working dir has no .git, so `make submit` passes the commit in.
+    commit = os.environ.get(GIT_COMMIT_ENV)
+    if commit and "mlflow.source.git.commit" not in run_tags:
+        tags["mlflow.source.git.commit"] = commit
     mlflow.set_tags(tags)
     mlflow.log_text(dump_yaml(cfg), "config.yaml")
     log_json_artifact(

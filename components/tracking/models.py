@@ -97,6 +97,10 @@ def log_scorer(scorer: TrainedScorer, example: bytes, registered_model_name: str
             )
         finally:
             sys.path.remove(d)
+            # The copy imported while logging lives in this temporary directory: forget it, so
+            # a later import (another log, or loading a model) finds a directory that exists.
+            for mod in [m for m in sys.modules if m.split(".")[0] == SHIPPED_PACKAGE]:
+                del sys.modules[mod]
     if registered_model_name and info.registered_model_version is not None:
         MlflowClient().set_model_version_tag(registered_model_name,
                                              str(info.registered_model_version),

@@ -1,0 +1,35 @@
+# The image that cluster.yaml (docker.image) and deploy/raycronjob.yaml (every container) run:
+# Ray's own GPU image with this project and its pinned dependencies installed, so no node
+# pip-installs torch at boot.
+#
+#   docker build -t ghcr.io/my-org/visual-dpo:0.1.0 . && docker push ghcr.io/my-org/visual-dpo:0.1.0
+#
+# The Ray version in FROM is the one pyproject pins (ray[...]==2.60.*) and raycronjob's
+# rayVersion; the tag below is the one both manifests name and the version is pyproject's.
+# tests/test_manifests.py checks that they agree.
+FROM rayproject/ray:2.60.0-py311-gpu
+
+LABEL org.opencontainers.image.ref.name="ghcr.io/my-org/visual-dpo:0.1.0" \
+      org.opencontainers.image.title="visual-dpo" \
+      org.opencontainers.image.version="0.1.0"
+
+# Dependencies first, read from pyproject (the pins plus the `gpu` extra: NVML for MLflow's GPU
+# metrics), in their own layer: a code change does not reinstall torch (several GB). Ray 2.60.0
+# is already in the base image and satisfies the pin.
+COPY --chown=ray:users pyproject.toml /tmp/visual-dpo/pyproject.toml
+RUN python -c "import tomllib; p = tomllib.load(open('/tmp/visual-dpo/pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p.get('optional-dependencies', {}).get('gpu', [])))" \
+        > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# The project itself (a regular install, not editable), then no source copy is left behind:
+# `python -m pipelines` and `visual-dpo` import the installed package from any directory.
+COPY --chown=ray:users . /tmp/visual-dpo
+RUN pip install --no-cache-dir --no-deps --force-reinstall /tmp/visual-dpo \
+    && rm -rf /tmp/visual-dpo \
+    && cd / && python -c "import ray; assert ray.__version__.startswith('2.60.'), ray.__version__" \
+    && python -m pipelines --help > /dev/null && visual-dpo --help > /dev/null
+
+# No ENTRYPOINT: the Ray cluster launcher starts this image as `docker run ... IMAGE bash` and
+# KubeRay sets each container's command to `ray start ...`; an ENTRYPOINT would break both.
+# Jobs name their command: `python -m pipelines run image|video ...`.
