@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from components.config import LossConfig, load_config  # noqa: E402
-from components.data.contract import resolve_shards  # noqa: E402
+from components.datasets.contract import resolve_shards  # noqa: E402
 from components.media.spec import MediaSpec  # noqa: E402
 from components.training.models import build_scorer  # noqa: E402
 from components.training.step import train_step  # noqa: E402
@@ -97,7 +97,7 @@ def single_process_rate(train_dir: str, spec: MediaSpec) -> float:
 
 def stage_s(train_dir: str, spec: MediaSpec, actors: int) -> tuple[float, int]:
     """Seconds to stream every decoded pair of ``train_dir`` through the decode stage."""
-    from components.data.ingest import decode_stage
+    from components.datasets.ingest import decode_stage
 
     t0 = time.perf_counter()
     ds, _ = decode_stage(resolve_shards([train_dir]), layout="canonical", spec=spec,
@@ -108,7 +108,7 @@ def stage_s(train_dir: str, spec: MediaSpec, actors: int) -> tuple[float, int]:
 
 
 def ray_decode_s(train_dir: str, spec: MediaSpec, actors: int, out: str) -> tuple[float, int]:
-    from components.data.ingest import prepare
+    from components.datasets.ingest import prepare
 
     p = prepare(resolve_shards([train_dir]), out, layout="canonical", spec=spec,
                 decode_actors=actors, cpus_per_actor=1, batch_size=32, eval_fraction=None,
@@ -174,7 +174,7 @@ def plain_rate(prepared: str, model: str, batch: int, threads: int, epochs: int)
 
 
 def pipeline_bench(name: str, case: dict, prepared: str, batch: int, epochs: int, tmp: str) -> dict:
-    from components.data.ingest import usable_pairs
+    from components.datasets.ingest import usable_pairs
     from components.training.trainer import fit
     from components.training.worker import WorkerSpec
 
@@ -245,7 +245,7 @@ def memory_child(pairs: int, tmp: str) -> dict:
 
     ensure_ray()
     t_prep, n = ray_decode_s(train, spec_of(case), 1, os.path.join(tmp, f"mem-{pairs}-p"))
-    from components.data.ingest import usable_pairs
+    from components.datasets.ingest import usable_pairs
     from components.training.trainer import fit
     from components.training.worker import WorkerSpec
 

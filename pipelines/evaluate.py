@@ -13,7 +13,7 @@ from typing import Any
 import mlflow
 
 from components.config import RunConfig
-from components.data.contract import plan_reads, resolve_shards
+from components.datasets.contract import plan_reads, resolve_shards
 from components.runtime.cluster import ensure_ray
 from components.runtime.pinning import plan_for_run
 from components.tracking import models, runs

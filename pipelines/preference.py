@@ -18,8 +18,8 @@ from typing import Any
 import mlflow
 
 from components.config import LossConfig, RunConfig, flatten, to_dict
-from components.data.contract import Shard, fingerprint, plan_reads, resolve_shards
-from components.data.ingest import PreparedSplits
+from components.datasets.contract import Shard, fingerprint, plan_reads, resolve_shards
+from components.datasets.ingest import PreparedSplits
 from components.evaluation.metrics import EvalReport
 from components.media.spec import MediaSpec
 from components.registry.gate import CHAMPION

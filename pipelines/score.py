@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from components.config import RunConfig
-from components.data.contract import resolve_shards
+from components.datasets.contract import resolve_shards
 from components.evaluation.batch_scoring import check_candidates, score_candidates
 from components.runtime.cluster import ensure_ray
 from components.tracking import models, runs

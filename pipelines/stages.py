@@ -12,8 +12,8 @@ from typing import Any
 import mlflow
 
 from components.config import EvalConfig, GateConfig, LossConfig, RunConfig
-from components.data.contract import Shard
-from components.data.ingest import (
+from components.datasets.contract import Shard
+from components.datasets.ingest import (
     PreparedSplits,
     example_item,
     pair_columns,

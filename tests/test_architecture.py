@@ -20,7 +20,7 @@ COMPONENTS = ROOT / "components"
 # without Ray).
 PURE = ["config.py", "media/", "training/models.py", "training/losses.py", "training/step.py",
         "evaluation/metrics.py", "registry/gate.py", "registry/scorer_files.py",
-        "data/contract.py", "runtime/pinning.py", "sample/"]
+        "datasets/contract.py", "runtime/pinning.py", "sample/"]
 # MLflow lives in pipelines/ and the tracking layer; the pyfunc class subclasses PythonModel.
 MLFLOW_ALLOWED = ["tracking/", "registry/pyfunc.py"]
 
@@ -79,7 +79,7 @@ state = lambda: (Image.MAX_IMAGE_PIXELS, dict(os.environ), list(logging.root.han
                  logging.root.level, sorted(k for k in sys.modules if k.startswith("matplotlib")))
 before = state()
 import components.media.spec, components.media.video, components.registry.pyfunc
-import components.evaluation.figures, components.data.ingest, components.training.worker
+import components.evaluation.figures, components.datasets.ingest, components.training.worker
 assert state() == before, (before, state())
 print("ok")
 """
@@ -132,3 +132,22 @@ def test_model_requirements_come_from_pyproject(requirement):
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     pin = next(d for d in declared if d.split("=")[0] == requirement)
     assert pin in pip_requirements(video=True)
+
+
+def test_no_source_file_is_left_out_of_git_or_a_job_upload():
+    """A folder name that .gitignore or the job excludes match (``data/`` did) would drop
+    code from a clone or from a Ray job's working dir without any error."""
+    import json
+    import re
+
+    from ray._private.thirdparty.pathspec import PathSpec
+
+    sources = [p.relative_to(ROOT).as_posix()
+               for d in ("components", "pipelines") for p in (ROOT / d).rglob("*.py")
+               if "__pycache__" not in p.parts]
+    makefile = (ROOT / "Makefile").read_text()
+    excludes = json.loads(re.search(r"^JOB_EXCLUDES = (\[.*\])$", makefile, re.M).group(1))
+    patterns = excludes + (ROOT / ".gitignore").read_text().splitlines()
+    spec = PathSpec.from_lines("gitwildmatch", patterns)
+    assert [s for s in sources if spec.match_file(s)] == []
+    assert len(sources) > 30

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.data.contract import (
+from components.datasets.contract import (
     DataError,
     canonical_rows,
     detect_layout,

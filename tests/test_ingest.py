@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.data.contract import DataError, resolve_shards
-from components.data.ingest import prepare, usable_pairs
-from components.data.quarantine import RowCounts, check_quarantine, write_quarantine
+from components.datasets.contract import DataError, resolve_shards
+from components.datasets.ingest import prepare, usable_pairs
+from components.datasets.quarantine import RowCounts, check_quarantine, write_quarantine
 from components.media.spec import MediaSpec
 from tests.conftest import photo_bytes
 

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..data.contract import OK, QUARANTINED, DataError, Shard, row_group_units
+from ..datasets.contract import OK, QUARANTINED, DataError, Shard, row_group_units
 from ..media.image import DecodeError
 from ..media.spec import MediaSpec
 from ..registry.scorer_files import TrainedScorer

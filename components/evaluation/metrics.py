@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from ..config import LossConfig
-from ..data.contract import split_of
+from ..datasets.contract import split_of
 from ..training.losses import configured_loss
 
 ECE_BINS = 10

@@ -17,7 +17,7 @@ import uuid
 
 from mlflow import MlflowClient
 
-from ..data.contract import Shard
+from ..datasets.contract import Shard
 
 
 class LeaseHeld(RuntimeError):

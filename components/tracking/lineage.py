@@ -9,7 +9,7 @@ import os
 import mlflow
 
 from ..config import RunConfig, dump_yaml, flatten, to_dict
-from ..data.contract import Shard, fingerprint
+from ..datasets.contract import Shard, fingerprint
 from ..runtime.pinning import CpuPlan
 from .runs import log_json_artifact, log_params_flat
 

@@ -25,14 +25,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ..config import DataConfig, PreprocessConfig
 from ..media.image import DecodeError
 from ..media.spec import MediaSpec
-from .quarantine import RowCounts, check_quarantine, write_quarantine
 from .contract import (
     OK,
     QUARANTINED,
@@ -42,6 +40,7 @@ from .contract import (
     canonical_rows,
     plan_reads,
 )
+from .quarantine import RowCounts, check_quarantine, write_quarantine
 
 log = logging.getLogger(__name__)
 
