@@ -24,6 +24,7 @@ from components.tracking.steps import StepFailed
 # that had nothing to do is not a failure for Ray Jobs or KubeRay); 1 failed; 2 invalid
 # command line or config.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_NOTHING_NEW = 4  # only with --check: exit 0 means there is new data (like grep)
 
 RUN_EPILOG = """main config keys (key=value anywhere on the line, or a YAML file with --config):
   data.image_size=64            decoded size S (images S x S, clip frames too)
@@ -65,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_ID", help="resume this parent run: skip finished steps")
     run.add_argument("--incremental", action="store_true", default=None,
                      help="train on new shards only, warm-started from the champion")
+    run.add_argument("--check", action="store_true",
+                     help="with --incremental: only tell whether there are new shards (no Ray, "
+                     "no training); exit 0 if there are, 4 if not, e.g. "
+                     "'visual-dpo run ... --incremental --check && ray job submit ...'")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
                      "else sqlite:///mlflow.db)")
     run.add_argument("--output-dir", help="where prepared data, quarantine and checkpoints go")
@@ -168,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         a.overrides = [*a.overrides, *unknown]
     if a.command == "score" and a.top_k is not None and not a.group_by:
         parser.error("--top-k needs --group-by (best K per group)")
+    if a.command == "run" and a.check and not a.incremental:
+        parser.error("--check needs --incremental (it asks whether there are new shards)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.command == "sample-data":
         if a.modality == "video":
@@ -207,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from pipelines.preference import run_preference
 
-            summary = run_preference(cfg)
+            summary = run_preference(cfg, check_only=a.check)
     except LeaseHeld as e:
         _emit({"status": "skipped", "reason": str(e)}, a.summary)
         return EXIT_OK
@@ -219,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         _emit(failed, a.summary)
         return EXIT_FAILED
     _emit(summary, a.summary)
+    if a.command == "run" and a.check and summary["status"] == "nothing-new":
+        return EXIT_NOTHING_NEW
     return EXIT_OK
 
 

@@ -53,7 +53,10 @@ def resolve_inputs(cfg: RunConfig) -> RunInputs:
                      plan_for_run(cfg.preprocess, cfg.train))
 
 
-def run_preference(cfg: RunConfig) -> dict[str, Any]:
+def run_preference(cfg: RunConfig, check_only: bool = False) -> dict[str, Any]:
+    """Run the workflow; with ``check_only`` (``--incremental --check``) only say whether
+    there are new shards: no lease, no Ray, no run (what a scheduler asks before it starts a
+    cluster)."""
     t0 = time.perf_counter()
     uri = runs.resolve_tracking_uri(cfg.tracking.tracking_uri)
     runs.check_reachable(uri)
@@ -65,6 +68,12 @@ def run_preference(cfg: RunConfig) -> dict[str, Any]:
     name = cfg.tracking.model_name
     key = lease.lease_key(cfg.modality, name)
     client = mlflow.MlflowClient()
+    if check_only:
+        consumed = lease.consumed_shards(client, experiment_id, cfg.modality, name)
+        new = lease.new_shards(inputs.train, consumed)
+        return {"status": "new-data" if new else "nothing-new", "model_name": name,
+                "experiment": cfg.tracking.experiment, "shards_seen": len(inputs.train),
+                "new_shards": [s.uri for s in new], "wall_s": round(time.perf_counter() - t0, 1)}
     token = lease.acquire_lease(client, experiment_id, key, cfg.lease_ttl_s)
     try:
         consumed = lease.consumed_shards(client, experiment_id, cfg.modality, name)

@@ -74,6 +74,8 @@ def test_incremental_runs_train_on_new_shards_only(ray_cluster, sample_dir, tmp_
 
     rc, b = _main(args, tmp_path, capsys, "b")
     assert rc == 0 and b["status"] == "nothing-new"
+    rc, chk = _main([*args, "--check"], tmp_path, capsys, "check-b")  # the scheduler's question
+    assert rc == 4 and chk["status"] == "nothing-new" and chk["new_shards"] == []
     client = MlflowClient(tracking_uri, tracking_uri)
     exp = client.get_experiment_by_name("image-dpo").experiment_id
     parents = [r for r in client.search_runs([exp]) if "mlflow.parentRunId" not in r.data.tags]
@@ -82,6 +84,9 @@ def test_incremental_runs_train_on_new_shards_only(ray_cluster, sample_dir, tmp_
     # New data arrives. With loss.type=dpo the champion is the frozen reference (scores
     # precomputed by Ray Data) and the start point; the gate judges the result against it.
     shutil.copy(second, incoming / second.name)
+    rc, chk = _main([*args, "--check"], tmp_path, capsys, "check-c")
+    assert rc == 0 and chk["status"] == "new-data"
+    assert [u.rsplit("/", 1)[1] for u in chk["new_shards"]] == [second.name]
     rc, c = _main([*args, "loss.type=dpo", "loss.beta=0.5"], tmp_path, capsys, "c")
     assert rc == 0 and c["model_version"] == "2", c
     assert c["rows"]["train"]["read"] == pq.ParquetFile(second).metadata.num_rows  # only the new shard

@@ -63,6 +63,12 @@ def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tra
         a.path for a in client.list_artifacts(s["run_id"], "data")}
     assert {"config.yaml", "data/quarantine.parquet", "data/report.json", "promotion.json"} <= artifacts
     assert json.loads(client.get_model_version("image-scorer", "1").tags["promotion"])["promote"] is True
+    # The eval metrics are linked to the logged model; system metrics were recorded.
+    version = client.get_model_version("image-scorer", "1")
+    linked = {m.key: m.value for m in client.get_logged_model(version.model_id).metrics or []}
+    assert linked["eval/accuracy"] == pytest.approx(s["metrics"]["eval/accuracy"])
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), run.data.metrics
+    assert version.tags["weights_sha256"] and len(version.tags["weights_sha256"]) == 64
 
     # CPU pinning (preprocess.pin_cpus=auto): each process reported the cores it pinned
     # itself to; the plan is in the params; with >= 2 cores the sets are disjoint.

@@ -187,6 +187,45 @@ def _fail_once_for_tests(epoch: int, rank: int) -> None:
         raise RuntimeError(f"injected failure at epoch {epoch} (test fault hook)")
 
 
+def _setup(spec: WorkerSpec, device: torch.device):
+    """Model (restored, compiled, wrapped in DDP, channels_last on CUDA), optimiser and
+    progress of this worker."""
+    import ray.train
+    import ray.train.torch
+
+    t = spec.train
+    model = build_scorer(spec.model_name)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            optimizer_state, progress = restore(model, d, spec.init_state)
+    else:
+        optimizer_state, progress = restore(model, None, spec.init_state)
+    if t.compile:
+        model = torch.compile(model)
+    model = ray.train.torch.prepare_model(model)
+    if device.type == "cuda":
+        video = spec.modality == "video"
+        model = model.to(memory_format=torch.channels_last_3d if video else torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    return model, optimizer, progress
+
+
+def _report(metrics: dict[str, float], model, optimizer, progress: Progress, spec: WorkerSpec,
+            rank: int, world: int) -> None:
+    """Report the epoch to Ray Train, with a checkpoint written by rank 0."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = None
+        if rank == 0:
+            save_checkpoint(d, model, optimizer, progress, spec)
+            ckpt = ray.train.Checkpoint.from_directory(d)
+        ray.train.report({**metrics, "step": progress.step, "world_size": world}, checkpoint=ckpt)
+
+
 def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
     """Ray Train's per-worker function; ``config = {"spec": WorkerSpec}``."""
     import ray.train
@@ -204,23 +243,7 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
     pinned = pin_role(spec.pinning, "train", ctx.get_local_rank(), spec.pinning_report_dir)
     torch.set_num_threads(len(pinned["planned"]) or max(1, int(t.cpus_per_worker)))
     device = ray.train.torch.get_device()
-
-    model = build_scorer(spec.model_name)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            optimizer_state, progress = restore(model, d, spec.init_state)
-    else:
-        optimizer_state, progress = restore(model, None, spec.init_state)
-    if t.compile:
-        model = torch.compile(model)
-    model = ray.train.torch.prepare_model(model)
-    if device.type == "cuda":
-        video = spec.modality == "video"
-        model = model.to(memory_format=torch.channels_last_3d if video else torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+    model, optimizer, progress = _setup(spec, device)
 
     metrics_log = None
     if rank == 0 and spec.mlflow_run_id:
@@ -244,17 +267,10 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
             local_shuffle_seed=t.seed + epoch,
         )
         sums = run_epoch(model, optimizer, batches, spec.loss, device, progress, on_step)
-        total = _all_reduce_sum(sums.values.clone()).cpu()
-        metrics = epoch_metrics(sums, total, world, epoch)
+        metrics = epoch_metrics(sums, _all_reduce_sum(sums.values.clone()).cpu(), world, epoch)
         progress.epoch = epoch + 1
         if rank == 0:  # one line per epoch on the driver's terminal (Ray forwards worker stdout)
             print(progress_line(metrics, progress.epoch, t.epochs), flush=True)
         if metrics_log is not None:
             metrics_log.log(metrics, progress.step)
-        with tempfile.TemporaryDirectory() as d:
-            ckpt = None
-            if rank == 0:
-                save_checkpoint(d, model, optimizer, progress, spec)
-                ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report({**metrics, "step": progress.step, "world_size": world},
-                             checkpoint=ckpt)
+        _report(metrics, model, optimizer, progress, spec, rank, world)
