@@ -17,6 +17,7 @@ from typing import Any
 
 from components.config import ConfigError, load_config
 from components.tracking.lease import LeaseHeld
+from components.tracking.redaction import RedactingFilter, redact
 from components.tracking.steps import StepFailed
 
 # Exit codes for schedulers: 0 ok, nothing new, or skipped because another run of the same
@@ -97,7 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--model", required=True, help="model URI, e.g. models:/image-scorer@champion")
     sc.add_argument("--input", required=True,
                     help="candidate Parquet: binary 'image' (or 'video') column + ids")
-    sc.add_argument("--output", required=True, help="output directory of Parquet files")
+    sc.add_argument("--output", required=True,
+                    help="output directory of Parquet files (refused if it holds other data)")
+    sc.add_argument("--overwrite", action="store_true",
+                    help="replace --output even if something else wrote it")
     sc.add_argument("--group-by", help="rank within groups of this column (1 = best)")
     sc.add_argument("--top-k", type=int, help="with --group-by: keep the best K per group")
     sc.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
@@ -154,7 +158,7 @@ def _cli_overrides(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _emit(summary: dict[str, Any], path: str | None) -> None:
-    line = json.dumps(summary, sort_keys=True, default=str)
+    line = redact(json.dumps(summary, sort_keys=True, default=str))
     if path:
         with open(path, "w") as f:
             f.write(line + "\n")
@@ -176,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "run" and a.check and not a.incremental:
         parser.error("--check needs --incremental (it asks whether there are new shards)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # this process is ours: no secret in a log line
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
     if a.command == "sample-data":
         if a.modality == "video":
             from components.sample.videos import write_video_pairs
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError([f"modality: the config says {cfg.modality!r} but the command is "
                                f"'run {a.modality}'; drop the key or run {cfg.modality}"])
     except ConfigError as e:
-        print(str(e), file=sys.stderr)
+        print(redact(str(e)), file=sys.stderr)
         _emit({"status": "failed", "reason": str(e).replace("\n", " ")}, a.summary)
         return EXIT_USAGE
 
@@ -210,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         elif a.command == "score":
             from pipelines.score import run_score
 
-            summary = run_score(cfg, a.model, a.input, a.output, a.group_by, a.top_k)
+            summary = run_score(cfg, a.model, a.input, a.output, a.group_by, a.top_k,
+                                a.overwrite)
         else:
             from pipelines.preference import run_preference
 
@@ -219,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         _emit({"status": "skipped", "reason": str(e)}, a.summary)
         return EXIT_OK
     except Exception as e:  # every failure ends as one line of JSON and a non-zero exit
-        traceback.print_exc()
+        print(redact(traceback.format_exc()), file=sys.stderr)
         failed = {"status": "failed", "reason": f"{type(e).__name__}: {e}".replace("\n", " ")}
         if isinstance(e, StepFailed):
             failed.update(failed_step=e.step, run_id=e.run_id)

@@ -11,14 +11,16 @@ from typing import Any
 
 from components.config import RunConfig
 from components.datasets.contract import resolve_shards
-from components.evaluation.batch_scoring import check_candidates, score_candidates
+from components.evaluation.batch_scoring import check_candidates, check_output, score_candidates
 from components.runtime.cluster import ensure_ray
 from components.tracking import models, runs
 
 
 def run_score(cfg: RunConfig, model_uri: str, input_path: str, output: str,
-              group_by: str | None, top_k: int | None) -> dict[str, Any]:
+              group_by: str | None, top_k: int | None, overwrite: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
+    output = os.path.abspath(output)
+    check_output(output, overwrite)
     uri = runs.resolve_tracking_uri(cfg.tracking.tracking_uri)
     runs.check_reachable(uri)
     shards = resolve_shards([input_path])
@@ -26,7 +28,6 @@ def run_score(cfg: RunConfig, model_uri: str, input_path: str, output: str,
     scorer = models.load_scorer(models.pin_model_uri(model_uri))  # decode as it was trained
     check_candidates(shards, scorer.spec, group_by)  # footers: fails before Ray starts
     ensure_ray()
-    output = os.path.abspath(output)
     quarantine = output.rstrip("/") + ".quarantine.parquet"
     counts = score_candidates(
         shards, output, quarantine, scorer=scorer,

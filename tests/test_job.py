@@ -102,9 +102,13 @@ def test_workflow_runs_as_a_ray_job_logging_to_a_tracking_server(ray_head, mlflo
     from ray.job_submission import JobStatus
 
     client, _, _ = ray_head
+    # Basic-auth credentials in the tracking URI (the server ignores them): the run works and
+    # the password is recorded nowhere.
+    password = "s3cr3t-" + os.urandom(4).hex()
+    with_credentials = mlflow_server.replace("http://", f"http://alice:{password}@")
     entrypoint = (
         f"{sys.executable} -m pipelines run image --train {sample_dir / 'train'} "
-        f"--eval {sample_dir / 'eval'} --epochs 1 --tracking-uri {mlflow_server} "
+        f"--eval {sample_dir / 'eval'} --epochs 1 --tracking-uri {with_credentials} "
         f"--output-dir {tmp_path / 'out'} --model-name job-scorer --experiment job "
         "data.image_size=32 train.batch_size=16"
     )
@@ -123,6 +127,7 @@ def test_workflow_runs_as_a_ray_job_logging_to_a_tracking_server(ray_head, mlflo
         time.sleep(3)
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs[-5000:]
+    assert password not in logs
     summary = json.loads([ln for ln in logs.strip().splitlines() if ln.startswith("{")][-1])
     assert summary["status"] == "ok" and summary["model_version"] == "1"
 
@@ -132,7 +137,11 @@ def test_workflow_runs_as_a_ray_job_logging_to_a_tracking_server(ray_head, mlflo
     # The working dir has no .git: the commit came in explicitly, under MLflow's own tag.
     assert run.data.tags["mlflow.source.git.commit"] == commit and "git.commit" not in run.data.tags
     # What a person watching the job sees: where the run is, each step, each epoch.
-    assert f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in logs
+    shown = mlflow_server.replace("http://", "http://alice:***@")
+    assert f"{shown}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in logs
+    assert summary["tracking_uri"] == shown and run.data.params["tracking.tracking_uri"] == shown
+    config = mlf.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    assert password not in Path(config).read_text() + json.dumps(run.data.params)
     assert "step prepare: started" in logs and "step register: finished in" in logs
     assert "epoch 1/1  loss " in logs and " pairs/s  ETA 0 s" in logs
     assert mlf.get_metric_history(summary["run_id"], "train/loss")  # from the Ray worker, over HTTP

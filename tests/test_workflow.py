@@ -112,7 +112,7 @@ def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tra
     capsys.readouterr()
     sc = json.loads((tmp_path / "sc.json").read_text())
     assert rc == 0, sc
-    assert sc["rows"] == {"read": 73, "scored": 72, "quarantined": 1}
+    assert sc["rows"] == {"read": 73, "scored": 72, "quarantined": 1, "written": 72}
     out = pq.read_table(tmp_path / "scored").to_pandas()
     assert len(out) == 72 and {"group", "kind", "score", "rank"} <= set(out.columns)
     assert "image" not in out.columns
@@ -120,6 +120,24 @@ def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tra
     assert len(best) == 24 and (best["kind"] == "clean").mean() > 0.5
     q = pq.read_table(sc["quarantine"]).to_pandas()
     assert list(q["group"]) == ["broken"] and "not a decodable image" in q["reason"][0]
+    # Outputs never destroy data: a directory score did not write is refused (before any
+    # work), kept intact, and replaced only with --overwrite; its own output is replaced.
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    score = ["score", "--model", "models:/image-scorer@champion", "--input", str(candidates),
+             "--tracking-uri", tracking_uri, "--summary", str(tmp_path / "sc2.json")]
+    rc = main([*score, "--output", str(precious)])
+    capsys.readouterr()
+    refused = json.loads((tmp_path / "sc2.json").read_text())
+    assert rc == 1 and "--overwrite" in refused["reason"]
+    assert (precious / "notes.txt").read_text() == "keep me"
+    rc = main([*score, "--output", str(tmp_path / "scored"), "--group-by", "group",
+               "--top-k", "1"])
+    capsys.readouterr()
+    again = json.loads((tmp_path / "sc2.json").read_text())
+    assert rc == 0 and again["rows"] == {"read": 73, "scored": 72, "quarantined": 1,
+                                         "written": 24}
 
     # The evaluation pictures, and the evaluate command on the same data: the same accuracy.
     pictures = {a.path for a in client.list_artifacts(s["run_id"], "eval")}

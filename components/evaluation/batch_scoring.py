@@ -25,6 +25,12 @@ from ..media.image import DecodeError
 from ..media.spec import MediaSpec
 from ..registry.scorer_files import TrainedScorer
 
+OUTPUT_MARKER = "_visual_dpo_score"  # "_" prefix: Parquet readers skip it
+
+
+class OutputExists(ValueError):
+    """The output path holds data that score did not write."""
+
 
 def _read_candidates(batch: dict[str, np.ndarray], units: list) -> Iterator[pa.Table]:
     for i in batch["unit"]:
@@ -146,11 +152,29 @@ def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *,
     pq.write_table(pa.Table.from_pandas(bad.drop(columns=["_status", "score"]), preserve_index=False),
                    quarantine_path)
     good = scored.filter(expr=col("_status") == OK).drop_columns(["_status", "_reason", "_shard", "_row"])
+    n_scored = good.count()
+    if n_scored + len(bad) != total:  # nothing is lost: every row read is scored or quarantined
+        raise RuntimeError(f"scoring read {total} rows but scored {n_scored} and quarantined "
+                           f"{len(bad)}: rows were lost")
     if group_by:
         good = good.groupby(group_by).map_groups(_rank, fn_kwargs={"top_k": top_k},
                                                  batch_format="pandas")
     shutil.rmtree(output, ignore_errors=True)
     os.makedirs(output)
+    with open(os.path.join(output, OUTPUT_MARKER), "w") as f:
+        f.write("written by visual-dpo score; a later score may replace this directory\n")
     good.write_parquet(output)
     written = pq.ParquetDataset(output).read(columns=["score"]).num_rows
-    return {"read": total, "scored": written, "quarantined": len(bad)}
+    return {"read": total, "scored": n_scored, "quarantined": len(bad), "written": written}
+
+
+def check_output(output: str, overwrite: bool) -> None:
+    """Refuse to replace a directory (or file) that ``score`` did not write, unless told to."""
+    if not os.path.exists(output):
+        return
+    if os.path.isdir(output) and (overwrite or not os.listdir(output)
+                                  or os.path.exists(os.path.join(output, OUTPUT_MARKER))):
+        return
+    raise OutputExists(
+        f"--output {output} exists and was not written by visual-dpo score; it would be "
+        "deleted. Choose another --output, empty it, or pass --overwrite to replace it.")

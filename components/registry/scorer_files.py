@@ -48,13 +48,18 @@ def write_scorer(directory: str, scorer: TrainedScorer) -> str:
     return digest
 
 
-def read_scorer(directory: str, source: str = "") -> TrainedScorer:
+def read_scorer(directory: str, source: str = "", expected_sha256: str | None = None) -> TrainedScorer:
     """Read a directory ``write_scorer`` wrote; raises when the weights are not the ones
-    whose hash was recorded."""
+    whose hash was recorded (in ``scorer.json``, and ``expected_sha256`` when the caller has
+    it from elsewhere, e.g. the registry's version tag)."""
     with open(os.path.join(directory, META)) as f:
         meta = json.load(f)
     weights = os.path.join(directory, WEIGHTS)
-    expected = meta.get("weights_sha256")
+    expected = expected_sha256 or meta.get("weights_sha256")
+    if expected_sha256 and meta.get("weights_sha256") not in (None, expected_sha256):
+        raise ValueError(f"{directory}: {META} records weights {meta.get('weights_sha256')} but "
+                         f"the registry recorded {expected_sha256}; the files were replaced. "
+                         "Re-register the model from its training run.")
     if expected and _sha256(weights) != expected:
         raise ValueError(f"{weights}: SHA-256 differs from the one recorded at training "
                          f"({expected}); the weights were replaced or damaged. Re-download "

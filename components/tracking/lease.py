@@ -18,6 +18,7 @@ import uuid
 from mlflow import MlflowClient
 
 from ..datasets.contract import Shard
+from .redaction import redact
 
 
 class LeaseHeld(RuntimeError):
@@ -78,4 +79,5 @@ def consumed_shards(client: MlflowClient, experiment_id: str, workflow: str,
 
 
 def new_shards(shards: list[Shard], consumed: set[tuple[str, int, int]]) -> list[Shard]:
-    return [s for s in shards if (s.uri, s.size, s.mtime_ns) not in consumed]
+    # Recorded URIs are redacted (data/shards.json): compare like with like.
+    return [s for s in shards if (redact(s.uri), s.size, s.mtime_ns) not in consumed]

@@ -11,6 +11,7 @@ import mlflow
 from ..config import RunConfig, dump_yaml, flatten, to_dict
 from ..datasets.contract import Shard, fingerprint
 from ..runtime.pinning import CpuPlan
+from .redaction import redact
 from .runs import log_json_artifact, log_params_flat
 
 GIT_COMMIT_ENV = "VISUAL_DPO_GIT_COMMIT"
@@ -29,7 +30,7 @@ def _dataset_input(specs: list[str], shards: list[Shard], name: str, context: st
     # digest = the shard fingerprint (URIs + sizes + mtimes).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        source = resolve_dataset_source(specs[0])
+        source = resolve_dataset_source(redact(specs[0]))
     ds = MetaDataset(source=source, name=name, digest=fingerprint(shards))
     mlflow.log_input(ds, context=context)
 
@@ -39,7 +40,7 @@ def record_run(cfg: RunConfig, train_shards: list[Shard], eval_shards: list[Shar
     """Params, tags and lineage of the active run. On a resumed run, params that already
     exist keep their first value (MLflow params are immutable); changed keys are listed in
     the tag ``visual_dpo.config_changes`` and the new resolved config replaces config.yaml."""
-    flat = {k: str(v)[:6000] for k, v in flatten(to_dict(cfg)).items()}
+    flat = {k: redact(str(v))[:6000] for k, v in flatten(to_dict(cfg)).items()}
     flat.update(plan.to_params())
     run = mlflow.active_run()
     recorded = mlflow.MlflowClient().get_run(run.info.run_id).data
@@ -63,7 +64,7 @@ def record_run(cfg: RunConfig, train_shards: list[Shard], eval_shards: list[Shar
     if commit and "mlflow.source.git.commit" not in run_tags:
         tags["mlflow.source.git.commit"] = commit
     mlflow.set_tags(tags)
-    mlflow.log_text(dump_yaml(cfg), "config.yaml")
+    mlflow.log_text(redact(dump_yaml(cfg)), "config.yaml")
     log_json_artifact(
         {
             "train": [{"uri": s.uri, "size": s.size, "mtime_ns": s.mtime_ns} for s in train_shards],

@@ -119,7 +119,17 @@ def load_scorer(uri: str) -> TrainedScorer:
         path = os.path.join(local, conf["scorer"]["path"])
         if os.path.isfile(path):  # models logged before scorer/ was a directory
             return _read_legacy(path, os.path.join(local, conf["weights"]["path"]), uri)
-        return read_scorer(path, source=uri)
+        return read_scorer(path, source=uri, expected_sha256=_registered_sha256(uri))
+
+
+def _registered_sha256(uri: str) -> str | None:
+    """The weights hash the registry holds for ``models:/NAME/VERSION`` (None otherwise)."""
+    if not uri.startswith("models:/") or "@" in uri:
+        return None
+    name, _, version = uri[len("models:/"):].partition("/")
+    if not version.isdigit():
+        return None
+    return MlflowClient().get_model_version(name, version).tags.get("weights_sha256")
 
 
 def _read_legacy(meta_path: str, weights_path: str, uri: str) -> TrainedScorer:

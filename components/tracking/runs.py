@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
 import mlflow
+
+from .redaction import redact, redact_tree
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -36,15 +39,28 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail in seconds, before Ray or training starts, when a tracking server is unreachable."""
     if not uri.startswith(("http://", "https://")):
         return
-    url = uri.rstrip("/") + "/health"
+    parts = urllib.parse.urlsplit(uri)
+    headers = {}
+    if parts.username is not None:  # basic auth in the URI: a header, not part of the URL
+        raw = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(raw.encode()).decode()
+        parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+    url = urllib.parse.urlunsplit(parts).rstrip("/") + "/health"
+    shown = redact(uri)
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=timeout_s) as r:
             if r.status != 200:
-                raise TrackingError(f"MLflow tracking server {uri} answered {r.status} on /health")
+                raise TrackingError(f"MLflow tracking server {shown} answered {r.status} on /health")
+    except urllib.error.HTTPError as e:
+        raise TrackingError(
+            f"MLflow tracking server {shown} answered {e.code} on /health"
+            + (": check the user and password" if e.code in (401, 403) else "")
+        ) from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
         raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({e}); start it, or pass another "
-            "--tracking-uri / MLFLOW_TRACKING_URI"
+            f"MLflow tracking server {shown} is unreachable ({redact(str(e))}); start it, or "
+            "pass another --tracking-uri / MLFLOW_TRACKING_URI"
         ) from None
 
 
@@ -72,11 +88,11 @@ class MetricsLogger:
 
 def log_params_flat(flat: dict[str, Any]) -> None:
     # MLflow caps a param value at 6000 characters; shard lists can be long.
-    mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
+    mlflow.log_params({k: redact(str(v))[:6000] for k, v in flat.items()})
 
 
 def log_json_artifact(obj: Any, name: str) -> None:
-    mlflow.log_text(json.dumps(obj, indent=2, sort_keys=True, default=str), name)
+    mlflow.log_text(json.dumps(redact_tree(obj), indent=2, sort_keys=True, default=str), name)
 
 
 def find_parent_run(experiment_id: str, resume: str, run_name: str, workflow: str) -> str | None:
@@ -127,6 +143,3 @@ def announce(run, uri: str) -> None:
           flush=True)
 
 
-def redact(uri: str) -> str:
-    """``scheme://user:secret@host`` -> ``scheme://user:***@host`` for printing."""
-    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", uri)
