@@ -54,6 +54,11 @@ class VideoConfig:
     max_frames: int = 20_000
     """Limits checked from the container header before a full decode (and while decoding);
     a clip over one is quarantined. Per-frame resolution uses ``data.max_pixels``."""
+    max_decoded_pixels: int = 5_000_000_000
+    """Budget of frames x width x height one clip may decode (uniform sampling decodes every
+    frame). 5e9 = 2,400 frames of 1080p (80 s at 30 fps) or 600 of 4K; FFmpeg decodes H.264
+    at ~0.5e9 pixels/s on one core, so ~10 s, well inside ``data.decode_timeout_s``. Checked
+    from the declared frame count before decoding and frame by frame while decoding."""
     decoder_threads: int = 1
     """FFmpeg threads per preprocessing actor."""
 
@@ -71,6 +76,10 @@ class DataConfig:
     """Share of pair_ids hashed into the eval split when no eval shards are given."""
     max_pixels: int = 40_000_000
     """Images whose header declares more pixels are quarantined before full decode."""
+    decode_timeout_s: float = 30.0
+    """Wall-clock deadline of one image or clip decode; past it the row is quarantined. A
+    backstop for hostile input: the limits above bound legitimate work far below it, and it is
+    checked between steps (frames, packets, image strips), so one step can overrun it."""
     max_quarantine_fraction: float = 0.1
     """The run fails when more than this share of a dataset's rows is quarantined."""
     video: VideoConfig = field(default_factory=VideoConfig)
@@ -153,6 +162,12 @@ class GateConfig:
     min_delta: float = 0.02
     confidence: float = 0.95
     bootstrap_samples: int = 2000
+    min_accuracy: float = 0.55
+    """No version below this eval accuracy becomes champion, the first one included (0.5 is
+    chance on strict pairs)."""
+    wait_s: float = 600.0
+    """How long a register step waits for another run's register step (one at a time per
+    model name, so the champion it compares with is the one it replaces)."""
 
 
 @dataclass
@@ -172,8 +187,8 @@ class RunConfig:
     output_dir: str = "outputs"
     incremental: bool = False
     """Train only on shards no finished run of this workflow and model name consumed, warm-
-    started from the champion; a lease keeps two scheduled runs from overlapping."""
-    lease_ttl_s: float = 6 * 3600.0
+    started from the champion; a lease (a Ray named actor) keeps two scheduled runs on one
+    cluster from overlapping."""
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -302,6 +317,8 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
     if d.max_pixels > PILLOW_MAX_PIXELS:
         p.append(f"data.max_pixels: {d.max_pixels} is over Pillow's decompression-bomb limit "
                  f"{PILLOW_MAX_PIXELS}, which stays on; use at most that")
+    if not d.decode_timeout_s > 0:
+        p.append(f"data.decode_timeout_s: {d.decode_timeout_s} must be > 0 seconds")
     if not 0.0 <= d.max_quarantine_fraction <= 1.0:
         p.append("data.max_quarantine_fraction: must be in [0, 1]")
     pp = cfg.preprocess
@@ -329,8 +346,9 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
             p.append("data.video.fps: must be >= 0 (0 = uniform over the clip)")
         if v.pad not in PAD_POLICIES:
             p.append(f"data.video.pad: {v.pad!r} is not one of {', '.join(PAD_POLICIES)}")
-        if v.max_bytes < 1 or v.max_duration_s <= 0 or v.max_frames < 1:
-            p.append("data.video.max_bytes, max_duration_s, max_frames: must be > 0")
+        if v.max_bytes < 1 or v.max_duration_s <= 0 or v.max_frames < 1 or v.max_decoded_pixels < 1:
+            p.append("data.video.max_bytes, max_duration_s, max_frames, max_decoded_pixels: "
+                     "must be > 0")
         if v.decoder_threads < 1:
             p.append("data.video.decoder_threads: must be >= 1")
     elif lo.temporal_weight != 0:
@@ -367,10 +385,12 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
         p.append("gate.min_delta: must be >= 0")
     if g.bootstrap_samples < 100:
         p.append("gate.bootstrap_samples: use at least 100")
+    if not 0.0 <= g.min_accuracy <= 1.0:
+        p.append(f"gate.min_accuracy: {g.min_accuracy} must be in [0, 1]")
+    if g.wait_s < 0:
+        p.append("gate.wait_s: must be >= 0 seconds")
     if cfg.tracking.resume and cfg.incremental:
         p.append("--resume and --incremental do not go together: resume the incremental run by id")
-    if cfg.lease_ttl_s <= 0:
-        p.append("lease_ttl_s: must be > 0 seconds")
     if not cfg.tracking.model_name:
         p.append("tracking.model_name: must not be empty")
     return p

@@ -16,7 +16,7 @@ import traceback
 from typing import Any
 
 from components.config import ConfigError, load_config
-from components.tracking.lease import LeaseHeld
+from components.runtime.locks import LeaseHeld
 from components.tracking.redaction import RedactingFilter, redact
 from components.tracking.steps import StepFailed
 

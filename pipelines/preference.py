@@ -24,10 +24,10 @@ from components.evaluation.metrics import EvalReport
 from components.media.spec import MediaSpec
 from components.registry.gate import CHAMPION
 from components.registry.scorer_files import TrainedScorer
+from components.runtime import locks
 from components.runtime.cluster import cluster_resources, ensure_ray
 from components.runtime.pinning import CpuPlan, plan_for_run
-from components.tracking import lease, models, runs
-from components.tracking.lineage import record_run
+from components.tracking import lineage, models, runs
 from components.tracking.steps import Workflow, digest
 from components.training.trainer import TrainOutcome
 from pipelines import stages
@@ -66,18 +66,18 @@ def run_preference(cfg: RunConfig, check_only: bool = False) -> dict[str, Any]:
         return _run(cfg, cfg.loss, uri, experiment_id, inputs, None, t0)
 
     name = cfg.tracking.model_name
-    key = lease.lease_key(cfg.modality, name)
     client = mlflow.MlflowClient()
     if check_only:
-        consumed = lease.consumed_shards(client, experiment_id, cfg.modality, name)
-        new = lease.new_shards(inputs.train, consumed)
+        consumed = lineage.consumed_shards(client, experiment_id, cfg.modality, name)
+        new = lineage.new_shards(inputs.train, consumed)
         return {"status": "new-data" if new else "nothing-new", "model_name": name,
                 "experiment": cfg.tracking.experiment, "shards_seen": len(inputs.train),
                 "new_shards": [s.uri for s in new], "wall_s": round(time.perf_counter() - t0, 1)}
-    token = lease.acquire_lease(client, experiment_id, key, cfg.lease_ttl_s)
+    ensure_ray()  # the lease is a Ray named actor owned by this driver
+    lease = locks.try_acquire(locks.schedule_lease_name(cfg.modality, name))
     try:
-        consumed = lease.consumed_shards(client, experiment_id, cfg.modality, name)
-        new = lease.new_shards(inputs.train, consumed)
+        consumed = lineage.consumed_shards(client, experiment_id, cfg.modality, name)
+        new = lineage.new_shards(inputs.train, consumed)
         if not new:
             return {"status": "nothing-new", "experiment": cfg.tracking.experiment,
                     "model_name": name, "shards_seen": len(inputs.train),
@@ -87,7 +87,10 @@ def run_preference(cfg: RunConfig, check_only: bool = False) -> dict[str, Any]:
         return _run(cfg, stages.with_reference(cfg.loss, warm), uri, experiment_id, inputs,
                     warm, t0)
     finally:
-        lease.release_lease(client, experiment_id, key, token)
+        try:
+            lease.release()
+        except Exception as e:  # noqa: BLE001 - never hide the run's own error; it ends with us
+            log.warning("could not release %s: %s", lease.name, e)
 
 
 def _run(cfg: RunConfig, loss: LossConfig, uri: str, experiment_id: str, inputs: RunInputs,
@@ -103,7 +106,7 @@ def _run(cfg: RunConfig, loss: LossConfig, uri: str, experiment_id: str, inputs:
         run_id = run.info.run_id
         runs.announce(run, uri)
         run_dir = runs.run_dir_of(run, cfg.output_dir, cfg.tracking.run_name)
-        record_run(cfg, inputs.train, inputs.eval, inputs.plan, cluster_resources())
+        lineage.record_run(cfg, inputs.train, inputs.eval, inputs.plan, cluster_resources())
         wf = Workflow(mlflow.MlflowClient(), run_id)
         flat = flatten(to_dict(cfg))
         prepare_in = {"data": {k: v for k, v in flat.items()
@@ -137,7 +140,7 @@ def _run(cfg: RunConfig, loss: LossConfig, uri: str, experiment_id: str, inputs:
                          EvalReport.from_record)
         registered = wf.step("register", {"upstream": digest(eval_in), "gate": to_dict(cfg.gate)},
                              lambda: stages.register(cfg.tracking.model_name, cfg.gate, scorer,
-                                                     report, data.eval_path),
+                                                     report, data.eval_path, run_id),
                              dict, dict, once=True)  # never registers twice for one parent run
         return {
             "status": "ok",

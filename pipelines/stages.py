@@ -26,6 +26,7 @@ from components.evaluation.pair_scoring import score_dataset
 from components.media.spec import MediaSpec
 from components.registry.gate import correct_vector, decide
 from components.registry.scorer_files import TrainedScorer
+from components.runtime import locks
 from components.runtime.pinning import CpuPlan
 from components.tracking import models
 from components.training.reference import add_reference_scores, initial_scorer, reference_dataset
@@ -127,23 +128,43 @@ def log_report(report: EvalReport, eval_path: str, worst_pairs: int) -> None:
 
 
 def register(name: str, gate: GateConfig, scorer: TrainedScorer, report: EvalReport,
-             eval_path: str) -> dict[str, Any]:
-    """Log and register the trained scorer; gate it against the champion on the same eval data
-    (evaluated before anything is registered: a failure here moves no alias)."""
-    champion = models.current_champion(name)
-    champion_correct = None
-    if champion is not None:
-        champ = models.load_scorer(f"models:/{name}/{champion}")
-        scores = score_dataset(usable_pairs(eval_path, "eval", with_ids=True), champ)
-        if list(scores["pair_id"]) != list(report.scores["pair_id"]):
-            raise RuntimeError("champion and challenger were scored on different eval pairs")
-        champion_correct = correct_vector(scores)
-        mlflow.log_metric("eval/champion_accuracy", float(champion_correct.mean()))
-    info = models.log_scorer(scorer, example_item(eval_path, scorer.spec.video), name)
-    version = str(info.registered_model_version)
-    mlflow.log_metrics(report.metrics, model_id=info.model_id)  # the model's own eval metrics
-    decision = decide(version, correct_vector(report.scores), champion, champion_correct, gate)
-    aliases = models.apply_decision(name, decision)
+             eval_path: str, run_id: str) -> dict[str, Any]:
+    """Log and register the trained scorer (once per parent run: a resumed step reuses its
+    version); gate it against the champion on the same eval data. One register step at a time
+    per model name (a Ray named-actor lock), and the champion is re-read before the aliases
+    move, so the comparison is with the version it replaces. A failure before the aliases move
+    moves none."""
+    lock = locks.acquire(locks.promotion_lock_name(name), wait_s=gate.wait_s)
+    try:
+        version = models.version_of_run(name, run_id)
+        for _ in range(3):
+            champion = models.current_champion(name)
+            compared_with = None if champion == version else champion
+            champion_correct = None
+            if compared_with is not None:
+                champ = models.load_scorer(f"models:/{name}/{compared_with}")
+                scores = score_dataset(usable_pairs(eval_path, "eval", with_ids=True), champ)
+                if list(scores["pair_id"]) != list(report.scores["pair_id"]):
+                    raise RuntimeError("champion and challenger were scored on different eval pairs")
+                champion_correct = correct_vector(scores)
+                mlflow.log_metric("eval/champion_accuracy", float(champion_correct.mean()))
+            if version is None:
+                info = models.log_scorer(scorer, example_item(eval_path, scorer.spec.video), name)
+                version = str(info.registered_model_version)
+                mlflow.log_metrics(report.metrics, model_id=info.model_id)  # the model's own
+            decision = decide(version, correct_vector(report.scores), compared_with,
+                              champion_correct, gate)
+            if models.current_champion(name) == champion:  # unchanged since compared
+                break
+            log.warning("the champion of %s moved during the comparison; comparing again", name)
+        else:
+            raise RuntimeError(f"the champion of {name} kept moving; not promoting")
+        aliases = models.apply_decision(name, decision)
+    finally:
+        try:
+            lock.release()
+        except Exception as e:  # noqa: BLE001 - the lock ends with this driver anyway
+            log.warning("could not release %s: %s", lock.name, e)
     mlflow.set_tags({"promotion.promoted": str(decision.promote).lower(),
                      "promotion.decision": json.dumps(decision.as_dict())})
     mlflow.log_dict(decision.as_dict(), "promotion.json")

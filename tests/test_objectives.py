@@ -4,7 +4,6 @@ Hand-computed: logsigmoid(2) = -0.126928, logsigmoid(-2) = -2.126928, log 2 = 0.
 """
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.config import LossConfig
+from components.config import GateConfig, LossConfig
 from components.evaluation.metrics import (
     evaluation_report,
     expected_calibration_error,
@@ -138,7 +137,7 @@ def test_evaluation_report_counts_ties_and_slices():
     assert m["eval/slice/src/x/accuracy"] == 0.5 and m["eval/slice/src/y/accuracy"] == 1.0
 
 
-GATE = SimpleNamespace(min_delta=0.02, confidence=0.95, bootstrap_samples=2000)
+GATE = GateConfig(min_delta=0.02, confidence=0.95, bootstrap_samples=2000, min_accuracy=0.55)
 
 
 def test_gate_promotes_a_better_challenger_and_not_a_worse_one():
@@ -146,15 +145,26 @@ def test_gate_promotes_a_better_challenger_and_not_a_worse_one():
     champ = (rng.random(400) < 0.7).astype(float)
     better = np.where(rng.random(400) < 0.5, 1.0, champ)  # strictly more right answers
     worse = np.where(rng.random(400) < 0.5, 0.0, champ)
-    d = decide("2", better, "1", champ, GATE)
+    gate = GateConfig(min_accuracy=0.0)  # the bootstrap rule alone (the floor: next test)
+    d = decide("2", better, "1", champ, gate)
     assert d.promote and d.difference > 0 and d.ci_low > -0.02
-    d = decide("3", worse, "1", champ, GATE)
+    d = decide("3", worse, "1", champ, gate)
     assert not d.promote and d.difference < 0
     assert "paired-bootstrap" in d.rule and d.pairs == 400
-    same = decide("4", champ.copy(), "1", champ, GATE)
+    same = decide("4", champ.copy(), "1", champ, gate)
     assert not same.promote  # equal is not better
-    first = decide("1", champ, None, None, GATE)
+    first = decide("1", champ, None, None, gate)
     assert first.promote and first.rule == "no champion yet"
+
+
+def test_no_version_below_the_accuracy_floor_is_promoted_not_even_the_first():
+    chance = np.array([1.0, 0.0] * 50)  # 0.5: what a model that learned nothing gets
+    first = decide("1", chance, None, None, GATE)
+    assert not first.promote and "gate.min_accuracy=0.55" in first.rule
+    zero = decide("1", np.zeros(40), None, None, GATE)
+    assert not zero.promote
+    champ = np.zeros(100)
+    assert not decide("2", chance, "1", champ, GATE).promote  # better, but still below
 
 
 def test_paired_bootstrap_interval_contains_the_difference():

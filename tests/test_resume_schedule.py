@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from components.tracking.lease import LeaseHeld, acquire_lease, lease_key, release_lease
+from components.runtime import locks
 from pipelines.__main__ import main
 
 FAST = ["data.image_size=32", "train.batch_size=16"]
@@ -110,19 +110,19 @@ def test_incremental_runs_train_on_new_shards_only(ray_cluster, sample_dir, tmp_
         shards = json.load(f)
     assert [s["uri"].rsplit("/", 1)[1] for s in shards["train"]] == [second.name]
     assert client.get_run(c["run_id"]).data.params["train.epochs"] == "1"
-    assert lease_key("image", "image-scorer") not in client.get_experiment(exp).tags  # released
+    assert locks.holder_of(locks.schedule_lease_name("image", "image-scorer")) is None  # released
 
 
-def test_the_lease_blocks_a_second_run_until_released_or_expired(sample_dir, tmp_path, tracking_uri, capsys):
-    client = MlflowClient(tracking_uri, tracking_uri)
-    exp = client.create_experiment("image-dpo")
-    key = lease_key("image", "image-scorer")
-    token = acquire_lease(client, exp, key, ttl_s=3600)
-    with pytest.raises(LeaseHeld, match="another run holds the lease"):
-        acquire_lease(client, exp, key, ttl_s=3600)
-    rc, s = _main(["--train", str(sample_dir / "train"), "--incremental", "--tracking-uri", tracking_uri],
-                  tmp_path, capsys, "blocked")
-    assert rc == 0 and s["status"] == "skipped" and "lease" in s["reason"]
-    release_lease(client, exp, key, token)
-    expired = acquire_lease(client, exp, key, ttl_s=-1)  # a crashed holder's lease...
-    assert acquire_lease(client, exp, key, ttl_s=3600) != expired  # ...is taken over
+@pytest.mark.slow
+def test_a_scheduled_run_finds_the_lease_held_and_skips(ray_cluster, sample_dir, tmp_path, tracking_uri, capsys):
+    """Another driver holds the lease (here: this one): the run exits 0 with "skipped" (a
+    SUCCEEDED job for Ray and KubeRay), before any work."""
+    lease = locks.try_acquire(locks.schedule_lease_name("image", "image-scorer"))
+    try:
+        rc, s = _main(["--train", str(sample_dir / "train"), "--incremental",
+                       "--tracking-uri", tracking_uri], tmp_path, capsys, "blocked")
+    finally:
+        lease.release()
+    assert rc == 0 and s["status"] == "skipped" and "lease:image:image-scorer" in s["reason"]
+    exp = MlflowClient(tracking_uri, tracking_uri).get_experiment_by_name("image-dpo")
+    assert MlflowClient(tracking_uri, tracking_uri).search_runs([exp.experiment_id]) == []

@@ -3,8 +3,9 @@
 The gate compares the challenger with the current champion on the same eval pairs, paired by
 pair: the accuracy difference gets a paired bootstrap confidence interval, and the challenger
 is promoted when the lower bound is above ``-gate.min_delta`` (not significantly worse) and the
-point estimate is above zero (better). With no champion, the first version is promoted. A
-failed evaluation raises before any alias moves.
+point estimate is above zero (better). With no champion, the first version is promoted if its
+accuracy reaches ``gate.min_accuracy``; below that floor no version is promoted. A failed
+evaluation raises before any alias moves.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def paired_bootstrap(new_correct: np.ndarray, old_correct: np.ndarray, samples: 
 def decide(version: str, new_correct: np.ndarray, champion_version: str | None,
            champion_correct: np.ndarray | None, gate: GateConfig) -> PromotionDecision:
     new_acc = float(np.mean(new_correct))
+    if new_acc < gate.min_accuracy:  # a floor above chance, for the first version too
+        return PromotionDecision(False, f"accuracy {new_acc:.3f} below gate.min_accuracy="
+                                 f"{gate.min_accuracy}", version, new_acc, champion_version)
     if champion_version is None or champion_correct is None:
         return PromotionDecision(True, "no champion yet", version, new_acc)
     diff, lo, hi = paired_bootstrap(new_correct, champion_correct, gate.bootstrap_samples,

@@ -1,12 +1,19 @@
-"""What every run records before it computes: config, data identity, code and cluster."""
+"""What every run records before it computes (config, data identity, code, cluster), and
+which shards finished runs consumed, so a scheduled ``--incremental`` run trains on new ones.
+
+Lineage lives in MLflow: every run logs the train shards it consumed (URI + size + mtime) as
+``data/shards.json``; a shard is new when no FINISHED run of the same workflow and model name
+consumed it with the same size and mtime."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import tempfile
 
 import mlflow
+from mlflow import MlflowClient
 
 from ..config import RunConfig, dump_yaml, flatten, to_dict
 from ..datasets.contract import Shard, fingerprint
@@ -75,3 +82,30 @@ def record_run(cfg: RunConfig, train_shards: list[Shard], eval_shards: list[Shar
     _dataset_input(cfg.data.train, train_shards, "train", "training")
     if eval_shards:
         _dataset_input(cfg.data.eval, eval_shards, "eval", "evaluation")
+
+
+def consumed_shards(client: MlflowClient, experiment_id: str, workflow: str,
+                    model_name: str) -> set[tuple[str, int, int]]:
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(f"tags.workflow = '{workflow}' and tags.model_name = '{model_name}' "
+                       "and attributes.status = 'FINISHED'"),
+    )
+    seen: set[tuple[str, int, int]] = set()
+    for r in runs:
+        if "mlflow.parentRunId" in r.data.tags:
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                path = client.download_artifacts(r.info.run_id, "data/shards.json", d)
+            except Exception:  # noqa: BLE001 - a run without lineage consumed nothing we know of
+                continue
+            with open(path) as f:
+                for s in json.load(f)["train"]:
+                    seen.add((s["uri"], int(s["size"]), int(s["mtime_ns"])))
+    return seen
+
+
+def new_shards(shards: list[Shard], consumed: set[tuple[str, int, int]]) -> list[Shard]:
+    # Recorded URIs are redacted (data/shards.json): compare like with like.
+    return [s for s in shards if (redact(s.uri), s.size, s.mtime_ns) not in consumed]

@@ -153,11 +153,29 @@ def pin_model_uri(uri: str) -> str:
     return uri
 
 
+class RegistryError(RuntimeError):
+    """The registry could not answer; never read as "no champion"."""
+
+
 def current_champion(name: str) -> str | None:
+    """The champion's version; None when the model or its alias does not exist yet. Any
+    other registry error is raised: a 5xx must not promote a version without a gate."""
     try:
         return str(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        return None  # no champion yet (or no such model)
+    except MlflowException as e:
+        missing_model = e.error_code == "RESOURCE_DOES_NOT_EXIST"
+        missing_alias = (e.error_code == "INVALID_PARAMETER_VALUE"
+                         and "alias" in str(e) and "not found" in str(e))
+        if missing_model or missing_alias:
+            return None
+        raise RegistryError(f"cannot read the champion of {name!r} from the registry: {e}") from e
+
+
+def version_of_run(name: str, run_id: str) -> str | None:
+    """The version of ``name`` that run ``run_id`` registered, if any (register is idempotent
+    per parent run: a resumed register step reuses it)."""
+    versions = MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return str(min(int(v.version) for v in versions)) if versions else None
 
 
 def apply_decision(name: str, decision: PromotionDecision) -> list[str]:
