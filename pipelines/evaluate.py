@@ -30,7 +30,7 @@ def run_evaluate(cfg: RunConfig, model_uri: str) -> dict[str, Any]:
     runs.setup(uri, cfg.tracking.experiment)
     scorer = models.load_scorer(models.pin_model_uri(model_uri))
     ensure_ray()
-    with mlflow.start_run(run_name=cfg.tracking.run_name or None, log_system_metrics=True) as run:
+    with runs.parent_run(run_name=cfg.tracking.run_name or None) as run:
         runs.announce(run, uri)
         mlflow.set_tags({"workflow": "evaluate", "model_uri": model_uri,
                          "model_uri.pinned": scorer.source})

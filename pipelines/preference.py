@@ -101,8 +101,8 @@ def _run(cfg: RunConfig, loss: LossConfig, uri: str, experiment_id: str, inputs:
     log.info("%s", inputs.plan.describe())
     for w in inputs.plan.warnings:
         log.warning("cpu pinning: %s", w)
-    with mlflow.start_run(run_id=parent, run_name=None if parent else (cfg.tracking.run_name or None),
-                          log_system_metrics=True) as run:
+    with runs.parent_run(run_id=parent,
+                         run_name=None if parent else (cfg.tracking.run_name or None)) as run:
         run_id = run.info.run_id
         runs.announce(run, uri)
         run_dir = runs.run_dir_of(run, cfg.output_dir, cfg.tracking.run_name)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import os
 import time
 import urllib.error
@@ -16,6 +18,7 @@ import mlflow
 from .redaction import redact, redact_tree
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+log = logging.getLogger(__name__)
 
 
 class TrackingError(RuntimeError):
@@ -72,18 +75,112 @@ def setup(uri: str, experiment: str) -> str:
 
 
 class MetricsLogger:
-    """Metrics of one run from a process other than the driver (rank 0 of Ray Train)."""
+    """Metrics of one run from a process other than the driver (rank 0 of Ray Train).
 
-    def __init__(self, tracking_uri: str | None, run_id: str):
+    ``log`` never blocks on the tracking server and never raises: a background thread sends
+    the metrics in batches and, while the server is unreachable, keeps them (up to
+    ``max_pending``, oldest dropped first, counted) and retries with backoff. A tracking outage
+    delays the curves; it does not stop training. ``close`` waits a bounded time for the rest.
+    """
+
+    BATCH = 1000  # MLflow's log_batch limit on metrics per call
+
+    def __init__(self, tracking_uri: str | None, run_id: str, max_pending: int = 200_000):
+        import collections
+        import threading
+
         self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
         self.run_id = run_id
+        self.max_pending = max_pending
+        self.pending: collections.deque = collections.deque()
+        self.dropped = self.sent_late = 0
+        self.failures = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._send_forever, name="mlflow-metrics",
+                                        daemon=True)
+        self._thread.start()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id,
-                              metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        with self._lock:
+            self.pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+            while len(self.pending) > self.max_pending:
+                self.pending.popleft()
+                self.dropped += 1
+        self._wake.set()
+
+    def _send_forever(self) -> None:
+        backoff = 1.0
+        while True:
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    batch = [self.pending[i] for i in range(min(self.BATCH, len(self.pending)))]
+                if not batch:
+                    break
+                try:
+                    self.client.log_batch(self.run_id, metrics=batch)
+                except Exception as e:  # noqa: BLE001 - any failure: keep them, retry later
+                    self.failures += 1
+                    if self.failures == 1 or self.failures % 10 == 0:
+                        print(f"mlflow metrics: tracking server unavailable ({type(e).__name__}); "
+                              f"{len(self.pending)} metrics kept for later", flush=True)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    if self._closing:
+                        return
+                    continue
+                with self._lock:
+                    for _ in batch:
+                        self.pending.popleft()
+                    if self.failures:
+                        self.sent_late += len(batch)
+                backoff = 1.0
+            if self._closing:
+                return
+
+    def close(self, timeout_s: float = 120.0) -> dict[str, int]:
+        """Send what is left (waiting at most ``timeout_s``); returns the counts."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < deadline and self._thread.is_alive():
+            self._wake.set()
+            time.sleep(0.2)
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+        with self._lock:
+            self.dropped += len(self.pending)
+            self.pending.clear()
+        return {"sent_late": self.sent_late, "dropped": self.dropped}
+
+
+@contextlib.contextmanager
+def parent_run(**start_run_kwargs):
+    """``mlflow.start_run`` for a workflow's parent run, ended FAILED or FINISHED without ever
+    replacing the run's own error: when the tracking server is what failed, the run stays
+    RUNNING in MLflow (resume it with ``--resume RUN_ID``) and the real cause is what the
+    caller sees."""
+    run = mlflow.start_run(log_system_metrics=True, **start_run_kwargs)
+    try:
+        yield run
+    except BaseException:
+        _end_run_quietly(run.info.run_id, "FAILED")
+        raise
+    _end_run_quietly(run.info.run_id, "FINISHED")
+
+
+def _end_run_quietly(run_id: str, status: str) -> None:
+    try:
+        mlflow.end_run(status)
+    except Exception as e:  # noqa: BLE001 - never hide the run's own outcome
+        log.warning("could not mark run %s %s in MLflow (%s: %s); it stays RUNNING there: "
+                    "resume it with --resume %s", run_id, status, type(e).__name__,
+                    redact(str(e)), run_id)
 
 
 def log_params_flat(flat: dict[str, Any]) -> None:

@@ -73,23 +73,25 @@ class Workflow:
             outputs.pop("fingerprints", None)
             self.skipped.append(name)
             return load(outputs)
-        run = self.client.create_run(
-            self.experiment_id, run_name=name,
-            tags={"mlflow.parentRunId": self.parent, STEP: name, DIGEST: d},
-        )
-        rid = run.info.run_id
-        self.client.log_text(rid, json.dumps(inputs, indent=2, sort_keys=True, default=str),
-                             "step/inputs.json")
         log.info("step %s: started", name)
         t0 = time.perf_counter()
+        rid = None
         try:
+            run = self.client.create_run(
+                self.experiment_id, run_name=name,
+                tags={"mlflow.parentRunId": self.parent, STEP: name, DIGEST: d},
+            )
+            rid = run.info.run_id
+            self.client.log_text(rid, json.dumps(inputs, indent=2, sort_keys=True, default=str),
+                                 "step/inputs.json")
             value = compute()
             outputs = save(value)
         except BaseException as e:
             log.error("step %s: failed after %.1f s: %s: %s", name, time.perf_counter() - t0,
                       type(e).__name__, e)
-            self.client.set_terminated(rid, "FAILED")
-            self.client.set_tag(self.parent, FAILED_STEP, name)
+            # Recording the failure must not replace it (the tracking server may be the cause).
+            _quietly(lambda: rid and self.client.set_terminated(rid, "FAILED"))
+            _quietly(lambda: self.client.set_tag(self.parent, FAILED_STEP, name))
             raise StepFailed(name, self.parent, e) from e
         log.info("step %s: finished in %.1f s", name, time.perf_counter() - t0)
         # Fingerprint every local output path, so a reader can tell the files were not replaced.
@@ -100,6 +102,13 @@ class Workflow:
         self.client.set_terminated(rid, "FINISHED")
         self.executed.append(name)
         return value
+
+
+def _quietly(record: Callable[[], Any]) -> None:
+    try:
+        record()
+    except Exception as e:  # noqa: BLE001 - best effort while handling another error
+        log.warning("could not record a step failure in MLflow: %s: %s", type(e).__name__, e)
 
 
 def file_fingerprint(path: str) -> str:

@@ -256,21 +256,28 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
             metrics_log.log({f"train/{k}": v.item() for k, v in m.items()}, step)
 
     shard = ray.train.get_dataset_shard("train")
-    for epoch in range(progress.epoch, t.epochs):
-        _fail_once_for_tests(epoch, rank)
-        batches = shard.iter_torch_batches(
-            batch_size=t.batch_size, dtypes=BATCH_DTYPES,
-            device="cpu",  # uint8 stays uint8 until train_step copies it (non_blocking)
-            prefetch_batches=2,
-            pin_memory=device.type == "cuda",  # page-locked host batches: async H2D copies
-            local_shuffle_buffer_size=t.batch_size * 8,
-            local_shuffle_seed=t.seed + epoch,
-        )
-        sums = run_epoch(model, optimizer, batches, spec.loss, device, progress, on_step)
-        metrics = epoch_metrics(sums, _all_reduce_sum(sums.values.clone()).cpu(), world, epoch)
-        progress.epoch = epoch + 1
-        if rank == 0:  # one line per epoch on the driver's terminal (Ray forwards worker stdout)
-            print(progress_line(metrics, progress.epoch, t.epochs), flush=True)
+    try:
+        for epoch in range(progress.epoch, t.epochs):
+            _fail_once_for_tests(epoch, rank)
+            batches = shard.iter_torch_batches(
+                batch_size=t.batch_size, dtypes=BATCH_DTYPES,
+                device="cpu",  # uint8 stays uint8 until train_step copies it (non_blocking)
+                prefetch_batches=2,
+                pin_memory=device.type == "cuda",  # page-locked host batches: async H2D copies
+                local_shuffle_buffer_size=t.batch_size * 8,
+                local_shuffle_seed=t.seed + epoch,
+            )
+            sums = run_epoch(model, optimizer, batches, spec.loss, device, progress, on_step)
+            metrics = epoch_metrics(sums, _all_reduce_sum(sums.values.clone()).cpu(), world, epoch)
+            progress.epoch = epoch + 1
+            if rank == 0:  # one line per epoch on the driver's terminal (Ray forwards worker stdout)
+                print(progress_line(metrics, progress.epoch, t.epochs), flush=True)
+            if metrics_log is not None:
+                metrics_log.log(metrics, progress.step)
+            _report(metrics, model, optimizer, progress, spec, rank, world)
+    finally:  # also when this attempt fails: what was logged before the failure is sent
         if metrics_log is not None:
-            metrics_log.log(metrics, progress.step)
-        _report(metrics, model, optimizer, progress, spec, rank, world)
+            counts = metrics_log.close()
+            if counts["sent_late"] or counts["dropped"]:
+                print(f"mlflow metrics: {counts['sent_late']} sent late, {counts['dropped']} "
+                      "dropped (the tracking server was unavailable)", flush=True)
