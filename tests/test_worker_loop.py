@@ -3,11 +3,13 @@ restore again continues exactly where it stopped."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from components.config import LossConfig, TrainConfig
 from components.training.models import build_scorer
 from components.training.worker import (
+    NonFiniteLoss,
     Progress,
     WorkerSpec,
     epoch_metrics,
@@ -73,3 +75,13 @@ def test_a_restored_checkpoint_continues_exactly(tmp_path):
     m = epoch_metrics(sums, sums.values, world=1, epoch=0)
     assert m["train/pairs_per_epoch"] == 12.0 and m["epoch"] == 1.0
     assert progress_line(m, 1, 2).startswith("epoch 1/2  loss ")
+
+
+def test_a_non_finite_loss_stops_training_naming_step_and_batch():
+    spec = WorkerSpec(train=TrainConfig(), loss=LossConfig(), model_name="seed-cnn",
+                      modality="image")
+    model, opt, progress = _fresh(spec)
+    batches = list(_batches(0))
+    batches[1]["margin"] = torch.tensor([0.0, float("inf"), 0.0, 0.0])  # one poisoned pair
+    with pytest.raises(NonFiniteLoss, match=r"optimiser step 2 \(batch 1 of epoch 1\)"):
+        run_epoch(model, opt, batches, spec.loss, torch.device("cpu"), progress)

@@ -32,6 +32,10 @@ BATCH_DTYPES = {"chosen_px": torch.uint8, "rejected_px": torch.uint8, "target": 
                 "rejected_c": torch.float32}
 
 
+class NonFiniteLoss(RuntimeError):
+    """A NaN or infinite loss: the weights are no longer usable."""
+
+
 @dataclass
 class WorkerSpec:
     """Everything a training worker needs: one object across the process boundary."""
@@ -97,7 +101,10 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     optional per-pair columns); advances ``progress.step`` and calls ``on_step(step, metrics)``
     after each optimiser step."""
     sums = EpochSums(torch.zeros(6, device=device))
-    for batch in batches:
+    # The first step with a non-finite loss, tracked on the device (no host sync per step)
+    # and checked at the end of the epoch, before anything is saved.
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    for i, batch in enumerate(batches):
         if sums.first_batch_at is None:
             sums.first_batch_at = time.perf_counter()
             sums.first_batch_pairs = batch["chosen_px"].shape[0]
@@ -110,8 +117,17 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              torch.tensor(float(n), device=device)]
         )
         progress.step += 1
+        bad = ~torch.isfinite(m["loss"]) & (first_bad < 0)
+        first_bad = torch.where(bad, torch.tensor(progress.step * 100_000 + i, device=device),
+                                first_bad)
         if on_step is not None:
             on_step(progress.step, m)
+    if int(first_bad.item()) >= 0:
+        step, batch_index = divmod(int(first_bad.item()), 100_000)
+        raise NonFiniteLoss(
+            f"the loss is not finite at optimiser step {step} (batch {batch_index} of epoch "
+            f"{progress.epoch + 1}); nothing from this epoch is saved or registered. Look for "
+            "extreme margin/weight values in the data, or lower train.lr")
     return sums
 
 
