@@ -17,6 +17,7 @@ from typing import Any
 
 from components.config import ConfigError, load_config
 from components.runtime.locks import LeaseHeld
+from components.runtime.resources import ResourcePlanError
 from components.tracking.redaction import RedactingFilter, redact
 from components.tracking.steps import StepFailed
 
@@ -223,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.preference import run_preference
 
             summary = run_preference(cfg, check_only=a.check)
+    except ResourcePlanError as e:  # the user must change a setting (or the cluster)
+        print(redact(str(e)), file=sys.stderr)
+        _emit({"status": "failed", "reason": str(e).replace("\n", " ")}, a.summary)
+        return EXIT_USAGE
     except LeaseHeld as e:
         _emit({"status": "skipped", "reason": str(e)}, a.summary)
         return EXIT_OK

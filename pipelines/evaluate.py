@@ -14,7 +14,8 @@ import mlflow
 
 from components.config import RunConfig
 from components.datasets.contract import plan_reads, resolve_shards
-from components.runtime.cluster import ensure_ray
+from components.runtime import resources
+from components.runtime.cluster import cluster_resources, ensure_ray
 from components.runtime.pinning import plan_for_run
 from components.tracking import models, runs
 from pipelines import stages
@@ -30,6 +31,7 @@ def run_evaluate(cfg: RunConfig, model_uri: str) -> dict[str, Any]:
     runs.setup(uri, cfg.tracking.experiment)
     scorer = models.load_scorer(models.pin_model_uri(model_uri))
     ensure_ray()
+    resources.check(resources.evaluate_phases(cfg.preprocess), cluster_resources())
     with runs.parent_run(run_name=cfg.tracking.run_name or None) as run:
         runs.announce(run, uri)
         mlflow.set_tags({"workflow": "evaluate", "model_uri": model_uri,

@@ -24,12 +24,12 @@ from components.evaluation.metrics import EvalReport
 from components.media.spec import MediaSpec
 from components.registry.gate import CHAMPION
 from components.registry.scorer_files import TrainedScorer
-from components.runtime import locks
+from components.runtime import locks, resources
 from components.runtime.cluster import cluster_resources, ensure_ray
 from components.runtime.pinning import CpuPlan, plan_for_run
 from components.tracking import lineage, models, runs
 from components.tracking.steps import Workflow, digest
-from components.training.trainer import TrainOutcome
+from components.training.trainer import TrainOutcome, resolve_use_gpu
 from pipelines import stages
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ def _run(cfg: RunConfig, loss: LossConfig, uri: str, experiment_id: str, inputs:
     parent = runs.find_parent_run(experiment_id, cfg.tracking.resume, cfg.tracking.run_name,
                                   cfg.modality)
     ensure_ray()
+    resources.check(resources.run_phases(cfg.preprocess, cfg.train, loss.type,
+                                         resolve_use_gpu(cfg.train)), cluster_resources())
     log.info("%s", inputs.plan.describe())
     for w in inputs.plan.warnings:
         log.warning("cpu pinning: %s", w)

@@ -12,7 +12,8 @@ from typing import Any
 from components.config import RunConfig
 from components.datasets.contract import resolve_shards
 from components.evaluation.batch_scoring import check_candidates, check_output, score_candidates
-from components.runtime.cluster import ensure_ray
+from components.runtime import resources
+from components.runtime.cluster import cluster_resources, ensure_ray
 from components.tracking import models, runs
 
 
@@ -28,6 +29,8 @@ def run_score(cfg: RunConfig, model_uri: str, input_path: str, output: str,
     scorer = models.load_scorer(models.pin_model_uri(model_uri))  # decode as it was trained
     check_candidates(shards, scorer.spec, group_by)  # footers: fails before Ray starts
     ensure_ray()
+    cluster = cluster_resources()
+    resources.check(resources.score_phases(cfg.preprocess, cluster.get("GPU", 0) >= 1), cluster)
     quarantine = output.rstrip("/") + ".quarantine.parquet"
     counts = score_candidates(
         shards, output, quarantine, scorer=scorer,

@@ -24,7 +24,7 @@ def test_worker_failure_is_retried_and_the_run_completes(ray_cluster, pickapic_d
     summary = tmp_path / "s.json"
     # Two data-parallel workers (DDP over gloo on CPU), one of them failing once.
     rc = main(["run", "image", "--train", str(pickapic_dir / "train"), "--epochs", "2",
-               "--workers", "2",
+               "--workers", "2", "train.cpus_per_worker=0.5",  # 2 x 0.5 + reads fit 2 CPUs
                "--tracking-uri", tracking_uri, "--output-dir", str(out), "--summary", str(summary),
                "data.image_size=32", "train.batch_size=16",
                "train.max_failures=1"])

@@ -24,6 +24,7 @@ from ..datasets.contract import OK, QUARANTINED, DataError, Shard, row_group_uni
 from ..media.image import DecodeError
 from ..media.spec import MediaSpec
 from ..registry.scorer_files import TrainedScorer
+from ..runtime.resources import CANDIDATE_SCORER_CPUS, READ_TASK_CPUS
 
 OUTPUT_MARKER = "_visual_dpo_score"  # "_" prefix: Parquet readers skip it
 
@@ -136,7 +137,7 @@ def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *,
     use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     ds = ray.data.from_items([{"unit": i} for i in range(len(units))])
     ds = ds.map_batches(_read_candidates, batch_size=1, batch_format="numpy",
-                        fn_kwargs={"units": units}, num_cpus=0.5)
+                        fn_kwargs={"units": units}, num_cpus=READ_TASK_CPUS)
     ds = ds.map_batches(CandidateDecoder, fn_constructor_kwargs={"spec": spec.to_dict()},
                         batch_size=batch_size, batch_format="pyarrow",
                         compute=ActorPoolStrategy(min_size=1, max_size=decode_actors),
@@ -144,7 +145,8 @@ def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *,
     ds = ds.map_batches(CandidateScorer, fn_constructor_kwargs={"scorer": scorer},
                         batch_size=batch_size,
                         batch_format="pyarrow", compute=ActorPoolStrategy(size=1),
-                        num_cpus=0 if use_gpu else 1, num_gpus=1 if use_gpu else 0)
+                        num_cpus=0 if use_gpu else CANDIDATE_SCORER_CPUS,
+                        num_gpus=1 if use_gpu else 0)
     scored = ds.materialize()  # pixels are dropped by now: ids, score and status only
 
     bad = scored.filter(expr=col("_status") == QUARANTINED).to_pandas()

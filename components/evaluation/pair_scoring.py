@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry.scorer_files import TrainedScorer
+from ..runtime.resources import SCORING_ACTOR_CPUS
 from ..training.models import build_scorer
 from ..training.step import eval_scores
 
@@ -76,7 +77,7 @@ def score_dataset(ds, scorer: TrainedScorer, batch_size: int = 64,
         fn_constructor_kwargs={"scorer": scorer, "with_prior": with_prior},
         batch_size=batch_size,
         compute=ActorPoolStrategy(size=1),
-        num_cpus=1,
+        num_cpus=SCORING_ACTOR_CPUS,
         batch_format="numpy",
     )
     df = scored.to_pandas()

@@ -15,6 +15,7 @@ import torch
 
 from ..media.spec import MediaSpec
 from ..registry.scorer_files import TrainedScorer
+from ..runtime.resources import SCORING_ACTOR_CPUS
 from .models import build_scorer
 
 
@@ -47,7 +48,7 @@ def add_reference_scores(ds, ref: TrainedScorer, out_dir: str, batch_size: int =
         fn_constructor_kwargs={"ref": ref},
         batch_size=batch_size,
         compute=ActorPoolStrategy(size=1),
-        num_cpus=1,
+        num_cpus=SCORING_ACTOR_CPUS,
         batch_format="numpy",
     )
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -1,0 +1,56 @@
+"""Every command's Ray resource plan is checked against the cluster before any work: it fits,
+or it fails at once naming the setting to change. The defaults fit a 2-CPU machine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components.config import PreprocessConfig, TrainConfig, load_config
+from components.runtime.resources import (
+    ResourcePlanError,
+    check,
+    evaluate_phases,
+    run_phases,
+    score_phases,
+)
+from pipelines.__main__ import main
+
+TWO_CPUS = {"CPU": 2.0}
+
+
+@pytest.mark.parametrize("loss_type", ["bt", "dpo"])
+def test_the_default_plans_fit_a_two_cpu_machine(loss_type):
+    cfg = load_config(None, ["data.train=x", f"loss.type={loss_type}"])
+    check(run_phases(cfg.preprocess, cfg.train, cfg.loss.type, use_gpu=False), TWO_CPUS)
+    check(evaluate_phases(cfg.preprocess), TWO_CPUS)
+    check(score_phases(cfg.preprocess, use_gpu=False), TWO_CPUS)
+
+
+def test_a_plan_that_cannot_fit_names_every_setting_to_change():
+    with pytest.raises(ResourcePlanError) as e:
+        check(run_phases(PreprocessConfig(actors=2), TrainConfig(workers=2), "bt", False),
+              TWO_CPUS)
+    text = str(e.value)
+    assert "prepare (decode actors) needs 3 CPUs" in text and "preprocess.actors" in text
+    assert "train (Ray Train workers) needs 3 CPUs" in text and "train.workers" in text
+    with pytest.raises(ResourcePlanError, match="needs 2 GPUs but the Ray cluster has 1"):
+        check(run_phases(PreprocessConfig(), TrainConfig(workers=2), "bt", True),
+              {"CPU": 16.0, "GPU": 1.0})
+    # The score command's plan used to need 2.5 CPUs (read tasks + decode + model actor).
+    check(score_phases(PreprocessConfig(), use_gpu=False), TWO_CPUS)
+    with pytest.raises(ResourcePlanError, match="preprocess.cpus_per_actor"):
+        check(score_phases(PreprocessConfig(cpus_per_actor=2), use_gpu=False), TWO_CPUS)
+
+
+@pytest.mark.slow
+def test_run_fails_at_once_on_a_plan_the_cluster_cannot_schedule(ray_cluster, sample_dir, tmp_path, tracking_uri, capsys):
+    summary = tmp_path / "s.json"
+    rc = main(["run", "image", "--train", str(sample_dir / "train"), "--tracking-uri",
+               tracking_uri, "--output-dir", str(tmp_path / "out"), "--summary", str(summary),
+               "preprocess.actors=3"])
+    capsys.readouterr()
+    s = json.loads(summary.read_text())
+    assert rc == 2 and "preprocess.actors" in s["reason"] and "cannot be scheduled" in s["reason"]
+    assert not (tmp_path / "out").exists()  # nothing ran
