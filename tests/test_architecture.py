@@ -96,13 +96,15 @@ def test_media_spec_carries_every_decode_setting_of_the_config():
 
     spec_fields = {f.name for f in dataclasses.fields(MediaSpec)}
     assert {f.name for f in dataclasses.fields(VideoConfig)} <= spec_fields
-    d = DataConfig(image_size=40, max_pixels=5000,
+    d = DataConfig(image_size=40, max_pixels=5000, decode_timeout_s=7.0,
                    video=VideoConfig(frames=5, fps=2.0, pad="loop", max_bytes=10,
                                      max_duration_s=3.0, max_frames=7, decoder_threads=2))
     spec = MediaSpec.from_config("video", d)
     assert dataclasses.asdict(spec) == {"modality": "video", "size": 40, "max_pixels": 5000,
+                                        "decode_timeout_s": d.decode_timeout_s,
                                         **dataclasses.asdict(d.video)}
-    assert MediaSpec.from_config("image", d) == MediaSpec("image", 40, 5000)
+    assert MediaSpec.from_config("image", d) == MediaSpec("image", 40, 5000,
+                                                          decode_timeout_s=d.decode_timeout_s)
 
 
 def test_an_enumeration_is_defined_once():

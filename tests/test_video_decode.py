@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
+import re
 
 import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from components.config import PAD_POLICIES
 from components.media.image import DecodeError
@@ -327,3 +329,245 @@ def test_write_video_pairs_is_deterministic(tmp_path):
     b = write_video_pairs(str(tmp_path / "b"), pairs=8, seed=3)
     for split in ("train", "eval"):
         assert pq.read_table(a[split]).equals(pq.read_table(b[split]))
+
+
+# --- hostile and broken input (issue 12) ----------------------------------------------------
+
+
+def numbered(n: int, noise: int = 0, seed: int = 0) -> np.ndarray:
+    """n frames of 64x64 whose index is written in 8 vertical stripes (bit b of i: stripe b
+    is bright), for clips longer than ``ramp`` can number. ``noise`` (+-) makes every frame
+    costly to encode, so a cut lands in the middle of the clip."""
+    rng = np.random.default_rng(seed)
+    bits = (np.arange(n)[:, None] >> np.arange(8)) & 1  # (n, 8)
+    stripes = np.where(bits, 200, 50).astype(np.int16)
+    frames = np.repeat(np.repeat(stripes[:, None, :, None], 64, axis=1), 8, axis=2)  # (n, 64, 64, 1)
+    frames = frames + rng.integers(-noise, noise + 1, (n, 64, 64, 3)) if noise else frames
+    return np.broadcast_to(frames, (n, 64, 64, 3)).clip(0, 255).astype(np.uint8)
+
+
+def numbers_of(clip: np.ndarray) -> list[int]:
+    """Frame indices of a decoded ``numbered`` clip (decoded at size 64, so unscaled)."""
+    means = clip.astype(float).mean(axis=(0, 2)).reshape(clip.shape[1], 8, 8).mean(axis=2)
+    return [int(sum(1 << b for b in range(8) if m[b] > 125)) for m in means]
+
+
+def uniform(n: int, t: int) -> list[int]:
+    return [int(i) for i in np.rint(np.linspace(0, n - 1, t))]
+
+
+def remux(data: bytes, fmt: str, tmp_path, movflags: str = "", shift: int = 0) -> bytes:
+    """The same packets in another container (``movflags=+faststart``: MP4 index first, which
+    needs a real file); ``shift`` moves the timestamps back by that many frames, so an MP4
+    edit list hides them (the header still counts them)."""
+    path = tmp_path / f"remux.{fmt}"
+    opts = {"movflags": movflags} if movflags else {}
+    with av.open(io.BytesIO(data)) as src, av.open(str(path), "w", format=fmt, options=opts) as dst:
+        stream = src.streams.video[0]
+        out = dst.add_stream_from_template(stream)
+        for packet in src.demux(stream):
+            if packet.dts is None:
+                continue
+            step = packet.duration or 0
+            packet.pts, packet.dts = packet.pts - shift * step, packet.dts - shift * step
+            packet.stream = out
+            dst.mux(packet)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def fit_calls(monkeypatch):
+    """How many frames the decoder resized and kept (every kept frame goes through _fit)."""
+    import components.media.video as video_module
+
+    calls = []
+    real = video_module._fit
+
+    def counting(frame, size):
+        calls.append(frame.pts)
+        return real(frame, size)
+
+    monkeypatch.setattr(video_module, "_fit", counting)
+    return calls
+
+
+def test_numbered_frames_round_trip():
+    clip, _ = decode_video(encode_video(numbered(12, noise=30), "webm"), 12, 64)
+    assert numbers_of(clip) == list(range(12))
+
+
+@pytest.mark.parametrize("fmt", FORMATS + ("mkv",))
+def test_uniform_sampling_keeps_t_frames_whatever_the_length(fmt, fit_calls, tmp_path):
+    """150 frames, T=8. WebM, MKV and (for FFmpeg) GIF declare no frame count: the decoder
+    used to keep all 150 resized frames until it knew n. Now it keeps T, and picks the same
+    frames as for an MP4, whose header declares n."""
+    data = encode_video(numbered(150), "mp4" if fmt == "mkv" else fmt)
+    if fmt == "mkv":
+        data = remux(data, "matroska", tmp_path)
+    clip, info = decode_video(data, 8, 64)
+    assert numbers_of(clip) == uniform(150, 8) == [0, 21, 43, 64, 85, 106, 128, 149]
+    assert info["frames_in_clip"] == 150 and info["padded"] == 0 and not info["truncated"]
+    assert len(fit_calls) == 8
+
+
+def test_a_wrong_frame_count_costs_a_second_pass_not_memory(fit_calls, tmp_path):
+    """An MP4 edit list hides the first 2 of 40 frames; the header still counts 40. The
+    first pass keeps the frames for n=40, finds 38, and decodes again for n=38."""
+    data = remux(encode_video(numbered(40), "mp4"), "mp4", tmp_path, shift=2)
+    with av.open(io.BytesIO(data)) as c:
+        assert c.streams.video[0].frames == 40
+    clip, info = decode_video(data, 5, 64)
+    assert numbers_of(clip) == [2 + i for i in uniform(38, 5)] == [2, 11, 20, 30, 39]
+    assert info["frames_in_clip"] == 38 and not info["truncated"]
+    # Pass 1 kept uniform(40, 5) = 0, 10, 20, 29 (39 is past the end); pass 2 kept 5.
+    assert len(fit_calls) == 4 + 5
+
+
+@pytest.mark.parametrize("fmt", ["webm", "mp4-faststart", "mkv"])
+def test_a_clip_cut_short_is_padded_and_says_so(fmt, tmp_path):
+    """24 frames cut at 60% of the bytes. The container still declares 24 frames' worth (a
+    count or a duration): the frames sampled for n=24 that are past the cut are padding, by
+    data.video.pad, and reject quarantines the clip."""
+    src = encode_video(numbered(24, noise=40), "webm" if fmt == "webm" else "mp4")
+    if fmt == "mp4-faststart":
+        src = remux(src, "mp4", tmp_path, movflags="+faststart")
+    elif fmt == "mkv":
+        src = remux(src, "matroska", tmp_path)
+    data = src[: len(src) * 6 // 10]
+    clip, info = decode_video(data, 8, 64, pad="repeat")
+    n = info["frames_in_clip"]
+    assert 1 <= n < 24 and info["truncated"]
+    present = [i for i in uniform(24, 8) if i < n]
+    assert numbers_of(clip) == present + [present[-1]] * (8 - len(present))
+    assert info["padded"] == 8 - len(present) > 0
+    clip, info = decode_video(data, 8, 64, pad="loop")
+    assert numbers_of(clip) == [present[i % len(present)] for i in range(8)]
+    with pytest.raises(DecodeError, match=rf"breaks off after {n} of the 24 frames .*"
+                                          r"data\.video\.pad=reject"):
+        decode_video(data, 8, 64, pad="reject")
+    # The intact file is neither truncated nor padded.
+    clip, info = decode_video(src, 8, 64, pad="reject")
+    assert numbers_of(clip) == uniform(24, 8) and not info["truncated"] and info["padded"] == 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS + ("mp4-faststart",))
+def test_any_cut_is_a_result_or_a_decode_error(fmt, tmp_path):
+    """Cutting a file anywhere never raises anything but DecodeError (an MP4 cut inside its
+    codec header used to raise AttributeError)."""
+    data = encode_video(ramp(12), fmt.split("-")[0])
+    if fmt == "mp4-faststart":
+        data = remux(data, "mp4", tmp_path, movflags="+faststart")
+    for cut in range(1, len(data), max(1, len(data) // 60)):
+        try:
+            clip, info = decode_video(data[:cut], 4, 16)
+        except DecodeError:
+            continue
+        assert clip.shape == (3, 4, 16, 16) and 1 <= info["frames_in_clip"] <= 12
+
+
+def test_the_deadline_stops_a_clip_decode():
+    for data in (encode_video(ramp(4), "mp4"), encode_video(ramp(4), "webm"),
+                 encode_video(ramp(4), "gif"), [encode_png(f) for f in ramp(4)]):
+        spec = MediaSpec("video", 16, 10**6, frames=4, decode_timeout_s=1e-9)
+        with pytest.raises(DecodeError, match=r"decode exceeded 1e-09 s \(data\.decode_timeout_s\)"):
+            decode_with_spec(data, spec)
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm"])
+def test_the_deadline_is_checked_between_frames(fmt, monkeypatch, fit_calls):
+    """A clock that moves one second per reading and a 100 s deadline: the decode (read
+    twice per frame, after counting WebM's 60 packets once each) stops part way through the
+    60 frames, saying how far it got."""
+    import components.media.image as image_module
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(image_module, "monotonic", lambda: float(next(ticks)))
+    spec = MediaSpec("video", 16, 10**6, frames=60, decode_timeout_s=100.0)
+    with pytest.raises(DecodeError, match=r"decode exceeded 100 s") as e:
+        decode_with_spec(encode_video(numbered(60), fmt), spec)
+    done = int(re.search(r"after decoding (\d+) frames", e.value.reason).group(1))
+    assert 10 <= done < 60 and len(fit_calls) == done
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_decoded_pixel_budget(fmt):
+    """40 frames of 64x48 = 122,880 pixels to decode. A budget of 10 frames' worth stops the
+    decode at the 11th frame (or before decoding, when the header declares the count);
+    sampling at fps decodes only up to the frames it needs."""
+    data = encode_video(numbered(40)[:, :48], fmt)
+    frame = 64 * 48
+    limits = {**LIMITS, "max_decoded_pixels": 10 * frame}
+    spec = MediaSpec("video", 16, frames=4, **limits)
+    with pytest.raises(DecodeError, match=r"data\.video\.max_decoded_pixels=30720") as e:
+        decode_with_spec(data, spec)
+    declared = re.search(r"declares (\d+) frames of 64x48", e.value.reason)
+    if declared:
+        assert int(declared.group(1)) == 40
+    else:
+        assert "in its first 11 frames (64x48)" in e.value.reason
+    # fps=8, T=4 needs frames 0..3: within the budget.
+    assert decode_with_spec(data, dataclasses.replace(spec, fps=8.0))[0].shape == (3, 4, 16, 16)
+    # At the budget exactly, it decodes.
+    exact = MediaSpec("video", 16, frames=4, **{**LIMITS, "max_decoded_pixels": 40 * frame})
+    assert decode_with_spec(data, exact)[1]["frames_in_clip"] == 40
+
+
+def test_decoded_pixel_budget_frame_list():
+    items = [encode_png(f) for f in ramp(6, h=40, w=50)]
+    spec = MediaSpec("video", 8, frames=3, **{**LIMITS, "max_decoded_pixels": 2 * 2000})
+    with pytest.raises(DecodeError, match=r"frames \(50x40\), over data\.video\.max_decoded_pixels=4000"):
+        decode_with_spec(items, spec)
+
+
+def _audio_with_cover(fmt: str, codec: str) -> bytes:
+    """A quarter second of tone with a JPEG cover picture (an ``attached_pic`` stream)."""
+    rate = 16000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate // 4) / rate)).astype(np.float32)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=fmt) as c:
+        audio = c.add_stream(codec, rate=rate)
+        cover = c.add_stream("mjpeg")
+        cover.width = cover.height = 32
+        cover.pix_fmt = "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        packet = av.Packet(encode_jpeg(np.full((32, 32, 3), 200, np.uint8)))
+        packet.stream, packet.pts, packet.dts = cover, 0, 0
+        c.mux(packet)
+        frame = av.AudioFrame.from_ndarray(tone[None], format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = rate, 0
+        c.mux(audio.encode(frame))
+        c.mux(audio.encode(None))
+    return buf.getvalue()
+
+
+def encode_jpeg(frame: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt,codec", [("mp3", "libmp3lame"), ("mp4", "aac")])
+def test_cover_art_is_not_a_video(fmt, codec):
+    """An MP3 or M4A with cover art has a one-picture "video" stream: it decoded as a still
+    clip of T repeated frames."""
+    data = _audio_with_cover(fmt, codec)
+    with av.open(io.BytesIO(data)) as c:
+        assert [s.type for s in c.streams] == ["audio", "video"]
+    with pytest.raises(DecodeError, match=r"no video stream \(only an attached picture\)"):
+        decode_video(data, 4, 16)
+
+
+def test_frames_of_a_list_go_through_the_image_decoder():
+    """The image rules hold for frame lists: contract formats only, EXIF orientation."""
+    buf = io.BytesIO()
+    Image.fromarray(ramp(1)[0]).save(buf, "BMP")
+    with pytest.raises(DecodeError, match=r"^frame 1: not a decodable image \(looks like BMP"):
+        decode_video([encode_png(ramp(1)[0]), buf.getvalue()], 2, 8)
+    top_red = np.zeros((32, 32, 3), np.uint8)
+    top_red[:16, :, 0] = 255
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 3  # stored upside down
+    buf = io.BytesIO()
+    Image.fromarray(top_red[::-1, ::-1].copy()).save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    clip, _ = decode_video([buf.getvalue()] * 2, 2, 32)
+    assert clip[0, 0, :12].mean() > 200 and clip[0, 0, 20:].mean() < 50

@@ -1,12 +1,38 @@
-"""Decode encoded images (JPEG/PNG/WebP, any mode) to uint8 ``(3, S, S)`` arrays."""
+"""Decode encoded images (JPEG/PNG/WebP, any mode) to uint8 ``(3, S, S)`` arrays.
+
+Hostile input is bounded per call, without touching Pillow's process-wide settings:
+
+* only ``ACCEPTED_FORMATS`` are parsed (Pillow's ``formats=`` allow-list): TIFF, BMP, GIF,
+  ICO, EPS (which Pillow renders with Ghostscript), ... are refused before any of their
+  parsers runs;
+* the pixel count is checked from the header (``data.max_pixels``) before the pixels are
+  decoded, and JPEGs decode at 1/2 .. 1/8 scale when the target is much smaller (``draft``);
+* memory: the decoded image is the one full-size copy. Only the part the centre crop reads
+  is converted to RGB, a strip at a time, each strip box-reduced (``reduce``) on the way. A
+  flat 4000 x 4000 RGBA PNG (60 KB, a 61 MiB raster) raised peak memory by 304 MiB when the
+  whole image was converted, composited on white and resized; now by 64 MiB;
+* a ``Deadline`` (``data.decode_timeout_s``) is checked after the header, after the pixel
+  decode and between strips. Pillow decodes the pixels in one call that cannot be
+  interrupted; its cost is what the pixel limit and ``draft`` bound.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
+from dataclasses import dataclass
+from time import monotonic
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+"""What the data contract admits; Pillow's other parsers never see the bytes."""
+REDUCING_GAP = 3.0
+"""Box-reduce by an integer factor while the result stays >= 3x the target, then resample
+bilinearly (Pillow's ``reducing_gap``)."""
+_STRIP_PIXELS = 1 << 18  # source pixels converted at a time (1 MB of RGBA)
 
 
 class DecodeError(ValueError):
@@ -17,51 +43,182 @@ class DecodeError(ValueError):
         super().__init__(reason)
 
 
-def decode_image(data: bytes | None, size: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+@dataclass(frozen=True)
+class Deadline:
+    """The wall-clock budget of one item's decode (``data.decode_timeout_s``).
+
+    Decoders call ``check`` between the steps they control; a step in progress (one Pillow
+    decode, one FFmpeg frame) is not interrupted.
+    """
+
+    timeout_s: float
+    ends: float  # time.monotonic() at which it expires
+
+    @classmethod
+    def start(cls, timeout_s: float) -> Deadline:
+        return cls(timeout_s, monotonic() + timeout_s)
+
+    def check(self, progress: str) -> None:
+        """Raise ``DecodeError`` when the deadline has passed; ``progress`` says how far the
+        decode got (``"after decoding 12 frames"``)."""
+        if monotonic() > self.ends:
+            raise DecodeError(
+                f"decode exceeded {self.timeout_s:g} s (data.decode_timeout_s) {progress}"
+            )
+
+
+def decode_image(
+    data: bytes | None, size: int, max_pixels: int, deadline: Deadline | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Encoded bytes -> (uint8 array ``(3, size, size)``, original ``(width, height)``).
 
     The shorter side is resized to ``size`` and the centre ``size x size`` crop kept, so any
-    aspect ratio works. Grayscale, palette, RGBA (composited on white), CMYK and 16-bit inputs
-    all become RGB. The pixel count is checked from the header, before the full decode.
+    aspect ratio works; the EXIF orientation is applied, so the crop is upright. Grayscale,
+    palette, RGBA (composited on white), CMYK and 16-bit inputs all become RGB. Only JPEG,
+    PNG and WebP are opened; the pixel count is checked from the header, before the full
+    decode. ``deadline`` (shared by the frames of a clip) is checked between steps.
     """
     if data is None:
         raise DecodeError("null image")
     if len(data) == 0:
         raise DecodeError("empty image bytes")
-    try:
-        # Pillow's decompression-bomb guard stays on (nothing here changes process-wide
-        # settings); its warning below its error threshold is ours to report, per call.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        raise DecodeError(f"image is over Pillow's decompression-bomb limit ({e})") from None
-    except Exception as e:  # PIL raises several types for unknown formats
-        raise DecodeError(f"not a decodable image ({type(e).__name__}: {e})") from None
+    img = _open(bytes(data))
     w, h = img.size
     if w * h > max_pixels:
         raise DecodeError(f"image is {w}x{h} = {w * h} pixels, over data.max_pixels={max_pixels}")
-    if img.format == "JPEG":
+    if deadline:
+        deadline.check("after reading the image header")
+    if img.format in ("JPEG", "MPO"):  # MPO: a JPEG with more pictures after the first
         # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is much smaller.
         img.draft("RGB", (size, size))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img.load()
-        img = _to_rgb(img)
+            orientation = _orientation(img)
+            crop = _centre_crop(img, size, deadline)
+    except DecodeError:
+        raise
     except Exception as e:
         raise DecodeError(f"corrupt image data ({type(e).__name__}: {e})") from None
-    iw, ih = img.size
-    scale = size / min(iw, ih)
-    nw, nh = max(size, round(iw * scale)), max(size, round(ih * scale))
-    img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    img = img.crop((left, top, left + size, top + size))
-    arr = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+    del img  # the full-size raster: freed before the (small) rest
+    if orientation != 1:
+        crop = _upright(crop, orientation)
+    arr = np.asarray(crop, dtype=np.uint8).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
     return np.ascontiguousarray(arr), (w, h)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _open(data: bytes) -> Image.Image:
+    try:
+        # Pillow's decompression-bomb guard stays on (nothing here changes process-wide
+        # settings); its warning below its error threshold is ours to report, per call.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
+    except Image.DecompressionBombError as e:
+        raise DecodeError(f"image is over Pillow's decompression-bomb limit ({e})") from None
+    except Image.UnidentifiedImageError:
+        raise DecodeError(f"not a decodable image ({_refused_format(data[:16])})") from None
+    except Exception as e:  # an accepted format's parser raises several types on bad headers
+        raise DecodeError(f"not a decodable image ({type(e).__name__}: {e})") from None
+
+
+def _refused_format(prefix: bytes) -> str:
+    """Why Pillow found no accepted format: the refused format whose signature the bytes
+    match (only the plugins' signature tests run, never their parsers; a few signatures are
+    weak, hence "looks like"), else not image data we know."""
+    for name, (_, accept) in Image.OPEN.items():
+        if name in ACCEPTED_FORMATS or accept is None:
+            continue
+        try:
+            matched = accept(prefix) is True
+        except Exception:  # a signature test on hostile bytes; not ours to report
+            continue
+        if matched:
+            return f"looks like {name}; only JPEG, PNG and WebP are accepted"
+    return "not JPEG, PNG or WebP data"
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF (or XMP) orientation, 1 (upright) when absent or unreadable: a damaged
+    metadata block does not make the pixels unusable."""
+    try:
+        value = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def _upright(crop: Image.Image, orientation: int) -> Image.Image:
+    """Apply the source's orientation to the ``size x size`` crop: a rotation or flip of the
+    whole image moves its centre square onto itself (to a pixel of rounding), so turning the
+    small crop is the same as turning the full-size image first, without the full-size copy.
+    """
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    crop.info["exif"] = exif.tobytes()
+    return ImageOps.exif_transpose(crop)
+
+
+def _centre_crop(img: Image.Image, size: int, deadline: Deadline | None) -> Image.Image:
+    """Shorter side resized to ``size``, centre ``size x size`` crop, as RGB.
+
+    The same output pixels as resizing the whole image and then cropping, but computed from
+    the source box those pixels come from: Pillow's ``resize(box=...)`` samples exactly
+    there, and only that box (plus the filter's reach) is converted and reduced.
+    """
+    iw, ih = img.size
+    scale = size / min(iw, ih)
+    nw, nh = max(size, round(iw * scale)), max(size, round(ih * scale))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    sx, sy = iw / nw, ih / nh  # source pixels per output pixel
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    fx, fy = max(1, int(sx / REDUCING_GAP)), max(1, int(sy / REDUCING_GAP))
+    # The bilinear filter reads up to one output pixel (sx, sy source pixels) beyond the box;
+    # whole reduce blocks on the grid of a whole-image reduce, so the pixels are the same.
+    x0, y0 = _down(max(0, box[0] - sx - 1), fx), _down(max(0, box[1] - sy - 1), fy)
+    x1, y1 = min(iw, _up(box[2] + sx + 1, fx)), min(ih, _up(box[3] + sy + 1, fy))
+    rgb = _reduced_rgb(img, (x0, y0, x1, y1), fx, fy, deadline)
+    inner = ((box[0] - x0) / fx, (box[1] - y0) / fy, (box[2] - x0) / fx, (box[3] - y0) / fy)
+    return rgb.resize((size, size), Image.Resampling.BILINEAR, box=inner)
+
+
+def _down(x: float, step: int) -> int:
+    return math.floor(x) // step * step
+
+
+def _up(x: float, step: int) -> int:
+    return -(-math.ceil(x) // step) * step
+
+
+def _reduced_rgb(img: Image.Image, region: tuple[int, int, int, int], fx: int, fy: int,
+                 deadline: Deadline | None) -> Image.Image:
+    """``region`` of ``img`` as RGB, box-reduced by ``(fx, fy)``, converted a strip at a time
+    so no second full-size copy exists. Strips are whole multiples of ``fy`` rows, so the
+    reduction is the same as reducing the region in one go."""
+    x0, y0, x1, y1 = region
+    hi = _sixteen_bit_white(img)
+    out = Image.new("RGB", (math.ceil((x1 - x0) / fx), math.ceil((y1 - y0) / fy)))
+    rows = max(fy, _STRIP_PIXELS // max(1, x1 - x0) // fy * fy)
+    for top in range(y0, y1, rows):
+        strip = _to_rgb(img.crop((x0, top, x1, min(top + rows, y1))), hi)
+        if fx > 1 or fy > 1:
+            strip = strip.reduce((fx, fy))
+        out.paste(strip, (0, (top - y0) // fy))
+        if deadline:
+            deadline.check(f"converting the image (row {top} of {img.height})")
+    return out
+
+
+def _sixteen_bit_white(img: Image.Image) -> float:
+    """The value that becomes 255 for 16/32-bit grayscale: 65535 when any pixel is above
+    255, else 255. Decided on the whole image, not per strip."""
+    if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
+        return 255.0
+    return 65535.0 if img.getextrema()[1] > 255 else 255.0
+
+
+def _to_rgb(img: Image.Image, white: float = 255.0) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode == "P":
@@ -72,6 +229,5 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return Image.alpha_composite(background, rgba).convert("RGB")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float32)
-        hi = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray((arr / hi * 255.0).clip(0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray((arr / white * 255.0).clip(0, 255).astype(np.uint8), mode="L")
     return img.convert("RGB")

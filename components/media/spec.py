@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..config import MODALITIES, PAD_POLICIES, DataConfig
-from .image import decode_image
+from .image import Deadline, decode_image
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,9 @@ class MediaSpec:
     max_bytes: int = 200_000_000
     max_duration_s: float = 600.0
     max_frames: int = 20_000
+    max_decoded_pixels: int = 5_000_000_000  # frames x width x height one clip may decode
     decoder_threads: int = 1
+    decode_timeout_s: float = 30.0  # wall-clock deadline of one item's decode (image or clip)
 
     def __post_init__(self) -> None:
         # Internal invariants: a user's config is validated (with key names) before this.
@@ -41,6 +43,8 @@ class MediaSpec:
             raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.size < 1 or self.max_pixels < 1:
             raise ValueError(f"size and max_pixels must be >= 1, got {self.size}, {self.max_pixels}")
+        if not self.decode_timeout_s > 0:
+            raise ValueError(f"decode_timeout_s must be > 0, got {self.decode_timeout_s}")
         if self.video:
             if self.frames < 1:
                 raise ValueError(f"frames must be >= 1 for video, got {self.frames}")
@@ -48,15 +52,18 @@ class MediaSpec:
                 raise ValueError(f"pad must be one of {PAD_POLICIES}, got {self.pad!r}")
             if not self.fps >= 0:
                 raise ValueError(f"fps must be >= 0 (0: uniform), got {self.fps}")
+            if self.max_decoded_pixels < 1:
+                raise ValueError(f"max_decoded_pixels must be >= 1, got {self.max_decoded_pixels}")
 
     @classmethod
     def from_config(cls, modality: str, data: DataConfig) -> MediaSpec:
         """The one place config keys become decode settings (``data.image_size``,
-        ``data.max_pixels``, ``data.video.*``)."""
+        ``data.max_pixels``, ``data.decode_timeout_s``, ``data.video.*``)."""
         if modality == "image":
-            return cls("image", data.image_size, data.max_pixels)
+            return cls("image", data.image_size, data.max_pixels,
+                       decode_timeout_s=data.decode_timeout_s)
         return cls("video", data.image_size, data.max_pixels,
-                   **dataclasses.asdict(data.video))
+                   decode_timeout_s=data.decode_timeout_s, **dataclasses.asdict(data.video))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MediaSpec:
@@ -83,10 +90,12 @@ class MediaSpec:
     def decode(self, data: Any) -> tuple[np.ndarray, str, float | None]:
         """Encoded item -> (uint8 array of ``shape``, source size "WxH", consistency ``c``).
 
-        ``c`` is ``None`` for images. Raises ``DecodeError`` with the reason.
+        ``c`` is ``None`` for images. Raises ``DecodeError`` with the reason, also when the
+        decode runs past ``decode_timeout_s``.
         """
         if not self.video:
-            px, (w, h) = decode_image(data, self.size, self.max_pixels)
+            deadline = Deadline.start(self.decode_timeout_s)
+            px, (w, h) = decode_image(data, self.size, self.max_pixels, deadline)
             return px, f"{w}x{h}", None
         from .video import decode_video, temporal_consistency
 
