@@ -26,10 +26,10 @@ def run_evaluate(cfg: RunConfig, model_uri: str) -> dict[str, Any]:
     uri = runs.resolve_tracking_uri(cfg.tracking.tracking_uri)
     runs.check_reachable(uri)
     shards = resolve_shards(cfg.data.eval)
-    plan_reads(shards, cfg.data.layout)  # footers only: a bad layout fails before Ray starts
-    plan = plan_for_run(cfg.preprocess, cfg.train)
     runs.setup(uri, cfg.tracking.experiment)
     scorer = models.load_scorer(models.pin_model_uri(model_uri))
+    plan_reads(shards, cfg.data.layout, scorer.spec.modality)  # footers: fails before Ray
+    plan = plan_for_run(cfg.preprocess, cfg.train)
     ensure_ray()
     resources.check(resources.evaluate_phases(cfg.preprocess), cluster_resources())
     with runs.parent_run(run_name=cfg.tracking.run_name or None) as run:

@@ -48,7 +48,10 @@ class RunInputs:
 def resolve_inputs(cfg: RunConfig) -> RunInputs:
     train = resolve_shards(cfg.data.train)
     evals = resolve_shards(cfg.data.eval) if cfg.data.eval else []
-    plan_reads(train + evals, cfg.data.layout)  # reads footers only: a bad layout fails here
+    # Footers only: a bad layout, a wrongly typed column or empty data fails here, before Ray.
+    plan_reads(train, cfg.data.layout, cfg.modality)
+    if evals:
+        plan_reads(evals, cfg.data.layout, cfg.modality)
     return RunInputs(train, evals, MediaSpec.from_config(cfg.modality, cfg.data),
                      plan_for_run(cfg.preprocess, cfg.train))
 

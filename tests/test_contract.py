@@ -6,7 +6,9 @@ import pytest
 
 from components.datasets.contract import (
     DataError,
+    TrainPairs,
     canonical_rows,
+    content_hash,
     detect_layout,
     plan_reads,
     resolve_shards,
@@ -140,3 +142,188 @@ def test_margin_and_weight_columns_are_carried_and_validated(tmp_path):
     rows = _rows(p)
     assert (rows[0]["margin"], rows[0]["weight"], rows[0]["status"]) == (0.5, 2.0, "ok")
     assert rows[1]["status"] == "quarantined" and "weight" in rows[1]["reason"]
+
+
+# --- Hostile input (issue 12) --------------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+def test_non_finite_and_out_of_range_labels_are_quarantined_not_kept(tmp_path):
+    """NaN, +-inf, out-of-range and missing labels, and 0/0 (no preference at all) are
+    quarantined with the reason under both tie policies. Under ties=soft, 0/0 used to become
+    a hard preference for jpg_0 (target 1.0)."""
+    p = tmp_path / "pap.parquet"
+    labels = [(1.0, 0.0), (NAN, 1.0), (1.0, INF), (-INF, 0.0), (1.5, 0.0), (0.2, -0.1),
+              (None, 1.0), (0.0, 0.0)]
+    pq.write_table(pa.table({
+        "jpg_0": [A] * len(labels), "jpg_1": [B] * len(labels),
+        "label_0": pa.array([a for a, _ in labels], pa.float64()),
+        "label_1": pa.array([b for _, b in labels], pa.float64()),
+        "ranking_id": list(range(len(labels))),
+    }), p)
+    units, _ = plan_reads(resolve_shards([str(p)]), "auto")
+    for ties in ("drop", "soft"):
+        rows = list(canonical_rows(units[0], pq.read_table(p), None, ties=ties))
+        assert [r["status"] for r in rows] == ["ok"] + ["quarantined"] * 7, ties
+        assert all(r["reason"].startswith("invalid labels (") for r in rows[1:])
+        assert rows[1]["reason"] == ("invalid labels (label_0=nan, label_1=1.0: each must be a "
+                                     "finite number in [0, 1])")
+        assert rows[7]["reason"].endswith("both 0, no preference)")
+        assert all(r["chosen"] is None and r["rejected"] is None for r in rows[1:])
+
+
+def test_canonical_target_margin_and_weight_must_be_finite_and_in_range(tmp_path):
+    """target in [0, 1] (the probability that chosen is preferred), margin finite, weight
+    finite and >= 0; each violation is a quarantined row naming the column and the rule."""
+    p = tmp_path / "c.parquet"
+    cases = [  # (target, margin, weight, expected reason prefix or "ok")
+        (1.0, 0.0, 1.0, "ok"),
+        (NAN, 0.0, 1.0, "invalid target (target=nan"),
+        (1.5, 0.0, 1.0, "invalid target (target=1.5"),
+        (-0.1, 0.0, 1.0, "invalid target (target=-0.1"),
+        (1.0, INF, 1.0, "invalid margin (margin=inf"),
+        (1.0, NAN, 1.0, "invalid margin (margin=nan"),
+        (1.0, 0.0, NAN, "invalid weight (weight=nan"),
+        (1.0, 0.0, INF, "invalid weight (weight=inf"),
+        (1.0, 0.0, -1.0, "invalid weight (weight=-1.0"),
+        (None, 0.0, 1.0, "invalid target (target=None"),
+    ]
+    pq.write_table(pa.table({
+        "pair_id": [f"p{i}" for i in range(len(cases))],
+        "chosen": [A] * len(cases), "rejected": [B] * len(cases),
+        "target": pa.array([c[0] for c in cases], pa.float64()),
+        "margin": pa.array([c[1] for c in cases], pa.float64()),
+        "weight": pa.array([c[2] for c in cases], pa.float64()),
+    }), p)
+    rows = _rows(p)
+    for r, (*_, want) in zip(rows, cases, strict=True):
+        if want == "ok":
+            assert (r["status"], r["target"]) == ("ok", 1.0)
+        else:
+            assert r["status"] == "quarantined" and r["reason"].startswith(want), r["reason"]
+
+
+def test_canonical_target_is_read_like_a_pair_of_labels(tmp_path):
+    """target t reads as the labels (t, 1 - t): 0.5 is a tie; under drop the larger side is
+    a hard preference; under soft t is the soft target, and t < 0.5 swaps the sides."""
+    p = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"pair_id": ["a", "b", "c"], "chosen": [A] * 3, "rejected": [B] * 3,
+                             "target": [0.7, 0.5, 0.25]}), p)
+    units, _ = plan_reads(resolve_shards([str(p)]), "auto")
+    soft = list(canonical_rows(units[0], pq.read_table(p), None, ties="soft"))
+    assert [r["target"] for r in soft] == [0.7, 0.5, 0.75]
+    assert (soft[2]["chosen"], soft[2]["rejected"]) == (B, A)  # 0.25: rejected is preferred
+    drop = list(canonical_rows(units[0], pq.read_table(p), None, ties="drop"))
+    assert [(r["status"], r["target"]) for r in drop] == [("ok", 1.0), ("excluded", 1.0),
+                                                          ("ok", 1.0)]
+    assert drop[1]["reason"] == "tie" and drop[2]["chosen"] == B
+
+
+@pytest.mark.parametrize("columns, column, found, expected", [
+    ({"jpg_0": [A], "jpg_1": [B], "label_0": ["1.0"], "label_1": [0.0]},
+     "label_0", "string", "a number (float64)"),
+    ({"pair_id": ["a"], "chosen": pa.array([7], pa.int64()), "rejected": [B]},
+     "chosen", "int64", "binary"),
+    ({"pair_id": ["a"], "chosen": [A], "rejected": [B], "weight": ["heavy"]},
+     "weight", "string", "a number (float64)"),
+    ({"pair_id": [1.5], "chosen": [A], "rejected": [B]}, "pair_id", "double", "string"),
+])
+def test_a_wrongly_typed_column_fails_from_the_footer_naming_everything(
+        tmp_path, columns, column, found, expected):
+    p = tmp_path / "bad.parquet"
+    pq.write_table(pa.table(columns), p)
+    with pytest.raises(DataError) as e:
+        plan_reads(resolve_shards([str(p)]), "auto")
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: column {column!r} is {found}, expected {expected}"), msg
+    assert "cast it" in msg or "binary column" in msg  # says what to do
+
+
+def test_frame_lists_on_one_side_and_binary_on_the_other_is_one_clear_error(tmp_path):
+    p = tmp_path / "mixed.parquet"
+    pq.write_table(pa.table({"pair_id": ["a"], "chosen": [[A, B]], "rejected": [B]}), p)
+    with pytest.raises(DataError, match=r"'chosen' is list<binary> but 'rejected' is binary; "
+                                        "both sides of a pair must have the same form"):
+        plan_reads(resolve_shards([str(p)]), "auto")
+    ok = tmp_path / "frames.parquet"
+    pq.write_table(pa.table({"pair_id": ["a"], "chosen": [[A, B]], "rejected": [[B, A]]}), ok)
+    units, _ = plan_reads(resolve_shards([str(ok)]), "auto", "video")
+    assert units[0].frame_lists
+    with pytest.raises(DataError, match="only video runs read"):
+        plan_reads(resolve_shards([str(ok)]), "auto", "image")
+    one = tmp_path / "one.parquet"
+    pq.write_table(pa.table({"pair_id": ["b"], "chosen": [A], "rejected": [B]}), one)
+    with pytest.raises(DataError, match="the shards mix media forms"):
+        plan_reads(resolve_shards([str(ok), str(one)]), "auto", "video")
+
+
+def test_all_problems_of_all_shards_are_reported_at_once(tmp_path):
+    """One run, one error: every wrong column of every shard, so one pass fixes them all."""
+    a, b, c = tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet"
+    pq.write_table(pa.table({"jpg_0": [A], "jpg_1": [B], "label_0": ["1"], "label_1": ["0"]}), a)
+    pq.write_table(pa.table({"pair_id": ["x"], "chosen": [1], "rejected": [B]}), b)
+    c.write_bytes(b"PAR1 this is not a parquet file")
+    with pytest.raises(DataError) as e:
+        plan_reads(resolve_shards([str(tmp_path)]), "auto")
+    msg = str(e.value)
+    assert msg.startswith("4 problems with the input data:")
+    assert f"{a}: column 'label_0' is string" in msg and f"{a}: column 'label_1' is string" in msg
+    assert f"{b}: column 'chosen' is int64" in msg
+    assert f"{c}: cannot read as Parquet" in msg
+
+
+def test_an_empty_shard_is_zero_rows_and_no_rows_at_all_is_an_error(tmp_path):
+    import pandas as pd
+
+    full, empty, from_pandas = (tmp_path / n for n in ("a.parquet", "b.parquet", "c.parquet"))
+    pq.write_table(pa.table({"pair_id": ["a"], "chosen": [A], "rejected": [B]}), full)
+    pq.write_table(pa.table({"pair_id": pa.array([], pa.string()),
+                             "chosen": pa.array([], pa.binary()),
+                             "rejected": pa.array([], pa.binary())}), empty)
+    # pandas writes an empty frame's columns as float64: no rows, so no type can hurt.
+    pd.DataFrame({"pair_id": [], "chosen": [], "rejected": []}).to_parquet(from_pandas)
+    units, total = plan_reads(resolve_shards([str(tmp_path)]), "auto")
+    assert total == 1 and len(_rows(full)) == 1
+    with pytest.raises(DataError) as e:
+        plan_reads(resolve_shards([str(empty), str(from_pandas)]), "auto")
+    assert str(e.value).startswith(f"no rows to read: 2 shard(s), 0 rows in all ({empty}, "
+                                   f"{from_pandas})")
+
+
+def test_an_item_over_max_bytes_is_quarantined_before_any_table_is_built(tmp_path):
+    """The per-row byte limit (MediaSpec.max_bytes) is checked on the encoded size, for an
+    encoded item and for the sum of a frame list, so an oversized cell never reaches Arrow."""
+    p = tmp_path / "c.parquet"
+    small, big = b"\x01" * 100, b"\xff" * 5000  # not decoded here: only sizes matter
+    pq.write_table(pa.table({"pair_id": ["ok", "big-chosen", "big-rejected"],
+                             "chosen": [small, big, small], "rejected": [small, small, big]}), p)
+    units, _ = plan_reads(resolve_shards([str(p)]), "auto")
+    rows = list(canonical_rows(units[0], pq.read_table(p), None, max_bytes=4999))
+    assert [r["status"] for r in rows] == ["ok", "quarantined", "quarantined"]
+    assert rows[1]["reason"] == "chosen: over max_bytes=4999 (5000 bytes)"
+    assert rows[2]["reason"] == "rejected: over max_bytes=4999 (5000 bytes)"
+    assert [r["status"] for r in canonical_rows(units[0], pq.read_table(p), None,
+                                                 max_bytes=5000)] == ["ok"] * 3
+    f = tmp_path / "frames.parquet"
+    pq.write_table(pa.table({"pair_id": ["v"], "chosen": [[b"x" * 3000, b"y" * 3000]],
+                             "rejected": [[b"z"]]}), f)
+    units, _ = plan_reads(resolve_shards([str(f)]), "auto", "video")
+    (row,) = canonical_rows(units[0], pq.read_table(f), None, max_bytes=5999)
+    assert row["reason"] == "chosen: over max_bytes=5999 (6000 bytes)"
+
+
+def test_an_eval_pair_already_in_train_is_excluded_by_id_or_by_content(tmp_path):
+    """The same pair_id, or the same two images under another id and in either order, is
+    excluded as "also in train"; the content hash does not depend on which side is chosen."""
+    C = photo_bytes(seed=3)
+    train = TrainPairs.of(["t1"], [content_hash(A, B)])
+    p = tmp_path / "eval.parquet"
+    pq.write_table(pa.table({"pair_id": ["t1", "renamed", "fresh"],
+                             "chosen": [A, B, A], "rejected": [C, A, C]}), p)
+    units, _ = plan_reads(resolve_shards([str(p)]), "auto")
+    rows = list(canonical_rows(units[0], pq.read_table(p), None, in_train=train))
+    assert [(r["status"], r["reason"]) for r in rows] == [
+        ("excluded", "also in train"), ("excluded", "also in train"), ("ok", "")]
+    assert rows[1]["content_hash"] == content_hash(A, B) and rows[2]["content_hash"]
+    assert [r["status"] for r in canonical_rows(units[0], pq.read_table(p), None)] == ["ok"] * 3

@@ -38,8 +38,9 @@ def messy_shards(tmp_path_factory):
 def test_bad_rows_are_quarantined_and_every_row_is_counted(ray_cluster, messy_shards, tmp_path):
     shards = resolve_shards([str(messy_shards)])
     prepared = prepare(
+        # Two actors of 0.5 CPU: with the read and write tasks they fit the 2-CPU test cluster.
         shards, str(tmp_path / "prepared"), layout="auto", spec=MediaSpec("image", 32, 10_000),
-        decode_actors=2, cpus_per_actor=1, batch_size=4, eval_fraction=None, split="train",
+        decode_actors=2, cpus_per_actor=0.5, batch_size=4, eval_fraction=None, split="train",
     )
     c = prepared.counts["train"]
     assert c.read == 14 + 3
@@ -125,3 +126,110 @@ def test_video_frame_lists_are_decoded_and_bad_clips_quarantined(ray_cluster, tm
     p2 = prepare(resolve_shards([str(d2)]), str(tmp_path / "p2"), layout="auto", spec=spec,
                  decode_actors=1, cpus_per_actor=1, batch_size=4, eval_fraction=None, split="train")
     assert (p2.counts["train"].used, p2.counts["train"].quarantined) == (0, 1)
+
+
+# --- Hostile input (issue 12) --------------------------------------------------------------
+
+def _pairs(path, ids, chosen=None, rejected=None):
+    n = len(ids)
+    chosen = chosen or [photo_bytes(32, "JPEG", seed=i) for i in range(n)]
+    rejected = rejected or [photo_bytes(32, "JPEG", seed=50 + i) for i in range(n)]
+    pq.write_table(pa.table({"pair_id": pa.array(ids, pa.string()),
+                             "chosen": pa.array(chosen, pa.binary()),
+                             "rejected": pa.array(rejected, pa.binary())}), path)
+
+
+def test_empty_shards_count_as_zero_rows_and_no_rows_at_all_says_so(ray_cluster, tmp_path):
+    """An empty shard next to full ones reads 0 rows; only empty shards is a DataError naming
+    them, raised before any Ray work (it used to be ArrowInvalid from the empty output)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    _pairs(d / "a.parquet", ["a0", "a1", "a2"])
+    _pairs(d / "b-empty.parquet", [])
+    _pairs(d / "c-empty.parquet", [])
+    spec = MediaSpec("image", 16, 10**6)
+    kw = dict(layout="auto", spec=spec, decode_actors=1, cpus_per_actor=1, batch_size=4,
+              eval_fraction=None, split="train")
+    p = prepare(resolve_shards([str(d)]), str(tmp_path / "p"), **kw)
+    c = p.counts["train"]
+    assert (c.read, c.used, c.quarantined, c.excluded) == (3, 3, 0, 0)
+    empties = resolve_shards([str(d / "*-empty.parquet")])
+    with pytest.raises(DataError) as e:
+        prepare(empties, str(tmp_path / "p2"), **kw)
+    assert str(e.value).startswith(f"no rows to read: 2 shard(s), 0 rows in all "
+                                   f"({d / 'b-empty.parquet'}, {d / 'c-empty.parquet'})")
+
+
+def test_an_item_over_max_bytes_is_quarantined_and_counted(ray_cluster, tmp_path):
+    """MediaSpec.max_bytes bounds one encoded item: an oversized cell is a quarantine record
+    with its size, not a crash (at full scale, ArrowCapacityError building the read block)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    big = photo_bytes(64, "PNG", seed=9)  # ~12 KB of noise
+    _pairs(d / "a.parquet", ["a0", "a1", "big"],
+           chosen=[photo_bytes(16, "JPEG", seed=0), photo_bytes(16, "JPEG", seed=1), big],
+           rejected=[photo_bytes(16, "JPEG", seed=2)] * 3)
+    spec = MediaSpec("image", 16, 10**6, max_bytes=4000)
+    p = prepare(resolve_shards([str(d)]), str(tmp_path / "p"), layout="auto", spec=spec,
+                decode_actors=1, cpus_per_actor=1, batch_size=4, eval_fraction=None,
+                split="train")
+    c = p.counts["train"]
+    assert (c.read, c.used, c.quarantined) == (3, 2, 1)
+    assert c.reasons == {"chosen: over max_bytes=4000": 1}
+    q = pq.read_table(tmp_path / "p", filters=[("status", "=", "quarantined")]).to_pylist()
+    assert [(r["pair_id"], r["reason"]) for r in q] == [
+        ("big", f"chosen: over max_bytes=4000 ({len(big)} bytes)")]
+
+
+def test_read_blocks_are_bounded_in_bytes_so_arrow_offsets_cannot_overflow(monkeypatch):
+    """A block holds at most READ_SLICE_BYTES of encoded bytes, or a single row: the binary
+    columns stay under Arrow's 2 GiB per array whatever the clip sizes."""
+    from components.datasets import ingest
+
+    monkeypatch.setattr(ingest, "READ_SLICE_BYTES", 1000)
+    sizes = [300, 300, 300, 300, 2500, 10, 990]
+    rows = [{"pair_id": str(i), "chosen": b"c" * n, "rejected": b"r" * 5, "content_hash": ""}
+            for i, n in enumerate(sizes)]
+    blocks = list(ingest.canonical_tables(iter(rows), frame_lists=False))
+    assert [b.num_rows for b in blocks] == [3, 1, 1, 1, 1]
+    for b in blocks:
+        nbytes = sum(len(x) for col in ("chosen", "rejected") for x in b[col].to_pylist())
+        assert nbytes <= 1000 or b.num_rows == 1
+
+
+def test_eval_pairs_that_are_also_in_train_are_excluded_from_eval(ray_cluster, tmp_path):
+    """With separate --eval data, an eval pair whose pair_id or whose two images (either
+    order) a usable training pair has is excluded as "also in train" and counted; a pair
+    whose training copy was quarantined (never trained on) stays in eval."""
+    from components.config import DataConfig, PreprocessConfig
+    from components.datasets.ingest import prepare_splits
+
+    img = [photo_bytes(16, "JPEG", seed=i) for i in range(12)]
+    (tmp_path / "train").mkdir()
+    (tmp_path / "eval").mkdir()
+    _pairs(tmp_path / "train" / "t.parquet", ["t0", "t1", "t2", "t3"],
+           chosen=[img[0], img[1], img[2], b"corrupt"], rejected=[img[4], img[5], img[6], img[7]])
+    _pairs(tmp_path / "eval" / "e.parquet", ["t0", "renamed", "t3", "e0", "e1"],
+           chosen=[img[8], img[5], img[3], img[9], img[10]],
+           rejected=[img[9], img[1], img[7], img[10], img[11]])
+    out = prepare_splits(resolve_shards([str(tmp_path / "train")]),
+                         resolve_shards([str(tmp_path / "eval")]), str(tmp_path / "run"),
+                         data=DataConfig(), preprocess=PreprocessConfig(batch_size=4),
+                         ties="drop", spec=MediaSpec("image", 16, 10**6), pinning=None)
+    tr, ev = out.counts["train"], out.counts["eval"]
+    assert (tr.read, tr.used, tr.quarantined) == (4, 3, 1)
+    assert (ev.read, ev.used, ev.quarantined, ev.excluded) == (5, 3, 0, 2)
+    assert ev.reasons == {"also in train": 2}
+    assert ev.read == ev.used + ev.quarantined + ev.excluded
+    assert out.metrics["rows/eval/excluded"] == 2
+    kept = {r["pair_id"] for r in usable_pairs(out.eval_path, "eval", with_ids=True).take_all()}
+    assert kept == {"t3", "e0", "e1"}
+
+
+def test_an_empty_hash_split_fails_in_plain_words():
+    from components.datasets.ingest import PreparedSplits
+
+    counts = {"train": RowCounts(read=3, used=3), "eval": RowCounts()}
+    with pytest.raises(DataError, match="eval data is empty: the hash split of pair_id put none "
+                                        "of the 3 rows read in it"):
+        PreparedSplits("p", "p", counts, "q.parquet", 32).check(0.1)

@@ -37,7 +37,9 @@ from .contract import (
     DataError,
     ReadUnit,
     Shard,
+    TrainPairs,
     canonical_rows,
+    encoded_size,
     plan_reads,
 )
 from .quarantine import RowCounts, check_quarantine, write_quarantine
@@ -45,6 +47,11 @@ from .quarantine import RowCounts, check_quarantine, write_quarantine
 log = logging.getLogger(__name__)
 
 READ_SLICE_ROWS = 256  # rows per output block of the read stage; bounds memory per task
+# ... and encoded bytes per block. Also keeps each binary column of a block under Arrow's
+# 2 GiB (int32 offsets): a block is either under this or one row, and a row's cell is under
+# contract.BINARY_CELL_MAX (a larger one is quarantined), so building a block cannot raise
+# ArrowCapacityError. 256 video clips of 10 MB would be 2.5 GB in one block without it.
+READ_SLICE_BYTES = 256 * 2**20
 
 # Output of the read stage (see contract.canonical_rows); typed so all-null columns stay typed.
 CANONICAL_SCHEMA = pa.schema([
@@ -52,7 +59,7 @@ CANONICAL_SCHEMA = pa.schema([
     ("rejected", pa.binary()), ("shard", pa.string()), ("row", pa.int64()),
     ("split", pa.string()), ("status", pa.string()), ("reason", pa.string()),
     ("meta", pa.string()), ("target", pa.float64()), ("margin", pa.float64()),
-    ("weight", pa.float64()),
+    ("weight", pa.float64()), ("content_hash", pa.string()),
 ])
 # Canonical video shards may hold each side as a list of encoded frames (list<binary>).
 FRAME_LIST_SCHEMA = CANONICAL_SCHEMA.set(2, pa.field("chosen", pa.list_(pa.binary()))).set(
@@ -70,18 +77,35 @@ class PreparedData:
     consistency: dict[str, dict[str, float]] = field(default_factory=dict)  # video, by split
 
 
+def canonical_tables(rows: Iterator[dict[str, Any]], frame_lists: bool) -> Iterator[pa.Table]:
+    """Canonical rows -> typed tables of at most ``READ_SLICE_ROWS`` rows and, unless one row
+    is larger, ``READ_SLICE_BYTES`` encoded bytes."""
+    schema = FRAME_LIST_SCHEMA if frame_lists else CANONICAL_SCHEMA
+    block: list[dict[str, Any]] = []
+    size = 0
+    for row in rows:
+        n = encoded_size(row["chosen"]) + encoded_size(row["rejected"])
+        if block and (len(block) == READ_SLICE_ROWS or size + n > READ_SLICE_BYTES):
+            yield pa.Table.from_pylist(block, schema=schema)
+            block, size = [], 0
+        block.append(row)
+        size += n
+    if block:
+        yield pa.Table.from_pylist(block, schema=schema)
+
+
 def _read_unit(
-    batch: dict[str, np.ndarray], units: list[ReadUnit], eval_fraction: float | None, ties: str
+    batch: dict[str, np.ndarray], units: list[ReadUnit], eval_fraction: float | None, ties: str,
+    max_bytes: int, in_train: TrainPairs | None,
 ) -> Iterator[pa.Table]:
     """Ray Data read stage: one ReadUnit index per input row -> canonical rows in slices."""
     for i in batch["unit"]:
         unit = units[int(i)]
         with unit.shard.filesystem.open_input_file(unit.shard.path) as f:
             table = pq.ParquetFile(f).read_row_group(unit.row_group)
-        rows = list(canonical_rows(unit, table, eval_fraction, ties))
-        schema = FRAME_LIST_SCHEMA if unit.frame_lists else CANONICAL_SCHEMA
-        for start in range(0, len(rows), READ_SLICE_ROWS):
-            yield pa.Table.from_pylist(rows[start : start + READ_SLICE_ROWS], schema=schema)
+        rows = canonical_rows(unit, table, eval_fraction, ties, max_bytes=max_bytes,
+                              in_train=in_train)
+        yield from canonical_tables(rows, unit.frame_lists)
 
 
 class PairDecoder:
@@ -136,6 +160,7 @@ class PairDecoder:
             "shard": pa.array(list(batch["shard"]), pa.string()),
             "row": pa.array(np.asarray(batch["row"], dtype=np.int64)),
             "meta": pa.array(list(batch["meta"]), pa.string()),
+            "content_hash": pa.array(list(batch["content_hash"]), pa.string()),
             "target": pa.array(np.asarray(batch["target"], dtype=np.float64)),
             "margin": pa.array(np.asarray(batch["margin"], dtype=np.float64)),
             "weight": pa.array(np.asarray(batch["weight"], dtype=np.float64)),
@@ -164,19 +189,24 @@ def decode_stage(
     ties: str = "drop",
     pinning: dict | None = None,
     report_dir: str | None = None,
+    in_train: TrainPairs | None = None,
 ):
     """The lazy Ray Dataset of read -> canonical rows -> decoded pairs, and the row count the
-    shards' Parquet metadata declares. ``prepare`` writes it; benchmarks stream it."""
+    shards' Parquet metadata declares. ``prepare`` writes it; benchmarks stream it.
+
+    Raises ``DataError`` (from ``plan_reads``, before any Ray work) when a shard's schema is
+    wrong for ``spec`` or the shards hold no rows."""
     import ray
     from ray.data import ActorPoolStrategy
 
-    units, total_rows = plan_reads(shards, layout)
+    units, total_rows = plan_reads(shards, layout, spec.modality)
     ds = ray.data.from_items([{"unit": i} for i in range(len(units))])
     ds = ds.map_batches(
         _read_unit,
         batch_size=1,
         batch_format="numpy",
-        fn_kwargs={"units": units, "eval_fraction": eval_fraction, "ties": ties},
+        fn_kwargs={"units": units, "eval_fraction": eval_fraction, "ties": ties,
+                   "max_bytes": spec.max_bytes, "in_train": in_train},
         num_cpus=0.5,
     )
     ds = ds.map_batches(
@@ -207,18 +237,21 @@ def prepare(
     ties: str = "drop",
     pinning: dict | None = None,
     report_dir: str | None = None,
+    in_train: TrainPairs | None = None,
 ) -> PreparedData:
     """Read, validate and decode ``shards`` with Ray Data; write all rows to ``out_dir``.
 
     ``eval_fraction`` set: rows are split into train/eval by a hash of pair_id.
     ``split`` set instead: every row belongs to that split (e.g. ``--eval`` data).
     ``pinning``: a ``CpuPlan`` dict; each actor pins itself and reports to ``report_dir``.
+    ``in_train``: the training pairs; a row that is one of them is excluded ("also in train").
+    Empty shards count as 0 rows read; no rows at all is a ``DataError`` naming the shards.
     """
     t0 = time.perf_counter()
     ds, total_rows = decode_stage(shards, layout=layout, spec=spec, decode_actors=decode_actors,
                                   cpus_per_actor=cpus_per_actor, batch_size=batch_size,
                                   eval_fraction=eval_fraction, split=split, ties=ties,
-                                  pinning=pinning, report_dir=report_dir)
+                                  pinning=pinning, report_dir=report_dir, in_train=in_train)
     # A rerun with the same run name writes here again: start empty, never append.
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
@@ -254,6 +287,14 @@ def prepare(
             sizes.update(s.split(","))
     return PreparedData(out_dir, counts, dict(sizes.most_common(50)), decode_s,
                         consistency_stats(meta) if spec.video else {})
+
+
+def train_pairs(prepared_path: str) -> TrainPairs:
+    """The usable pairs of prepared training data (pair_id and content hash), read on the
+    driver: only these were trained on, so only these make an eval pair leak."""
+    t = pads.dataset(prepared_path, format="parquet").to_table(
+        columns=["pair_id", "content_hash"], filter=pads.field("status") == OK)
+    return TrainPairs.of(t["pair_id"].to_pylist(), t["content_hash"].to_pylist())
 
 
 def consistency_stats(meta: pa.Table) -> dict[str, dict[str, float]]:
@@ -317,6 +358,11 @@ class PreparedSplits:
         """Fail (DataError) when a split is mostly quarantined or has no usable pair."""
         check_quarantine(self.counts, max_quarantine_fraction)
         for split, c in self.counts.items():
+            if c.read == 0:  # only the hash split gets here: prepare refuses empty shards
+                raise DataError(
+                    f"{split} data is empty: the hash split of pair_id put none of the "
+                    f"{sum(x.read for x in self.counts.values())} rows read in it; change "
+                    "data.eval_fraction, add pairs, or pass --eval")
             if c.used == 0:
                 raise DataError(f"{split} data: no usable pairs out of {c.read} rows read "
                                 f"(reasons: {json.dumps(c.reasons)})")
@@ -357,8 +403,10 @@ def prepare_splits(train_shards: list[Shard], eval_shards: list[Shard], run_dir:
     elif eval_shards:
         tr = prepare(train_shards, os.path.join(prepared_dir, "train"),
                      eval_fraction=None, split="train", **common)
+        # A pair that is also in the training data would flatter the eval metrics and the
+        # promotion gate: the eval read stage excludes it, so the counts still reconcile.
         ev = prepare(eval_shards, os.path.join(prepared_dir, "eval"),
-                     eval_fraction=None, split="eval", **common)
+                     eval_fraction=None, split="eval", in_train=train_pairs(tr.path), **common)
         prepared = [tr, ev]
         counts = {"train": tr.counts.get("train", RowCounts()),
                   "eval": ev.counts.get("eval", RowCounts())}
