@@ -243,3 +243,18 @@ def test_decode_settings_come_from_the_config():
         load_config(overrides=["data.decode_timeout_s=0", "data.video.max_decoded_pixels=0"],
                     require_train=False, modality="video")
     assert "data.decode_timeout_s" in str(e.value) and "max_decoded_pixels" in str(e.value)
+
+
+@pytest.mark.parametrize("modality", ["image", "video"])
+@pytest.mark.parametrize("value", ["photos/a.jpg", 3.5, 12, float("nan")])
+def test_a_value_that_is_not_bytes_is_a_decode_error_not_a_crash(modality, value):
+    """What a consumer's DataFrame may hold in the media column: a path, a number, NaN."""
+    from components.media.spec import MediaSpec
+
+    spec = MediaSpec(modality, 16, 10**6, frames=2 if modality == "video" else 0)
+    with pytest.raises(DecodeError) as e:
+        spec.decode(value)
+    if isinstance(value, float) and value != value:
+        assert e.value.reason == f"null {modality}"
+    else:
+        assert f"got a {type(value).__name__} value" in e.value.reason

@@ -233,3 +233,24 @@ def test_an_empty_hash_split_fails_in_plain_words():
     with pytest.raises(DataError, match="eval data is empty: the hash split of pair_id put none "
                                         "of the 3 rows read in it"):
         PreparedSplits("p", "p", counts, "q.parquet", 32).check(0.1)
+
+
+def test_a_row_that_kills_its_decode_actor_is_quarantined_and_the_run_goes_on(ray_cluster, tmp_path, fault_plan_path):
+    """A decode that ends the actor process (a decoder segfault, the OOM killer; here a
+    test-only hook) is retried a bounded number of times, then that row is quarantined and
+    every other row is decoded: the run neither stalls nor fails."""
+    import json
+
+    d = tmp_path / "in"
+    d.mkdir()
+    _pairs(d / "a.parquet", ["a0", "poison", "a2", "a3", "a4"])
+    fault_plan_path.write_text(json.dumps({"decode_crash_pair_id": "poison"}))
+    try:
+        p = prepare(resolve_shards([str(d)]), str(tmp_path / "p"), layout="auto",
+                    spec=MediaSpec("image", 16, 10**6), decode_actors=1, cpus_per_actor=1,
+                    batch_size=4, eval_fraction=None, split="train")
+    finally:
+        fault_plan_path.unlink()
+    c = p.counts["train"]
+    assert (c.read, c.used, c.quarantined, c.excluded) == (5, 4, 1, 0)
+    assert c.reasons == {"the decoder process died 2 times on this pair": 1}

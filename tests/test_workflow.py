@@ -65,7 +65,9 @@ def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tra
     assert json.loads(client.get_model_version("image-scorer", "1").tags["promotion"])["promote"] is True
     # The eval metrics are linked to the logged model; system metrics were recorded.
     version = client.get_model_version("image-scorer", "1")
-    linked = {m.key: m.value for m in client.get_logged_model(version.model_id).metrics or []}
+    (logged,) = client.search_logged_models([run.info.experiment_id],
+                                            filter_string=f"source_run_id = '{s['run_id']}'")
+    linked = {m.key: m.value for m in logged.metrics or []}
     assert linked["eval/accuracy"] == pytest.approx(s["metrics"]["eval/accuracy"])
     assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), run.data.metrics
     assert version.tags["weights_sha256"] and len(version.tags["weights_sha256"]) == 64

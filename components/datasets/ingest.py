@@ -13,10 +13,12 @@ training device.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -108,21 +110,66 @@ def _read_unit(
         yield from canonical_tables(rows, unit.frame_lists)
 
 
+# A row whose decode kills the actor process (a decoder segfault, the OOM killer) is tried
+# this many times, then quarantined; Ray restarts the actor and retries its batch meanwhile,
+# a bounded number of times (Ray Data's default is forever, which stalls the run).
+DECODE_DEATHS_BEFORE_QUARANTINE = 2
+DECODER_MAX_RESTARTS = 16
+
+
+class DecodeJournal:
+    """The item an actor is decoding, in a node-local file, so that the actor Ray restarts
+    after a crash knows which item killed its predecessor (Ray keeps the actor id across
+    restarts; the restart normally lands on the same node)."""
+
+    def __init__(self, directory: str, actor_id: str):
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, f"{actor_id}.json")
+        self.deaths: dict[str, int] = {}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                state = json.load(f)
+            self.deaths = state.get("deaths", {})
+            if state.get("current"):  # the predecessor died while decoding this item
+                self.deaths[state["current"]] = self.deaths.get(state["current"], 0) + 1
+        self._write(None)
+
+    def _write(self, current: str | None) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"current": current, "deaths": self.deaths}, f)
+        os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new state
+
+    def start(self, item: str) -> None:
+        self._write(item)
+
+    def done(self) -> None:
+        self._write(None)
+
+
 class PairDecoder:
     """Preprocessing actor: decodes both images (or clips) of each usable pair.
 
     Rows whose media cannot be used become ``quarantined`` with the reason; the encoded
-    bytes are dropped after decoding so the object store carries only uint8 pixels.
+    bytes are dropped after decoding so the object store carries only uint8 pixels. A row
+    whose decode killed the actor ``DECODE_DEATHS_BEFORE_QUARANTINE`` times is quarantined
+    without decoding it again.
     """
 
     def __init__(self, spec: dict, split: str | None = None, pinning: dict | None = None,
-                 report_dir: str | None = None):
+                 report_dir: str | None = None, journal_dir: str | None = None):
         # First thing: pin to this actor's cores and cap its threads (runtime/pinning.py).
+        import ray
+
         from ..runtime.pinning import pin_role
 
         pin_role(pinning, "preprocess", None, report_dir, import_torch=False)
         self.spec = MediaSpec.from_dict(spec)
         self.split = split
+        self.journal = None
+        if journal_dir:
+            actor_id = ray.get_runtime_context().get_actor_id() or str(os.getpid())
+            self.journal = DecodeJournal(journal_dir, actor_id)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         n = len(batch["pair_id"])
@@ -137,6 +184,16 @@ class PairDecoder:
         for i in range(n):
             if status[i] != OK:
                 continue
+            item = f"{batch['shard'][i]}#{int(batch['row'][i])}"
+            if self.journal is not None:
+                deaths = self.journal.deaths.get(item, 0)
+                if deaths >= DECODE_DEATHS_BEFORE_QUARANTINE:
+                    status[i] = QUARANTINED
+                    reason[i] = (f"the decoder process died {deaths} times on this pair "
+                                 "(a decoder crash, or out of memory)")
+                    continue
+                self.journal.start(item)
+                _crash_for_tests(batch["pair_id"][i])
             try:
                 chosen[i], c_size, c = spec.decode(batch["chosen"][i])
             except DecodeError as e:
@@ -150,6 +207,8 @@ class PairDecoder:
             sizes[i] = f"{c_size},{r_size}"
             if spec.video:
                 c_chosen[i], c_rejected[i] = c, r
+        if self.journal is not None:
+            self.journal.done()
         split = batch["split"] if self.split is None else [self.split] * n
         from ray.data.extensions import ArrowTensorArray
 
@@ -176,6 +235,22 @@ class PairDecoder:
         return pa.table(columns)
 
 
+# Test-only hook: the test session points this variable at a JSON plan; with
+# {"decode_crash_pair_id": ID} a decode actor ends its process (as a segfault would) when it
+# reaches that pair. Not a user setting.
+_TEST_FAULTS_ENV = "VISUAL_DPO_TEST_FAULTS"
+
+
+def _crash_for_tests(pair_id: str) -> None:
+    path = os.environ.get(_TEST_FAULTS_ENV)
+    if not path or not os.path.exists(path):
+        return
+    with open(path) as f:
+        plan = json.load(f)
+    if plan.get("decode_crash_pair_id") == pair_id:
+        os._exit(139)
+
+
 def decode_stage(
     shards: list[Shard],
     *,
@@ -190,6 +265,7 @@ def decode_stage(
     pinning: dict | None = None,
     report_dir: str | None = None,
     in_train: TrainPairs | None = None,
+    journal_dir: str | None = None,
 ):
     """The lazy Ray Dataset of read -> canonical rows -> decoded pairs, and the row count the
     shards' Parquet metadata declares. ``prepare`` writes it; benchmarks stream it.
@@ -212,13 +288,17 @@ def decode_stage(
     ds = ds.map_batches(
         PairDecoder,
         fn_constructor_kwargs={"spec": spec.to_dict(), "split": split, "pinning": pinning,
-                               "report_dir": report_dir},
+                               "report_dir": report_dir, "journal_dir": journal_dir},
         batch_size=batch_size,
         # A fixed-size pool: decoding is the stage's work, so all actors start at once (an
         # autoscaling pool starting at 1 spends the first seconds of a short run scaling up).
         compute=ActorPoolStrategy(size=decode_actors),
         num_cpus=cpus_per_actor,
         batch_format="numpy",
+        # Finite: a crashing row is quarantined after DECODE_DEATHS_BEFORE_QUARANTINE deaths,
+        # so these bound how many such rows one actor survives.
+        max_restarts=DECODER_MAX_RESTARTS,
+        max_task_retries=DECODER_MAX_RESTARTS,
     )
     return ds, total_rows
 
@@ -248,15 +328,21 @@ def prepare(
     Empty shards count as 0 rows read; no rows at all is a ``DataError`` naming the shards.
     """
     t0 = time.perf_counter()
+    # The crash journal of the decode actors, next to the output (node-local).
+    journal_dir = os.path.join(tempfile.gettempdir(), "visual-dpo-decode-journal",
+                               hashlib.sha1(os.path.abspath(out_dir).encode()).hexdigest()[:16])
+    shutil.rmtree(journal_dir, ignore_errors=True)
     ds, total_rows = decode_stage(shards, layout=layout, spec=spec, decode_actors=decode_actors,
                                   cpus_per_actor=cpus_per_actor, batch_size=batch_size,
                                   eval_fraction=eval_fraction, split=split, ties=ties,
-                                  pinning=pinning, report_dir=report_dir, in_train=in_train)
+                                  pinning=pinning, report_dir=report_dir, in_train=in_train,
+                                  journal_dir=journal_dir)
     # A rerun with the same run name writes here again: start empty, never append.
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
     ds.write_parquet(out_dir)
     decode_s = time.perf_counter() - t0
+    shutil.rmtree(journal_dir, ignore_errors=True)
 
     meta = pads.dataset(out_dir, format="parquet").to_table(
         columns=["split", "status", "reason", "source_sizes"] + (CONSISTENCY_COLUMNS if spec.video else [])

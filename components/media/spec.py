@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..config import MODALITIES, PAD_POLICIES, DataConfig
-from .image import Deadline, decode_image
+from .image import Deadline, DecodeError, decode_image
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ class MediaSpec:
         ``c`` is ``None`` for images. Raises ``DecodeError`` with the reason, also when the
         decode runs past ``decode_timeout_s``.
         """
+        data = _encoded_or_none(data, self.video)
         if not self.video:
             deadline = Deadline.start(self.decode_timeout_s)
             px, (w, h) = decode_image(data, self.size, self.max_pixels, deadline)
@@ -101,3 +102,21 @@ class MediaSpec:
 
         px, info = decode_video(data, self)
         return px, f"{info['width']}x{info['height']}", temporal_consistency(px)
+
+
+def _encoded_or_none(data: Any, video: bool) -> Any:
+    """The item as the decoders take it, or ``DecodeError`` naming what it is instead: a
+    consumer's DataFrame may hold a str, a number or NaN (pandas' missing value) in the
+    media column."""
+    if data is None or isinstance(data, (bytes, bytearray, memoryview)):
+        return data
+    if isinstance(data, float) and data != data:  # NaN: a missing value
+        return None
+    if isinstance(data, np.ndarray) and (data.dtype == np.uint8 or (video and data.dtype.kind in "OS")):
+        return data
+    if video and isinstance(data, (list, tuple)):
+        return data  # a clip as a list of encoded frames
+    kind = "encoded video bytes or a list of encoded frames" if video else "encoded image bytes"
+    raise DecodeError(f"expected {kind}, got a {type(data).__name__} value"
+                      + (" (a file path or URL? read the file into a binary column)"
+                         if isinstance(data, str) else ""))

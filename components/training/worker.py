@@ -197,7 +197,7 @@ def _fail_once_for_tests(epoch: int, rank: int) -> None:
         return
     with open(path) as f:
         plan = json.load(f)
-    if plan["epoch"] == epoch and not os.path.exists(plan["marker"]):
+    if plan.get("epoch") == epoch and not os.path.exists(plan["marker"]):
         with open(plan["marker"], "w") as f:
             f.write(f"injected failure at epoch {epoch}, rank {rank}\n")
         raise RuntimeError(f"injected failure at epoch {epoch} (test fault hook)")
