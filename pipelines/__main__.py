@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from typing import Any
@@ -180,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--top-k needs --group-by (best K per group)")
     if a.command == "run" and a.check and not a.incremental:
         parser.error("--check needs --incremental (it asks whether there are new shards)")
+    # MLflow prints "View run ... at: <tracking URI>" for every run it ends, credentials
+    # included; this CLI prints the run's address once, redacted (runs.announce).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # this process is ours: no secret in a log line
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
