@@ -128,8 +128,8 @@ class MetricsLogger:
                 except Exception as e:  # noqa: BLE001 - any failure: keep them, retry later
                     self.failures += 1
                     if self.failures == 1 or self.failures % 10 == 0:
-                        print(f"mlflow metrics: tracking server unavailable ({type(e).__name__}); "
-                              f"{len(self.pending)} metrics kept for later", flush=True)
+                        log.warning("mlflow metrics: tracking server unavailable (%s); %d "
+                                    "metrics kept for later", type(e).__name__, len(self.pending))
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 30.0)
                     if self._closing:

@@ -12,6 +12,7 @@ and the resolved config sections of the run; never a copy of the starting weight
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -25,6 +26,7 @@ from ..config import LossConfig, TrainConfig
 from .models import build_scorer
 from .step import per_pair, train_step
 
+log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "state.pt"
 BATCH_DTYPES = {"chosen_px": torch.uint8, "rejected_px": torch.uint8, "target": torch.float32,
                 "margin": torch.float32, "weight": torch.float32, "ref_chosen": torch.float32,
@@ -286,8 +288,8 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
             sums = run_epoch(model, optimizer, batches, spec.loss, device, progress, on_step)
             metrics = epoch_metrics(sums, _all_reduce_sum(sums.values.clone()).cpu(), world, epoch)
             progress.epoch = epoch + 1
-            if rank == 0:  # one line per epoch on the driver's terminal (Ray forwards worker stdout)
-                print(progress_line(metrics, progress.epoch, t.epochs), flush=True)
+            if rank == 0:  # one line per epoch on the driver's terminal (Ray forwards worker logs)
+                log.info("%s", progress_line(metrics, progress.epoch, t.epochs))
             if metrics_log is not None:
                 metrics_log.log(metrics, progress.step)
             _report(metrics, model, optimizer, progress, spec, rank, world)
@@ -295,5 +297,5 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
         if metrics_log is not None:
             counts = metrics_log.close()
             if counts["sent_late"] or counts["dropped"]:
-                print(f"mlflow metrics: {counts['sent_late']} sent late, {counts['dropped']} "
-                      "dropped (the tracking server was unavailable)", flush=True)
+                log.warning("mlflow metrics: %d sent late, %d dropped (the tracking server was "
+                            "unavailable)", counts["sent_late"], counts["dropped"])
