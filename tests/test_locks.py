@@ -35,7 +35,7 @@ import json, sys, time
 import ray
 from components.runtime import locks
 ray.init(address=sys.argv[1], namespace="x", log_to_driver=False)
-start, rounds, prefix = float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+start, rounds, prefix, out = float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 held, got = [], []
 for i in range(rounds):
     while time.time() < start + 0.4 * i:  # both processes try each key at the same moment
@@ -45,36 +45,53 @@ for i in range(rounds):
         got.append(i)
     except locks.LeaseHeld:
         pass
-print(json.dumps(got), flush=True)
-time.sleep(float(sys.argv[5]))  # hold everything until the other one has finished trying
+with open(out + ".tmp", "w") as f:
+    json.dump(got, f)
+import os
+os.replace(out + ".tmp", out)
+deadline = time.time() + 600
+while not os.path.exists(out + ".release") and time.time() < deadline:
+    time.sleep(0.1)  # hold everything until the test has both results
 """
 
 
-def _contender(address: str, start: float, rounds: int, prefix: str, hold_s: float):
+def _contender(address: str, start: float, rounds: int, prefix: str, out: Path):
     return subprocess.Popen([sys.executable, "-c", CONTENDER, address, str(start), str(rounds),
-                             prefix, str(hold_s)], cwd=ROOT, stdout=subprocess.PIPE,
+                             prefix, str(out)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def _wait_for(paths: list[Path], procs, timeout_s: float = 300) -> None:
+    deadline = time.time() + timeout_s
+    while not all(p.exists() for p in paths):
+        for proc in procs:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() < deadline, "contenders did not report"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
-def test_two_drivers_racing_for_many_locks_get_each_exactly_once(ray_cluster):
+def test_two_drivers_racing_for_many_locks_get_each_exactly_once(ray_cluster, tmp_path):
     address = ray_cluster.get_runtime_context().gcs_address
     rounds = 15
-    start = time.time() + 20  # both connected by then
-    procs = [_contender(address, start, rounds, "race", 3.0) for _ in range(2)]
-    results = []
+    start = time.time() + 20  # both connected by then (if not, they race unsynchronised)
+    outs = [tmp_path / f"contender-{k}.json" for k in range(2)]
+    procs = [_contender(address, start, rounds, "race", out) for out in outs]
+    _wait_for(outs, procs)  # both have tried every lock and still hold what they got
+    results = [set(json.loads(out.read_text())) for out in outs]
+    for out in outs:
+        (tmp_path / (out.name + ".release")).touch()
     for p in procs:
-        out, err = p.communicate(timeout=180)
+        _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err[-2000:]
-        results.append(set(json.loads(out.strip().splitlines()[-1])))
     a, b = results
     assert a | b == set(range(rounds)) and not a & b  # each lock: exactly one winner
 
 
 @pytest.mark.slow
-def test_a_killed_holder_frees_the_lease_within_seconds(ray_cluster):
+def test_a_killed_holder_frees_the_lease_within_seconds(ray_cluster, tmp_path):
     address = ray_cluster.get_runtime_context().gcs_address
-    p = _contender(address, time.time(), 1, "crash", 600.0)  # takes crash-0, then sleeps
+    p = _contender(address, time.time(), 1, "crash", tmp_path / "crash.json")  # takes crash-0
     deadline = time.time() + 120
     while locks.holder_of("crash-0") is None:
         assert time.time() < deadline and p.poll() is None, p.stderr.read()[-2000:]
