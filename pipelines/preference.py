@@ -70,17 +70,19 @@ def run_preference(cfg: RunConfig, check_only: bool = False) -> dict[str, Any]:
 
     name = cfg.tracking.model_name
     client = mlflow.MlflowClient()
-    if check_only:
+    def new_shards() -> list[Shard]:
         consumed = lineage.consumed_shards(client, experiment_id, cfg.modality, name)
-        new = lineage.new_shards(inputs.train, consumed)
+        return lineage.new_shards(inputs.train, consumed)
+
+    if check_only:
+        new = new_shards()
         return {"status": "new-data" if new else "nothing-new", "model_name": name,
                 "experiment": cfg.tracking.experiment, "shards_seen": len(inputs.train),
                 "new_shards": [s.uri for s in new], "wall_s": round(time.perf_counter() - t0, 1)}
     ensure_ray()  # the lease is a Ray named actor owned by this driver
     lease = locks.try_acquire(locks.schedule_lease_name(cfg.modality, name))
     try:
-        consumed = lineage.consumed_shards(client, experiment_id, cfg.modality, name)
-        new = lineage.new_shards(inputs.train, consumed)
+        new = new_shards()  # again, under the lease: a run may have finished meanwhile
         if not new:
             return {"status": "nothing-new", "experiment": cfg.tracking.experiment,
                     "model_name": name, "shards_seen": len(inputs.train),
@@ -101,8 +103,9 @@ def _run(cfg: RunConfig, loss: LossConfig, uri: str, experiment_id: str, inputs:
     parent = runs.find_parent_run(experiment_id, cfg.tracking.resume, cfg.tracking.run_name,
                                   cfg.modality)
     ensure_ray()
+    cluster = cluster_resources()
     resources.check(resources.run_phases(cfg.preprocess, cfg.train, loss.type,
-                                         resolve_use_gpu(cfg.train)), cluster_resources())
+                                         resolve_use_gpu(cfg.train)), cluster)
     log.info("%s", inputs.plan.describe())
     for w in inputs.plan.warnings:
         log.warning("cpu pinning: %s", w)
@@ -111,7 +114,7 @@ def _run(cfg: RunConfig, loss: LossConfig, uri: str, experiment_id: str, inputs:
         run_id = run.info.run_id
         runs.announce(run, uri)
         run_dir = runs.run_dir_of(run, cfg.output_dir, cfg.tracking.run_name)
-        lineage.record_run(cfg, inputs.train, inputs.eval, inputs.plan, cluster_resources())
+        lineage.record_run(cfg, inputs.train, inputs.eval, inputs.plan, cluster)
         wf = Workflow(mlflow.MlflowClient(), run_id)
         flat = flatten(to_dict(cfg))
         prepare_in = {"data": {k: v for k, v in flat.items()

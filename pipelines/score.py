@@ -27,15 +27,16 @@ def run_score(cfg: RunConfig, model_uri: str, input_path: str, output: str,
     shards = resolve_shards([input_path])
     runs.setup(uri, cfg.tracking.experiment)
     scorer = models.load_scorer(models.pin_model_uri(model_uri))  # decode as it was trained
-    check_candidates(shards, scorer.spec, group_by)  # footers: fails before Ray starts
+    total_rows = check_candidates(shards, scorer.spec, group_by)  # footers: before Ray starts
     ensure_ray()
     cluster = cluster_resources()
-    resources.check(resources.score_phases(cfg.preprocess, cluster.get("GPU", 0) >= 1), cluster)
+    use_gpu = cluster.get("GPU", 0) >= 1
+    resources.check(resources.score_phases(cfg.preprocess, use_gpu), cluster)
     quarantine = output.rstrip("/") + ".quarantine.parquet"
     counts = score_candidates(
-        shards, output, quarantine, scorer=scorer,
+        shards, output, quarantine, scorer=scorer, total_rows=total_rows,
         decode_actors=cfg.preprocess.actors, cpus_per_actor=cfg.preprocess.cpus_per_actor,
-        group_by=group_by, top_k=top_k,
+        use_gpu=use_gpu, group_by=group_by, top_k=top_k,
     )
     return {"status": "ok", "model_uri": model_uri, "output": output,
             "quarantine": quarantine, "rows": counts,

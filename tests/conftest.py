@@ -21,10 +21,10 @@ from PIL import Image
 def fault_plan_path(tmp_path_factory) -> Path:
     """Where the test-only fault hook of the training worker looks for its plan
     (components/training/worker.py); set in the environment before Ray starts its workers."""
-    from components.training.worker import _TEST_FAULTS_ENV
+    from components.runtime import test_faults
 
     path = tmp_path_factory.mktemp("faults") / "plan.json"
-    os.environ[_TEST_FAULTS_ENV] = str(path)
+    os.environ[test_faults.ENV] = str(path)
     return path
 
 

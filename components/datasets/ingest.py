@@ -33,6 +33,8 @@ import pyarrow.parquet as pq
 from ..config import DataConfig, PreprocessConfig
 from ..media.image import DecodeError
 from ..media.spec import MediaSpec
+from ..runtime.resources import READ_TASK_CPUS
+from ..runtime.test_faults import fault_plan
 from .contract import (
     OK,
     QUARANTINED,
@@ -244,19 +246,9 @@ class PairDecoder:
         return pa.table(columns)
 
 
-# Test-only hook: the test session points this variable at a JSON plan; with
-# {"decode_crash_pair_id": ID} a decode actor ends its process (as a segfault would) when it
-# reaches that pair. Not a user setting.
-_TEST_FAULTS_ENV = "VISUAL_DPO_TEST_FAULTS"
-
-
 def _crash_for_tests(pair_id: str) -> None:
-    path = os.environ.get(_TEST_FAULTS_ENV)
-    if not path or not os.path.exists(path):
-        return
-    with open(path) as f:
-        plan = json.load(f)
-    if plan.get("decode_crash_pair_id") == pair_id:
+    """Test-only (runtime/test_faults.py): end this process at the planned pair."""
+    if fault_plan().get("decode_crash_pair_id") == pair_id:
         os._exit(139)
 
 
@@ -292,7 +284,7 @@ def decode_stage(
         batch_format="numpy",
         fn_kwargs={"units": units, "eval_fraction": eval_fraction, "ties": ties,
                    "max_bytes": spec.max_bytes, "in_train": in_train},
-        num_cpus=0.5,
+        num_cpus=READ_TASK_CPUS,
     )
     ds = ds.map_batches(
         PairDecoder,

@@ -124,17 +124,18 @@ def check_candidates(shards: list[Shard], spec: MediaSpec, group_by: str | None)
 
 
 def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *,
-                     scorer: TrainedScorer, decode_actors: int, cpus_per_actor: float,
-                     group_by: str | None, top_k: int | None,
-                     batch_size: int = 64) -> dict[str, int]:
+                     scorer: TrainedScorer, total_rows: int, decode_actors: int,
+                     cpus_per_actor: float, use_gpu: bool, group_by: str | None,
+                     top_k: int | None, batch_size: int = 64) -> dict[str, int]:
+    """Score ``shards`` (``total_rows`` rows, as ``check_candidates`` counted them before Ray
+    started); one model actor, on a GPU when ``use_gpu``."""
     import ray
     from ray.data import ActorPoolStrategy
     from ray.data.expressions import col
 
     spec = scorer.spec
     units = row_group_units(shards)
-    total = check_candidates(shards, spec, group_by)
-    use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    total = total_rows
     ds = ray.data.from_items([{"unit": i} for i in range(len(units))])
     ds = ds.map_batches(_read_candidates, batch_size=1, batch_format="numpy",
                         fn_kwargs={"units": units}, num_cpus=READ_TASK_CPUS)

@@ -11,7 +11,6 @@ and the resolved config sections of the run; never a copy of the starting weight
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from ..config import LossConfig, TrainConfig
+from ..runtime.test_faults import fault_plan
 from .models import build_scorer
 from .step import per_pair, train_step
 
@@ -187,18 +187,10 @@ def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-# Test-only hook: the test session points this variable at a JSON file
-# {"epoch": E, "marker": PATH} before it starts Ray; a worker of rank 0 then fails once at the
-# start of epoch E (and writes PATH so the retry goes through). Not a user setting.
-_TEST_FAULTS_ENV = "VISUAL_DPO_TEST_FAULTS"
-
-
 def _fail_once_for_tests(epoch: int, rank: int) -> None:
-    path = os.environ.get(_TEST_FAULTS_ENV)
-    if not path or not os.path.exists(path) or rank != 0:
-        return
-    with open(path) as f:
-        plan = json.load(f)
+    """Test-only (runtime/test_faults.py): fail once at the start of the planned epoch; the
+    marker file makes the retry go through."""
+    plan = fault_plan() if rank == 0 else {}
     if plan.get("epoch") == epoch and not os.path.exists(plan["marker"]):
         with open(plan["marker"], "w") as f:
             f.write(f"injected failure at epoch {epoch}, rank {rank}\n")
