@@ -23,6 +23,10 @@ MODALITIES = ("image", "video")
 PAD_POLICIES = ("repeat", "loop", "reject")
 """Clips shorter than ``data.video.frames``: repeat the last frame, loop, or reject."""
 PIN_MODES = ("auto", "off")
+LR_SCHEDULES = ("constant", "cosine")
+SELECT_BY = ("auto", "last", "val/accuracy", "val/loss")
+"""``train.select_by``: which checkpoint is registered. ``auto``: ``val/accuracy`` when
+``data.val_fraction`` > 0, else ``last``."""
 # Pillow refuses images over twice its MAX_IMAGE_PIXELS (a decompression-bomb guard, left on);
 # data.max_pixels above that could never be reached.
 PILLOW_MAX_PIXELS = 2 * 89_478_485
@@ -82,6 +86,10 @@ class DataConfig:
     checked between steps (frames, packets, image strips), so one step can overrun it."""
     max_quarantine_fraction: float = 0.1
     """The run fails when more than this share of a dataset's rows is quarantined."""
+    val_fraction: float = 0.0
+    """Share of the *training* pairs (by a second, independent hash of pair_id) held out as
+    the validation split that training evaluates each epoch to pick the best checkpoint and
+    stop early. Never the eval split: eval stays unbiased for the report and the gate."""
     video: VideoConfig = field(default_factory=VideoConfig)
 
 
@@ -101,6 +109,17 @@ class PreprocessConfig:
 @dataclass
 class ModelConfig:
     name: str = "bn-cnn"
+    """A scorer of components/training/models.py. Prompt-conditioned: ``prompt-bn-cnn`` and
+    ``clip`` (images), ``prompt-bn-c3d`` (clips)."""
+    arch: str = "ViT-B-32"
+    """``clip`` only: an open_clip architecture name, or a path to an open_clip model-config
+    JSON file."""
+    pretrained: str = ""
+    """``clip`` only: a local path or URI of an open_clip checkpoint (e.g. OpenAI / LAION CLIP,
+    HPSv2) for ``model.arch``. Empty: random init. Never downloaded."""
+    weights: str = ""
+    """torchvision scorers (resnet18, r3d_18, mc3_18, r2plus1d_18): a local path or URI of a
+    torchvision state dict (e.g. ImageNet / Kinetics); the 1-output head stays new."""
 
 
 @dataclass
@@ -132,6 +151,36 @@ class TrainConfig:
     checkpoints_to_keep: int = 2
     compile: bool = False
     """``torch.compile`` the scorer in each worker (worth it on GPU for long runs)."""
+    backbone_lr: float = 0.0
+    """Learning rate of the backbone (everything but the head); 0: ``lr``."""
+    lr_schedule: str = "constant"
+    """``constant`` or ``cosine`` (decay to ``min_lr_ratio * lr`` at the last step)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warmup over this many optimiser steps."""
+    min_lr_ratio: float = 0.0
+    freeze_backbone_steps: int = 0
+    """The backbone is frozen (only the head learns) for the first N optimiser steps."""
+    grad_clip: float = 0.0
+    """Clip the gradient's total norm to this; 0: off."""
+    accumulation: int = 1
+    """Micro-batches of ``batch_size`` per optimiser step (gradient accumulation)."""
+    ema_decay: float = 0.0
+    """> 0: keep an exponential moving average of the weights; it is what is validated,
+    evaluated and registered."""
+    select_by: str = "auto"
+    """Which epoch's checkpoint is registered: ``last``, ``val/accuracy`` (max) or
+    ``val/loss`` (min); ``auto`` = ``val/accuracy`` with a validation split, else ``last``."""
+    patience: int = 0
+    """Early stopping: stop after this many epochs without a better ``select_by``; 0: off."""
+    deterministic: bool = True
+    """Ray Data delivers blocks in a fixed order (``preserve_order``), so the same data,
+    config and seed give the same metrics on CPU."""
+
+    def selection(self, val_fraction: float) -> str:
+        """``select_by`` with ``auto`` resolved."""
+        if self.select_by == "auto":
+            return "val/accuracy" if val_fraction > 0 else "last"
+        return self.select_by
 
 
 @dataclass
@@ -319,6 +368,8 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
                  f"{PILLOW_MAX_PIXELS}, which stays on; use at most that")
     if not d.decode_timeout_s > 0:
         p.append(f"data.decode_timeout_s: {d.decode_timeout_s} must be > 0 seconds")
+    if not 0.0 <= d.val_fraction < 1.0:
+        p.append(f"data.val_fraction: {d.val_fraction} must be in [0, 1)")
     if not 0.0 <= d.max_quarantine_fraction <= 1.0:
         p.append("data.max_quarantine_fraction: must be in [0, 1]")
     pp = cfg.preprocess
@@ -375,6 +426,8 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
         p.append("train.max_failures: must be >= 0 (or -1 for unlimited)")
     if t.log_every_steps < 1:
         p.append("train.log_every_steps: must be >= 1")
+    p += _fine_tuning_problems(t, d, lo)
+    p += _model_problems(cfg)
     if lo.reference != "init" and not lo.reference.startswith(("models:/", "runs:/")) and "://" not in lo.reference:
         p.append(f"loss.reference: {lo.reference!r} is neither 'init' nor a model URI "
                  "(models:/NAME@ALIAS, runs:/RUN_ID/model)")
@@ -393,6 +446,69 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
         p.append("--resume and --incremental do not go together: resume the incremental run by id")
     if not cfg.tracking.model_name:
         p.append("tracking.model_name: must not be empty")
+    return p
+
+
+def _fine_tuning_problems(t: TrainConfig, d: DataConfig, lo: LossConfig) -> list[str]:
+    p: list[str] = []
+    if t.backbone_lr < 0:
+        p.append("train.backbone_lr: must be >= 0 (0 = train.lr)")
+    if t.lr_schedule not in LR_SCHEDULES:
+        p.append(f"train.lr_schedule: {t.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+    if t.warmup_steps < 0 or t.freeze_backbone_steps < 0:
+        p.append("train.warmup_steps, train.freeze_backbone_steps: must be >= 0")
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        p.append("train.min_lr_ratio: must be in [0, 1]")
+    if t.grad_clip < 0:
+        p.append("train.grad_clip: must be >= 0 (0 = off)")
+    if t.accumulation < 1:
+        p.append("train.accumulation: must be >= 1")
+    if not 0.0 <= t.ema_decay < 1.0:
+        p.append("train.ema_decay: must be in [0, 1) (0 = off)")
+    if t.select_by not in SELECT_BY:
+        p.append(f"train.select_by: {t.select_by!r} is not one of {', '.join(SELECT_BY)}")
+    elif t.selection(d.val_fraction) != "last" and d.val_fraction <= 0:
+        p.append(f"train.select_by={t.select_by} needs a validation split: set "
+                 "data.val_fraction (e.g. 0.1)")
+    elif t.selection(d.val_fraction) == "val/loss" and lo.type == "dpo":
+        p.append("train.select_by=val/loss: the dpo loss needs reference scores that the "
+                 "validation split does not have; use val/accuracy")
+    if t.patience < 0:
+        p.append("train.patience: must be >= 0 (0 = no early stopping)")
+    elif t.patience and t.selection(d.val_fraction) == "last":
+        p.append("train.patience: early stopping needs a validation metric: set "
+                 "data.val_fraction and train.select_by")
+    return p
+
+
+def _model_problems(cfg: RunConfig) -> list[str]:
+    from .training.models import TORCHVISION_SCORERS  # the registry is the source of truth
+
+    p: list[str] = []
+    m = cfg.model
+    if m.name == "clip":
+        try:
+            from .training.clip import clip_config
+
+            vision = clip_config(m.arch)["vision_cfg"]
+        except (ImportError, ValueError) as e:
+            p.append(f"model.arch: {e}")
+        else:
+            size = vision.get("image_size", 224)
+            size = size[0] if isinstance(size, (list, tuple)) else size
+            if cfg.data.image_size != size:
+                p.append(f"data.image_size: {cfg.data.image_size}, but model.arch={m.arch} "
+                         f"takes {size} px images; set data.image_size={size}")
+    elif m.pretrained:
+        p.append("model.pretrained: only for model.name=clip; torchvision scorers take "
+                 "model.weights=PATH")
+    if m.weights and m.name not in TORCHVISION_SCORERS:
+        p.append(f"model.weights: only for the torchvision scorers "
+                 f"({', '.join(TORCHVISION_SCORERS)}), not {m.name!r}")
+    for key, path in (("model.pretrained", m.pretrained), ("model.weights", m.weights)):
+        if path and "://" not in path and not Path(path).is_file():
+            p.append(f"{key}: {path} is not a file here; give a local checkpoint file or a "
+                     "URI (s3://..., gs://...)")
     return p
 
 

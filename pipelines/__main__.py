@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="replace --output even if something else wrote it")
     sc.add_argument("--group-by", help="rank within groups of this column (1 = best)")
     sc.add_argument("--top-k", type=int, help="with --group-by: keep the best K per group")
+    sc.add_argument("--prompt-column",
+                    help="column with each candidate's prompt (required by a prompt-conditioned "
+                         "scorer, e.g. prompt or caption)")
     sc.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
                     "else sqlite:///mlflow.db)")
     sc.add_argument("--config", help="YAML config file")
@@ -123,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     sd.add_argument("--layout", choices=["canonical", "pickapic"], default="canonical",
                     help="column layout of the shards (image)")
     sd.add_argument("--shards", type=int, default=2, help="Parquet files per split")
+    sd.add_argument("--prompted", action="store_true",
+                    help="the prompt-dependent set: the caption names one photo; the chosen side "
+                         "shows it, the rejected side another photo, equally degraded")
     sd.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     return p
 
@@ -189,7 +195,16 @@ def main(argv: list[str] | None = None) -> int:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
     if a.command == "sample-data":
-        if a.modality == "video":
+        if a.prompted:
+            from components.sample.images import write_prompted_image_pairs
+            from components.sample.videos import write_prompted_video_pairs
+
+            paths = (write_prompted_video_pairs(a.out, pairs=a.pairs, size=a.size,
+                                                frames=a.frames, shards=a.shards, seed=a.seed)
+                     if a.modality == "video" else
+                     write_prompted_image_pairs(a.out, pairs=a.pairs, size=a.size,
+                                                shards=a.shards, seed=a.seed))
+        elif a.modality == "video":
             from components.sample.videos import write_video_pairs
 
             paths = write_video_pairs(a.out, pairs=a.pairs, size=a.size, frames=a.frames,
@@ -223,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.score import run_score
 
             summary = run_score(cfg, a.model, a.input, a.output, a.group_by, a.top_k,
-                                a.overwrite)
+                                a.overwrite, prompt_column=a.prompt_column)
         else:
             from pipelines.preference import run_preference
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import mlflow
@@ -29,6 +29,7 @@ from components.runtime.cluster import cluster_resources, ensure_ray
 from components.runtime.pinning import CpuPlan, plan_for_run
 from components.tracking import lineage, models, runs
 from components.tracking.steps import Workflow, digest
+from components.training.models import model_options, text_contract
 from components.training.trainer import TrainOutcome, resolve_use_gpu
 from pipelines import stages
 
@@ -43,6 +44,7 @@ class RunInputs:
     eval: list[Shard]
     spec: MediaSpec
     plan: CpuPlan
+    options: dict = field(default_factory=dict)  # the scorer's construction options
 
 
 def resolve_inputs(cfg: RunConfig) -> RunInputs:
@@ -52,8 +54,9 @@ def resolve_inputs(cfg: RunConfig) -> RunInputs:
     plan_reads(train, cfg.data.layout, cfg.modality)
     if evals:
         plan_reads(evals, cfg.data.layout, cfg.modality)
-    return RunInputs(train, evals, MediaSpec.from_config(cfg.modality, cfg.data),
-                     plan_for_run(cfg.preprocess, cfg.train))
+    options = model_options(cfg.model.name, cfg.model.arch)
+    spec = MediaSpec.from_config(cfg.modality, cfg.data, text_contract(cfg.model.name, options))
+    return RunInputs(train, evals, spec, plan_for_run(cfg.preprocess, cfg.train), options)
 
 
 def run_preference(cfg: RunConfig, check_only: bool = False) -> dict[str, Any]:
@@ -88,7 +91,7 @@ def run_preference(cfg: RunConfig, check_only: bool = False) -> dict[str, Any]:
                     "model_name": name, "shards_seen": len(inputs.train),
                     "wall_s": round(time.perf_counter() - t0, 1)}
         warm = f"models:/{name}@{CHAMPION}" if models.current_champion(name) else None
-        inputs = RunInputs(new, inputs.eval, inputs.spec, inputs.plan)
+        inputs = replace(inputs, train=new)
         return _run(cfg, stages.with_reference(cfg.loss, warm), uri, experiment_id, inputs,
                     warm, t0)
     finally:
@@ -102,7 +105,7 @@ def _run(cfg: RunConfig, loss: LossConfig, uri: str, experiment_id: str, inputs:
          warm_start: str | None, t0: float) -> dict[str, Any]:
     parent = runs.find_parent_run(experiment_id, cfg.tracking.resume, cfg.tracking.run_name,
                                   cfg.modality)
-    ensure_ray()
+    ensure_ray(cfg.train.deterministic)
     cluster = cluster_resources()
     resources.check(resources.run_phases(cfg.preprocess, cfg.train, loss.type,
                                          resolve_use_gpu(cfg.train)), cluster)
@@ -120,26 +123,29 @@ def _run(cfg: RunConfig, loss: LossConfig, uri: str, experiment_id: str, inputs:
         prepare_in = {"data": {k: v for k, v in flat.items()
                                if k.startswith("data.") and k not in ("data.train", "data.eval")},
                       "ties": cfg.ties, "train": fingerprint(inputs.train),
-                      "eval": fingerprint(inputs.eval)}
+                      "eval": fingerprint(inputs.eval),
+                      "tokenizer": [inputs.spec.text, inputs.spec.context_length,
+                                    inputs.spec.vocab_size]}
         data = wf.step("prepare", prepare_in,
                        lambda: stages.prepare(cfg, inputs.spec, inputs.plan, inputs.train,
                                               inputs.eval, run_dir),
                        PreparedSplits.to_record, PreparedSplits.from_record)
-        ref_in = {"upstream": digest(prepare_in), "loss": to_dict(loss), "model": cfg.model.name,
-                  "seed": cfg.train.seed}
+        ref_in = {"upstream": digest(prepare_in), "loss": to_dict(loss),
+                  "model": to_dict(cfg.model), "seed": cfg.train.seed}
         ref_record = wf.step("reference", ref_in,
-                             lambda: stages.reference(cfg, loss, inputs.spec, data.train_path,
-                                                      run_dir), dict, dict)
-        train_ds, ref, init_state = stages.training_inputs(cfg, inputs.spec, data.train_path,
-                                                           ref_record, warm_start)
+                             lambda: stages.reference(cfg, loss, inputs.spec, inputs.options,
+                                                      data.train_path, run_dir), dict, dict)
+        train_ds, ref, init_state = stages.training_inputs(cfg, inputs.spec, inputs.options,
+                                                           data.train_path, ref_record,
+                                                           warm_start)
         train_in = {"upstream": digest(ref_in), "train": to_dict(cfg.train),
                     "warm_start": warm_start}
         outcome = wf.step("train", train_in,
-                          lambda: stages.train(cfg, loss, train_ds, init_state, inputs.plan,
-                                               run_dir, run_id, uri),
+                          lambda: stages.train(cfg, loss, train_ds, init_state, inputs.options,
+                                               data, inputs.plan, run_dir, run_id, uri),
                           TrainOutcome.to_record, TrainOutcome.from_record)
         scorer = TrainedScorer(cfg.model.name, outcome.state_dict, inputs.spec,
-                               loss.temporal_weight, outcome.checkpoint_path)
+                               loss.temporal_weight, outcome.checkpoint_path, inputs.options)
         eval_in = {"upstream": digest(train_in), "eval": to_dict(cfg.eval),
                    "ckpt": outcome.checkpoint_path}
         report = wf.step("evaluate", eval_in,

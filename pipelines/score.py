@@ -18,7 +18,8 @@ from components.tracking import models, runs
 
 
 def run_score(cfg: RunConfig, model_uri: str, input_path: str, output: str,
-              group_by: str | None, top_k: int | None, overwrite: bool = False) -> dict[str, Any]:
+              group_by: str | None, top_k: int | None, overwrite: bool = False,
+              prompt_column: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     output = os.path.abspath(output)
     check_output(output, overwrite)
@@ -27,7 +28,8 @@ def run_score(cfg: RunConfig, model_uri: str, input_path: str, output: str,
     shards = resolve_shards([input_path])
     runs.setup(uri, cfg.tracking.experiment)
     scorer = models.load_scorer(models.pin_model_uri(model_uri))  # decode as it was trained
-    total_rows = check_candidates(shards, scorer.spec, group_by)  # footers: before Ray starts
+    # Footers only, before Ray starts: media, group and prompt columns exist.
+    total_rows = check_candidates(shards, scorer.spec, group_by, prompt_column)
     ensure_ray()
     cluster = cluster_resources()
     use_gpu = cluster.get("GPU", 0) >= 1
@@ -36,7 +38,7 @@ def run_score(cfg: RunConfig, model_uri: str, input_path: str, output: str,
     counts = score_candidates(
         shards, output, quarantine, scorer=scorer, total_rows=total_rows,
         decode_actors=cfg.preprocess.actors, cpus_per_actor=cfg.preprocess.cpus_per_actor,
-        use_gpu=use_gpu, group_by=group_by, top_k=top_k,
+        use_gpu=use_gpu, group_by=group_by, top_k=top_k, prompt_column=prompt_column,
     )
     return {"status": "ok", "model_uri": model_uri, "output": output,
             "quarantine": quarantine, "rows": counts,

@@ -16,12 +16,13 @@ from components.datasets.contract import Shard
 from components.datasets.ingest import (
     PreparedSplits,
     example_item,
+    example_prompt,
     pair_columns,
     prepare_splits,
     usable_pairs,
 )
 from components.evaluation.figures import report_figures
-from components.evaluation.metrics import EvalReport, evaluation_report
+from components.evaluation.metrics import EvalReport, evaluation_report, score_stats
 from components.evaluation.pair_scoring import score_dataset
 from components.media.spec import MediaSpec
 from components.registry.gate import correct_vector, decide
@@ -48,14 +49,16 @@ def prepare(cfg: RunConfig, spec: MediaSpec, plan: CpuPlan, train_shards: list[S
     return data
 
 
-def resolve_reference(source: str, model_name: str, seed: int, spec: MediaSpec) -> TrainedScorer:
-    """``init`` (the seeded initial weights) or a model URI, pinned to its version."""
+def resolve_reference(source: str, cfg: RunConfig, options: dict, spec: MediaSpec) -> TrainedScorer:
+    """``init`` (the initial weights, pretrained ones included) or a model URI, pinned to its
+    version."""
     if source == "init":
-        return initial_scorer(model_name, seed, spec)
+        m = cfg.model
+        return initial_scorer(m.name, options, cfg.train.seed, spec, m.pretrained, m.weights)
     return models.load_scorer(models.pin_model_uri(source))
 
 
-def reference(cfg: RunConfig, loss: LossConfig, spec: MediaSpec, train_path: str,
+def reference(cfg: RunConfig, loss: LossConfig, spec: MediaSpec, options: dict, train_path: str,
               run_dir: str) -> dict[str, Any]:
     """For ``loss.type=dpo``: precompute the reference's scores of the training pairs.
 
@@ -63,44 +66,55 @@ def reference(cfg: RunConfig, loss: LossConfig, spec: MediaSpec, train_path: str
     objectives without a reference."""
     if loss.type != "dpo":
         return {"path": None, "source": None}
-    ref = resolve_reference(loss.reference, cfg.model.name, cfg.train.seed, spec)
+    ref = resolve_reference(loss.reference, cfg, options, spec)
     path = add_reference_scores(usable_pairs(train_path, "train", with_ids=True), ref,
                                 os.path.join(run_dir, "prepared", "train_ref"))
     mlflow.set_tags({"loss.reference": ref.source, "loss.reference_model": ref.model_name})
     return {"path": path, "source": ref.source}
 
 
-def training_inputs(cfg: RunConfig, spec: MediaSpec, train_path: str, record: dict,
-                    warm_start: str | None = None):
+def training_inputs(cfg: RunConfig, spec: MediaSpec, options: dict, train_path: str,
+                    record: dict, warm_start: str | None = None):
     """``(train_ds, reference, init_state)`` for the train stage.
 
     The policy starts from the reference's weights when the architectures match (so DPO
     starts at log 2), else from ``warm_start`` (a model URI, e.g. the champion of an
     incremental run) when it matches, else from the seeded random init.
     """
-    ref = (resolve_reference(record["source"], cfg.model.name, cfg.train.seed, spec)
+    ref = (resolve_reference(record["source"], cfg, options, spec)
            if record["source"] else None)
     if record["path"]:
         ds = reference_dataset(record["path"], pair_columns(train_path))
     else:
         ds = usable_pairs(train_path, "train")
-    if ref is not None and ref.model_name == cfg.model.name:
+    if ref is not None and _same_architecture(ref, cfg.model.name, options):
         return ds, ref, ref.state_dict
     if warm_start:  # loaded only when the reference cannot serve as the start point
         warm = models.load_scorer(models.pin_model_uri(warm_start))
-        if warm.model_name == cfg.model.name:
+        if _same_architecture(warm, cfg.model.name, options):
             return ds, ref, warm.state_dict
     return ds, ref, None
 
 
-def train(cfg: RunConfig, loss: LossConfig, train_ds, init_state, plan: CpuPlan, run_dir: str,
-          run_id: str, tracking_uri: str) -> TrainOutcome:
+def _same_architecture(scorer: TrainedScorer, name: str, options: dict) -> bool:
+    return scorer.model_name == name and scorer.options == options
+
+
+def train(cfg: RunConfig, loss: LossConfig, train_ds, init_state, options: dict,
+          data: PreparedSplits, plan: CpuPlan, run_dir: str, run_id: str,
+          tracking_uri: str) -> TrainOutcome:
+    validate = "val" in data.counts
     spec = WorkerSpec(train=cfg.train, loss=loss, model_name=cfg.model.name,
-                      modality=cfg.modality, init_state=init_state, pinning=plan.to_dict(),
-                      pinning_report_dir=os.path.join(run_dir, "pinning"),
+                      modality=cfg.modality, init_state=init_state, model_options=options,
+                      pretrained=cfg.model.pretrained, weights=cfg.model.weights,
+                      train_pairs=data.counts["train"].used,
+                      select_by=cfg.train.selection(cfg.data.val_fraction), validate=validate,
+                      pinning=plan.to_dict(), pinning_report_dir=os.path.join(run_dir, "pinning"),
                       mlflow_run_id=run_id, tracking_uri=tracking_uri)
     outcome = fit(spec, train_ds, storage_path=os.path.join(run_dir, "ray_results"),
-                  run_name=cfg.tracking.run_name or f"train-{run_id}")
+                  run_name=cfg.tracking.run_name or f"train-{run_id}",
+                  val_ds=usable_pairs(data.train_path, "val") if validate else None)
+    mlflow.log_metrics({k: outcome.metrics[k] for k in ("train/selected_epoch", "train/epochs_run")})
     if os.path.isdir(os.path.join(run_dir, "pinning")):  # what each pinned process got
         mlflow.log_artifacts(os.path.join(run_dir, "pinning"), "pinning")
     return outcome
@@ -149,7 +163,9 @@ def register(name: str, gate: GateConfig, scorer: TrainedScorer, report: EvalRep
                 champion_correct = correct_vector(scores)
                 mlflow.log_metric("eval/champion_accuracy", float(champion_correct.mean()))
             if version is None:
-                info = models.log_scorer(scorer, example_item(eval_path, scorer.spec.video), name)
+                scorer = replace(scorer, score_stats=score_stats(report.scores))
+                info = models.log_scorer(scorer, example_item(eval_path, scorer.spec.video), name,
+                                         example_prompt(eval_path))
                 version = str(info.registered_model_version)
                 mlflow.log_metrics(report.metrics, model_id=info.model_id)  # the model's own
             decision = decide(version, correct_vector(report.scores), compared_with,

@@ -102,13 +102,15 @@ def test_media_spec_carries_every_decode_setting_of_the_config():
     spec = MediaSpec.from_config("video", d)
     assert dataclasses.asdict(spec) == {"modality": "video", "size": 40, "max_pixels": 5000,
                                         "decode_timeout_s": d.decode_timeout_s,
-                                        **dataclasses.asdict(d.video)}
+                                        **dataclasses.asdict(d.video),
+                                        "text": "", "context_length": 0, "vocab_size": 0}
     assert MediaSpec.from_config("image", d) == MediaSpec("image", 40, 5000,
                                                           decode_timeout_s=d.decode_timeout_s)
 
 
 def test_an_enumeration_is_defined_once():
-    for name in ("PAD_POLICIES", "PIN_MODES", "LOSS_TYPES", "LAYOUTS"):
+    for name in ("PAD_POLICIES", "PIN_MODES", "LOSS_TYPES", "LAYOUTS", "LR_SCHEDULES",
+                 "SELECT_BY"):
         defining = [p.relative_to(ROOT).as_posix() for p in _modules()
                     if any(isinstance(n, ast.Assign) and any(
                         isinstance(t, ast.Name) and t.id == name for t in n.targets)

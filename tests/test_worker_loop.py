@@ -14,6 +14,7 @@ from components.training.worker import (
     WorkerSpec,
     epoch_metrics,
     load_checkpoint,
+    make_updater,
     progress_line,
     restore,
     run_epoch,
@@ -32,10 +33,7 @@ def _fresh(spec, ckpt=None):
     torch.manual_seed(0)
     model = build_scorer(spec.model_name)
     opt_state, progress = restore(model, ckpt, spec.init_state)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.train.lr)
-    if opt_state is not None:
-        opt.load_state_dict(opt_state)
-    return model, opt, progress
+    return model, make_updater(model, spec, opt_state), progress
 
 
 def test_a_restored_checkpoint_continues_exactly(tmp_path):
@@ -62,7 +60,7 @@ def test_a_restored_checkpoint_continues_exactly(tmp_path):
     progress.epoch = 1
     save_checkpoint(str(tmp_path), model, opt, progress, spec)
     state = load_checkpoint(str(tmp_path))
-    assert set(state) == {"model", "optimizer", "progress", "config"}
+    assert set(state) == {"model", "updater", "progress", "config"}
     assert state["config"]["train"]["lr"] == 1e-2 and state["config"]["model"] == "seed-cnn"
     assert "init_state" not in str(state["config"])  # never a second copy of the weights
 

@@ -165,6 +165,15 @@ def split_of(pair_id: str, eval_fraction: float) -> str:
     return "eval" if bucket / 2**64 < eval_fraction else "train"
 
 
+def in_validation(pair_id: str, val_fraction: float) -> bool:
+    """Whether a training pair is held out for validation during training: a second hash of
+    pair_id (salted, so independent of the eval split), the same on every machine."""
+    if val_fraction <= 0:
+        return False
+    bucket = int.from_bytes(hashlib.sha256(b"val:" + pair_id.encode("utf-8")).digest()[:8], "big")
+    return bucket / 2**64 < val_fraction
+
+
 def _id_column(layout: str, names: list[str]) -> str | None:
     if layout == "canonical":
         return "pair_id"

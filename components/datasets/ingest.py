@@ -44,6 +44,7 @@ from .contract import (
     TrainPairs,
     canonical_rows,
     encoded_size,
+    in_validation,
     plan_reads,
 )
 from .quarantine import RowCounts, check_quarantine, write_quarantine
@@ -70,6 +71,7 @@ FRAME_LIST_SCHEMA = CANONICAL_SCHEMA.set(2, pa.field("chosen", pa.list_(pa.binar
     3, pa.field("rejected", pa.list_(pa.binary())))
 PAIR_COLUMNS = ["chosen_px", "rejected_px", "target", "margin", "weight"]
 CONSISTENCY_COLUMNS = ["chosen_c", "rejected_c"]  # video only
+PROMPT_COLUMN = "prompt_ids"  # int32 (L,) token ids: prompt-conditioned scorers only
 
 
 @dataclass
@@ -168,7 +170,8 @@ class PairDecoder:
     """
 
     def __init__(self, spec: dict, split: str | None = None, pinning: dict | None = None,
-                 report_dir: str | None = None, journal_dir: str | None = None):
+                 report_dir: str | None = None, journal_dir: str | None = None,
+                 val_fraction: float = 0.0):
         # First thing: pin to this actor's cores and cap its threads (runtime/pinning.py).
         import ray
 
@@ -177,6 +180,7 @@ class PairDecoder:
         pin_role(pinning, "preprocess", None, report_dir, import_torch=False)
         self.spec = MediaSpec.from_dict(spec)
         self.split = split
+        self.val_fraction = val_fraction
         self.journal = None
         if journal_dir:
             actor_id = ray.get_runtime_context().get_actor_id() or str(os.getpid())
@@ -221,6 +225,9 @@ class PairDecoder:
         if self.journal is not None:
             self.journal.done()
         split = batch["split"] if self.split is None else [self.split] * n
+        if self.val_fraction:  # the validation split is carved out of the training pairs
+            split = ["val" if sp == "train" and in_validation(pid, self.val_fraction) else sp
+                     for sp, pid in zip(split, batch["pair_id"], strict=True)]
         from ray.data.extensions import ArrowTensorArray
 
         # Explicit types: a batch whose prompts are all null must still write a string column.
@@ -243,6 +250,8 @@ class PairDecoder:
         }
         if spec.video:
             columns.update(chosen_c=pa.array(c_chosen), rejected_c=pa.array(c_rejected))
+        if spec.takes_prompt:  # tokenised once, here; both sides share the pair's prompt
+            columns[PROMPT_COLUMN] = ArrowTensorArray.from_numpy(spec.tokenize(list(batch["prompt"])))
         return pa.table(columns)
 
 
@@ -267,6 +276,7 @@ def decode_stage(
     report_dir: str | None = None,
     in_train: TrainPairs | None = None,
     journal_dir: str | None = None,
+    val_fraction: float = 0.0,
 ):
     """The lazy Ray Dataset of read -> canonical rows -> decoded pairs, and the row count the
     shards' Parquet metadata declares. ``prepare`` writes it; benchmarks stream it.
@@ -289,7 +299,8 @@ def decode_stage(
     ds = ds.map_batches(
         PairDecoder,
         fn_constructor_kwargs={"spec": spec.to_dict(), "split": split, "pinning": pinning,
-                               "report_dir": report_dir, "journal_dir": journal_dir},
+                               "report_dir": report_dir, "journal_dir": journal_dir,
+                               "val_fraction": val_fraction},
         batch_size=batch_size,
         # A fixed-size pool: decoding is the stage's work, so all actors start at once (an
         # autoscaling pool starting at 1 spends the first seconds of a short run scaling up).
@@ -319,6 +330,7 @@ def prepare(
     pinning: dict | None = None,
     report_dir: str | None = None,
     in_train: TrainPairs | None = None,
+    val_fraction: float = 0.0,
 ) -> PreparedData:
     """Read, validate and decode ``shards`` with Ray Data; write all rows to ``out_dir``.
 
@@ -326,6 +338,7 @@ def prepare(
     ``split`` set instead: every row belongs to that split (e.g. ``--eval`` data).
     ``pinning``: a ``CpuPlan`` dict; each actor pins itself and reports to ``report_dir``.
     ``in_train``: the training pairs; a row that is one of them is excluded ("also in train").
+    ``val_fraction``: share of the training rows (a second hash of pair_id) in split ``val``.
     Empty shards count as 0 rows read; no rows at all is a ``DataError`` naming the shards.
     """
     t0 = time.perf_counter()
@@ -337,7 +350,7 @@ def prepare(
                                   cpus_per_actor=cpus_per_actor, batch_size=batch_size,
                                   eval_fraction=eval_fraction, split=split, ties=ties,
                                   pinning=pinning, report_dir=report_dir, in_train=in_train,
-                                  journal_dir=journal_dir)
+                                  journal_dir=journal_dir, val_fraction=val_fraction)
     # A rerun with the same run name writes here again: start empty, never append.
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
@@ -401,19 +414,23 @@ def consistency_stats(meta: pa.Table) -> dict[str, dict[str, float]]:
 
 
 def pair_columns(prepared_path: str) -> list[str]:
-    """The training columns of a prepared dataset (video data also carries consistency)."""
+    """The training columns of a prepared dataset (video data also carries consistency, data
+    for a prompt-conditioned scorer its prompts' token ids)."""
     names = pads.dataset(prepared_path, format="parquet").schema.names
-    return PAIR_COLUMNS + [c for c in CONSISTENCY_COLUMNS if c in names]
+    return PAIR_COLUMNS + [c for c in [*CONSISTENCY_COLUMNS, PROMPT_COLUMN] if c in names]
 
 
 def usable_pairs(prepared_path: str, split: str, with_ids: bool = False):
-    """The usable rows of one split as a streaming Ray Dataset of uint8 pixel tensors."""
+    """The usable rows of one split as a streaming Ray Dataset of uint8 pixel tensors;
+    ``with_ids`` adds ``pair_id``, ``meta`` and the raw ``prompt`` (scoring actors tokenise it
+    with their own scorer's tokenizer)."""
     import ray
     from ray.data.expressions import col
 
     ds = ray.data.read_parquet(prepared_path)
     ds = ds.filter(expr=(col("status") == OK) & (col("split") == split))
-    return ds.select_columns((["pair_id", "meta"] if with_ids else []) + pair_columns(prepared_path))
+    ids = ["pair_id", "meta", "prompt"] if with_ids else []
+    return ds.select_columns(ids + pair_columns(prepared_path))
 
 
 @dataclass
@@ -449,7 +466,8 @@ class PreparedSplits:
                 raise DataError(
                     f"{split} data is empty: the hash split of pair_id put none of the "
                     f"{sum(x.read for x in self.counts.values())} rows read in it; change "
-                    "data.eval_fraction, add pairs, or pass --eval")
+                    + ("data.val_fraction or add pairs" if split == "val" else
+                       "data.eval_fraction, add pairs, or pass --eval"))
             if c.used == 0:
                 raise DataError(f"{split} data: no usable pairs out of {c.read} rows read "
                                 f"(reasons: {json.dumps(c.reasons)})")
@@ -481,6 +499,7 @@ def prepare_splits(train_shards: list[Shard], eval_shards: list[Shard], run_dir:
         report_dir=os.path.join(run_dir, "pinning"),
     )
     prepared_dir = os.path.join(run_dir, "prepared")
+    train_splits = ("train", "val") if data.val_fraction > 0 else ("train",)
     if not train_shards:  # evaluation only (python -m pipelines evaluate)
         ev = prepare(eval_shards, os.path.join(prepared_dir, "eval"),
                      eval_fraction=None, split="eval", **common)
@@ -489,20 +508,20 @@ def prepare_splits(train_shards: list[Shard], eval_shards: list[Shard], run_dir:
         train_path, eval_path = "", ev.path
     elif eval_shards:
         tr = prepare(train_shards, os.path.join(prepared_dir, "train"),
-                     eval_fraction=None, split="train", **common)
+                     eval_fraction=None, split="train", val_fraction=data.val_fraction, **common)
         # A pair that is also in the training data would flatter the eval metrics and the
         # promotion gate: the eval read stage excludes it, so the counts still reconcile.
         ev = prepare(eval_shards, os.path.join(prepared_dir, "eval"),
                      eval_fraction=None, split="eval", in_train=train_pairs(tr.path), **common)
         prepared = [tr, ev]
-        counts = {"train": tr.counts.get("train", RowCounts()),
-                  "eval": ev.counts.get("eval", RowCounts())}
+        counts = {s: tr.counts.get(s, RowCounts()) for s in train_splits}
+        counts["eval"] = ev.counts.get("eval", RowCounts())
         train_path, eval_path = tr.path, ev.path
     else:
         both = prepare(train_shards, os.path.join(prepared_dir, "all"),
-                       eval_fraction=data.eval_fraction, **common)
+                       eval_fraction=data.eval_fraction, val_fraction=data.val_fraction, **common)
         prepared = [both]
-        counts = {s: both.counts.get(s, RowCounts()) for s in ("train", "eval")}
+        counts = {s: both.counts.get(s, RowCounts()) for s in (*train_splits, "eval")}
         train_path = eval_path = both.path
 
     quarantine_path = os.path.join(run_dir, "quarantine.parquet")
@@ -530,6 +549,8 @@ def prepare_splits(train_shards: list[Shard], eval_shards: list[Shard], run_dir:
         "temporal_consistency": consistency,
         "split": "separate eval data" if eval_shards or not train_shards
         else f"hash of pair_id, eval_fraction={data.eval_fraction}",
+        "validation": (f"hash of pair_id (salted), val_fraction={data.val_fraction} of the "
+                       "training pairs" if data.val_fraction > 0 and train_shards else "none"),
         "decode_s": metrics["data/decode_s"],
     }
     log.info("rows: %s", report["counts"])
@@ -538,6 +559,14 @@ def prepare_splits(train_shards: list[Shard], eval_shards: list[Shard], run_dir:
                  spec.pad, spec.fps or "uniform", consistency)
     return PreparedSplits(train_path, eval_path, counts, quarantine_path, spec.size, metrics,
                           report)
+
+
+def example_prompt(prepared_path: str) -> str:
+    """The first usable pair's prompt ("" when it has none), for the model's input example."""
+    table = pads.dataset(prepared_path, format="parquet").head(
+        1, columns=["prompt"], filter=pads.field("status") == OK)
+    values = table["prompt"].to_pylist()
+    return (values[0] or "") if values else ""
 
 
 def example_item(prepared_path: str, video: bool) -> bytes:

@@ -6,7 +6,8 @@ decodes in the CPU preprocessing pool, scores in an actor pool that loads the mo
 actor (a GPU per actor when the cluster has GPUs) and writes Parquet with the input's
 non-media columns, ``score`` and, with ``group_by``, ``rank`` within the group (1 = best).
 Rows whose media cannot be used go to a quarantine Parquet with the reason. Decoding follows
-the registered model's own ``MediaSpec``.
+the registered model's own ``MediaSpec``; a prompt-conditioned scorer reads each row's prompt
+from ``prompt_column`` and tokenises it in the preprocessing actors, with its own tokenizer.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ class CandidateDecoder:
     """Preprocessing actor: ``image``/``video`` bytes -> uint8 ``_px`` of the spec's shape and
     consistency ``_c`` (0 for images); bad rows flagged."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, prompt_column: str | None = None):
         self.spec = MediaSpec.from_dict(spec)
+        self.prompt_column = prompt_column
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ray.data.extensions import ArrowTensorArray
@@ -67,6 +69,9 @@ class CandidateDecoder:
         out = out.append_column("_status", pa.array(status, pa.string()))
         out = out.append_column("_reason", pa.array(reason, pa.string()))
         out = out.append_column("_c", pa.array(consistency))
+        if self.spec.takes_prompt:
+            tokens = self.spec.tokenize(batch.column(self.prompt_column).to_pylist())
+            out = out.append_column("_tokens", ArrowTensorArray.from_numpy(tokens))
         return out.append_column("_px", ArrowTensorArray.from_numpy(px))
 
 
@@ -78,7 +83,7 @@ class CandidateScorer:
 
         from ..training.models import build_scorer
 
-        self.model = build_scorer(scorer.model_name)
+        self.model = build_scorer(scorer.model_name, scorer.options)
         self.model.load_state_dict(scorer.state_dict)
         self.temporal_weight = scorer.temporal_weight
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -92,12 +97,19 @@ class CandidateScorer:
         px = batch.column("_px").combine_chunks().to_numpy()
         ok = np.array(batch.column("_status").to_pylist()) == OK
         score = np.full(len(px), np.nan)
+        tokens = None
+        if "_tokens" in batch.column_names:
+            tokens = batch.column("_tokens").combine_chunks().to_numpy()
         if ok.any():
             with torch.no_grad():
-                score[ok] = score_images(self.model, torch.from_numpy(px[ok]), self.device).cpu().numpy()
+                score[ok] = score_images(
+                    self.model, torch.from_numpy(px[ok]), self.device,
+                    tokens=None if tokens is None else torch.from_numpy(tokens[ok]),
+                ).cpu().numpy()
         # The reward the model was trained with: s(x) + lambda * c(x) (lambda = 0 for images).
         score = score + self.temporal_weight * batch.column("_c").to_numpy()
-        return batch.drop_columns(["_px", "_c"]).append_column("score", pa.array(score, pa.float64()))
+        drop = ["_px", "_c"] + (["_tokens"] if tokens is not None else [])
+        return batch.drop_columns(drop).append_column("score", pa.array(score, pa.float64()))
 
 
 def _rank(group: pd.DataFrame, top_k: int | None) -> pd.DataFrame:
@@ -106,8 +118,10 @@ def _rank(group: pd.DataFrame, top_k: int | None) -> pd.DataFrame:
     return group.head(top_k) if top_k else group
 
 
-def check_candidates(shards: list[Shard], spec: MediaSpec, group_by: str | None) -> int:
-    """Read the shards' footers: the media column and ``group_by`` exist. Returns the rows.
+def check_candidates(shards: list[Shard], spec: MediaSpec, group_by: str | None,
+                     prompt_column: str | None = None) -> int:
+    """Read the shards' footers: the media column, ``group_by`` and, for a prompt-conditioned
+    scorer, ``prompt_column`` exist. Returns the rows.
 
     Cheap (no data read), so it runs before Ray starts."""
     total = 0
@@ -120,13 +134,20 @@ def check_candidates(shards: list[Shard], spec: MediaSpec, group_by: str | None)
                             f"{spec.modality} scorer; it has {names}")
         if group_by and group_by not in names:
             raise DataError(f"{shard.uri}: --group-by column {group_by!r} not found; it has {names}")
+        if spec.takes_prompt and not prompt_column:
+            raise DataError("this scorer is prompt-conditioned: pass --prompt-column NAME, the "
+                            "column with each candidate's prompt")
+        if spec.takes_prompt and prompt_column not in names:
+            raise DataError(f"{shard.uri}: --prompt-column {prompt_column!r} not found; it has "
+                            f"{names}")
     return total
 
 
 def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *,
                      scorer: TrainedScorer, total_rows: int, decode_actors: int,
                      cpus_per_actor: float, use_gpu: bool, group_by: str | None,
-                     top_k: int | None, batch_size: int = 64) -> dict[str, int]:
+                     top_k: int | None, batch_size: int = 64,
+                     prompt_column: str | None = None) -> dict[str, int]:
     """Score ``shards`` (``total_rows`` rows, as ``check_candidates`` counted them before Ray
     started); one model actor, on a GPU when ``use_gpu``."""
     import ray
@@ -139,7 +160,8 @@ def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *,
     ds = ray.data.from_items([{"unit": i} for i in range(len(units))])
     ds = ds.map_batches(_read_candidates, batch_size=1, batch_format="numpy",
                         fn_kwargs={"units": units}, num_cpus=READ_TASK_CPUS)
-    ds = ds.map_batches(CandidateDecoder, fn_constructor_kwargs={"spec": spec.to_dict()},
+    ds = ds.map_batches(CandidateDecoder,
+                        fn_constructor_kwargs={"spec": spec.to_dict(), "prompt_column": prompt_column},
                         batch_size=batch_size, batch_format="pyarrow",
                         compute=ActorPoolStrategy(min_size=1, max_size=decode_actors),
                         num_cpus=cpus_per_actor)

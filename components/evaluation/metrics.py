@@ -146,3 +146,13 @@ def evaluation_report(df: pd.DataFrame, loss_cfg: LossConfig, slices: list[str] 
         metrics.update(tie_aware_accuracy(list(df["pair_id"]), delta, is_tie))
     metrics.update(_slices(df, slices or [], correct, hard))
     return EvalReport({prefix + k: v for k, v in metrics.items()}, df, table)
+
+
+def score_stats(scores: pd.DataFrame) -> dict[str, float]:
+    """Mean and standard deviation of a scorer's scores over both sides of the eval pairs:
+    stored with the registered model so consumers can put two versions on one scale."""
+    values = np.concatenate([scores["s_chosen"].to_numpy(np.float64),
+                             scores["s_rejected"].to_numpy(np.float64)])
+    std = float(values.std()) if len(values) > 1 else 0.0
+    return {"mean": float(values.mean()) if len(values) else 0.0,
+            "std": std if std > 0 else 1.0, "pairs": float(len(scores))}

@@ -19,6 +19,9 @@ PASS_THROUGH = ("pair_id", "target", "meta")
 class PairScorer:
     """Ray Data actor: loads a scorer once, adds ``s_chosen``/``s_rejected`` columns.
 
+    A prompt-conditioned scorer tokenises the pairs' ``prompt`` column with its own tokenizer
+    (a champion may use another one than the data was prepared for).
+
     Inputs prepared at another size than the scorer was trained at (``scorer.spec.size``) are
     resized (antialiased, frame by frame for clips) so a champion is judged at its own
     resolution. With a temporal prior (video) and ``with_prior``, ``s_*`` is the full reward
@@ -27,7 +30,8 @@ class PairScorer:
     """
 
     def __init__(self, scorer: TrainedScorer, with_prior: bool = True):
-        self.model = build_scorer(scorer.model_name)
+        self.model = build_scorer(scorer.model_name, scorer.options)
+        self.spec = scorer.spec
         self.model.load_state_dict(scorer.state_dict)
         self.model.eval()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -51,7 +55,12 @@ class PairScorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         c = self._resize(torch.from_numpy(np.ascontiguousarray(batch["chosen_px"])))
         r = self._resize(torch.from_numpy(np.ascontiguousarray(batch["rejected_px"])))
-        s_c, s_r = eval_scores(self.model, c, r, self.device)
+        tokens = None
+        if self.spec.takes_prompt:  # this scorer's own tokenizer, whatever prepared the data
+            if "prompt" not in batch:
+                raise ValueError("a prompt-conditioned scorer needs the pairs' prompt column")
+            tokens = torch.from_numpy(self.spec.tokenize(list(batch["prompt"])))
+        s_c, s_r = eval_scores(self.model, c, r, self.device, tokens)
         s_c, s_r = s_c.cpu().numpy().astype(np.float64), s_r.cpu().numpy().astype(np.float64)
         out = {k: batch[k] for k in PASS_THROUGH if k in batch}
         if "chosen_c" in batch:

@@ -36,6 +36,10 @@ class MediaSpec:
     max_decoded_pixels: int = 5_000_000_000  # frames x width x height one clip may decode
     decoder_threads: int = 1
     decode_timeout_s: float = 30.0  # wall-clock deadline of one item's decode (image or clip)
+    # Prompt-conditioned scorers: how prompts become token ids (media/text.py); "" = none.
+    text: str = ""
+    context_length: int = 0
+    vocab_size: int = 0
 
     def __post_init__(self) -> None:
         # Internal invariants: a user's config is validated (with key names) before this.
@@ -54,20 +58,25 @@ class MediaSpec:
                 raise ValueError(f"fps must be >= 0 (0: uniform), got {self.fps}")
             if self.max_decoded_pixels < 1:
                 raise ValueError(f"max_decoded_pixels must be >= 1, got {self.max_decoded_pixels}")
+        if self.text and self.context_length < 1:
+            raise ValueError(f"context_length must be >= 1 with a tokenizer, got {self.context_length}")
 
     @classmethod
-    def from_config(cls, modality: str, data: DataConfig) -> MediaSpec:
+    def from_config(cls, modality: str, data: DataConfig, text: dict | None = None) -> MediaSpec:
         """The one place config keys become decode settings (``data.image_size``,
-        ``data.max_pixels``, ``data.decode_timeout_s``, ``data.video.*``)."""
+        ``data.max_pixels``, ``data.decode_timeout_s``, ``data.video.*``); ``text``: the
+        scorer's tokenizer (``models.text_contract``), for prompt-conditioned scorers."""
+        extra = text or {}
         if modality == "image":
             return cls("image", data.image_size, data.max_pixels,
-                       decode_timeout_s=data.decode_timeout_s)
+                       decode_timeout_s=data.decode_timeout_s, **extra)
         return cls("video", data.image_size, data.max_pixels,
-                   decode_timeout_s=data.decode_timeout_s, **dataclasses.asdict(data.video))
+                   decode_timeout_s=data.decode_timeout_s, **dataclasses.asdict(data.video),
+                   **extra)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MediaSpec:
-        return cls(**d)
+        return cls(**d)  # a scorer.json written before the text fields reads as no prompt
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +84,16 @@ class MediaSpec:
     @property
     def video(self) -> bool:
         return self.modality == "video"
+
+    @property
+    def takes_prompt(self) -> bool:
+        return bool(self.text)
+
+    def tokenize(self, prompts) -> np.ndarray:
+        """Prompts -> int32 ``(N, context_length)`` token ids (media/text.py)."""
+        from .text import tokenize
+
+        return tokenize(self.text, prompts, self.context_length, self.vocab_size)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -8,6 +8,12 @@ Consumers need only::
     model = mlflow.pyfunc.load_model("models:/video-scorer@champion")
     scores = model.predict(pd.DataFrame({"video": [mp4_bytes, webm_bytes]}))
 
+    # A prompt-conditioned scorer also needs each row's prompt:
+    scores = model.predict(pd.DataFrame({"image": [jpeg_bytes], "prompt": ["a cat"]}))
+    # Scores on the scale of this version's eval data (mean 0, std 1), comparable across
+    # versions:
+    z = model.predict(df, params={"normalize": True})
+
 Decoding, frame sampling, resizing and normalisation travel inside the model (the same
 ``MediaSpec.decode`` the training pipeline used). A video model trained with a temporal prior
 returns the full reward ``s(x) + lambda * c(x)`` it was trained with. The model is logged as
@@ -32,8 +38,9 @@ FORMATS = {"image": "JPEG/PNG/WebP", "video": "MP4/WebM/GIF containers or lists 
 
 
 class ScorerModel(PythonModel):
-    """pyfunc wrapper: DataFrame with a binary ``image`` (or ``video``) column -> one float
-    score per row."""
+    """pyfunc wrapper: DataFrame with a binary ``image`` (or ``video``) column (and ``prompt``
+    for a prompt-conditioned scorer) -> one float score per row; ``params={"normalize": True}``
+    standardises with the mean and std of this version's scores on its eval data."""
 
     batch_size = 64
 
@@ -44,8 +51,9 @@ class ScorerModel(PythonModel):
             from ..media import video  # noqa: F401
         self.model_name = scorer.model_name
         self.temporal_weight = scorer.temporal_weight
-        self.model = build_scorer(scorer.model_name)
+        self.model = build_scorer(scorer.model_name, scorer.options)
         self.model.load_state_dict(scorer.state_dict)
+        self.stats = scorer.score_stats
         self.model.eval()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
@@ -57,6 +65,18 @@ class ScorerModel(PythonModel):
                 f"input needs a binary column {col!r} with encoded {FORMATS[col]} bytes; "
                 f"got columns {list(model_input.columns)}"
             )
+        tokens = None
+        if self.spec.takes_prompt:
+            if "prompt" not in model_input.columns:
+                raise ValueError(
+                    "this scorer is prompt-conditioned: the input needs a 'prompt' column "
+                    f"(one prompt per row) next to {col!r}; got columns "
+                    f"{list(model_input.columns)}")
+            tokens = torch.from_numpy(self.spec.tokenize(model_input["prompt"].tolist()))
+        normalize = bool((params or {}).get("normalize", False))
+        if normalize and not self.stats:
+            raise ValueError("params={'normalize': True}: this model version has no score "
+                             "statistics (registered before they were stored); re-register it")
         n = len(model_input)
         items = np.zeros((n, *self.spec.shape), dtype=np.uint8)
         consistency = np.zeros(n, dtype=np.float64)
@@ -80,6 +100,11 @@ class ScorerModel(PythonModel):
         with torch.no_grad():
             for start in range(0, len(x), batch):
                 chunk = x[start : start + batch]
-                out.append(score_images(self.model, chunk, self.device).cpu().numpy())
+                chunk_tokens = None if tokens is None else tokens[start : start + batch]
+                out.append(score_images(self.model, chunk, self.device,
+                                        tokens=chunk_tokens).cpu().numpy())
         scores = np.concatenate(out).astype(np.float64) if out else np.zeros(0)
-        return scores + self.temporal_weight * consistency
+        scores = scores + self.temporal_weight * consistency
+        if normalize:
+            scores = (scores - self.stats["mean"]) / self.stats["std"]
+        return scores

@@ -1,6 +1,7 @@
 """A trained scorer as plain files: ``weights.pt`` (a state dict) and ``scorer.json`` (the
-architecture name, the decode contract ``MediaSpec``, the temporal prior and the SHA-256 of
-the weights). The registered MLflow model carries this directory as its ``scorer`` artifact;
+architecture name and its construction options, the decode contract ``MediaSpec`` with the
+prompt tokenizer, the temporal prior, the mean and standard deviation of its scores on the
+eval data, and the SHA-256 of the weights). The registered MLflow model carries this directory as its ``scorer`` artifact;
 the pyfunc model, batch scoring, evaluation and the DPO reference all load it through
 ``read_scorer``, which verifies the hash and loads tensors only (``weights_only=True``).
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -26,6 +28,10 @@ class TrainedScorer:
     spec: MediaSpec  # how its inputs are decoded (the size it was trained at, frames, limits)
     temporal_weight: float = 0.0  # video: lambda of the prior; the score is s(x) + lambda c(x)
     source: str = ""  # "init", a model URI, or a run's checkpoint
+    options: dict[str, Any] = field(default_factory=dict)  # models.model_options (e.g. CLIP config)
+    score_stats: dict[str, float] | None = None
+    """``{"mean", "std", "pairs"}`` of the scores on the eval pairs (both sides): consumers
+    normalise with them to compare versions (pyfunc ``params={"normalize": True}``)."""
 
 
 def _sha256(path: str) -> str:
@@ -43,8 +49,9 @@ def write_scorer(directory: str, scorer: TrainedScorer) -> str:
     torch.save({k: v.detach().cpu().contiguous() for k, v in scorer.state_dict.items()}, weights)
     digest = _sha256(weights)
     with open(os.path.join(directory, META), "w") as f:
-        json.dump({"model": scorer.model_name, "media": scorer.spec.to_dict(),
-                   "temporal_weight": scorer.temporal_weight, "weights_sha256": digest}, f)
+        json.dump({"model": scorer.model_name, "options": scorer.options,
+                   "media": scorer.spec.to_dict(), "temporal_weight": scorer.temporal_weight,
+                   "score_stats": scorer.score_stats, "weights_sha256": digest}, f)
     return digest
 
 
@@ -66,5 +73,6 @@ def read_scorer(directory: str, source: str = "", expected_sha256: str | None = 
                          "the model or re-register it.")
     state = torch.load(weights, map_location="cpu", weights_only=True)
     return TrainedScorer(meta["model"], state, MediaSpec.from_dict(meta["media"]),
-                         float(meta.get("temporal_weight", 0.0)), source)
+                         float(meta.get("temporal_weight", 0.0)), source,
+                         meta.get("options") or {}, meta.get("score_stats"))
 

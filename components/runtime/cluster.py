@@ -8,10 +8,14 @@ import sys
 log = logging.getLogger(__name__)
 
 
-def ensure_ray() -> None:
+def ensure_ray(deterministic: bool = True) -> None:
     """Connect to ``RAY_ADDRESS`` (set inside a Ray job) or start a local cluster.
 
     When Ray is already initialised (a test session, a notebook) that cluster is used.
+    ``deterministic`` (``train.deterministic``): Ray Data keeps block order through every
+    stage (``preserve_order``), so files are written, and batches reach the trainers, in the
+    same order on every run; with seeded shuffles and init, the same data, config and seed
+    give the same metrics on CPU. Costs some throughput: a slow block holds back later ones.
     """
     import ray
     from ray.data import DataContext
@@ -26,6 +30,7 @@ def ensure_ray() -> None:
     # V1 read (benchmarks/suite.py measures time to first batch). Epochs re-read the prepared
     # Parquet, so that start-up cost was most of an epoch on small data.
     ctx.use_datasource_v2 = False
+    ctx.execution_options.preserve_order = deterministic
     log.info("ray cluster resources: %s", ray.cluster_resources())
 
 

@@ -193,3 +193,170 @@ def write_image_pairs(
             paths.append(p)
         written[split] = paths
     return written
+
+
+# --- Prompt-dependent pairs ---------------------------------------------------------------
+#
+# In the sets above the preferred side is always the better-looking one, whatever the caption
+# says. Here the caption decides: it names one of ``PROMPTED_PHOTOS``; the chosen image is a
+# crop of that photo and the rejected one a crop of another photo, both given the same
+# degradation (kind *and* strength) and the same encoding, so neither side looks better.
+# Every photo is chosen exactly as often as it is rejected (see ``prompted_schedule``), so a
+# scorer that ignores the caption is at chance by construction, while one that reads it can
+# be right on every pair. Train and eval use the same photos (the task is to match caption
+# and content, not to recognise unseen photos) with different crops, degradations and
+# template draws.
+
+PROMPTED_PHOTOS: dict[str, str] = {
+    "astronaut.png": "an astronaut",
+    "coffee.png": "a cup of coffee",
+    "chelsea.png": "a cat",
+    "rocket.jpg": "a rocket",
+    "camera.png": "a man with a camera",
+    "coins.png": "some coins",
+}
+PROMPT_TEMPLATES = ("a photo of {x}", "{x}", "an image showing {x}", "a picture of {x}")
+# Applied identically to both sides; "none" leaves both clean.
+PROMPTED_DEGRADATIONS = ("none",) + DEGRADATIONS
+
+
+def prompted_schedule(n: int, k: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """``n`` ordered (chosen, rejected) photo indices, ``chosen != rejected``, in random order.
+
+    Built from blocks of ``k`` pairs ``(s[i], s[(i + d) % k])`` for a random permutation ``s``
+    and shift ``d`` in ``1..k-1`` (the shifts cycle, each cycle in a new random order): in a
+    block every photo is chosen once and rejected once. So when ``k`` divides ``n`` each photo
+    is chosen exactly ``n / k`` times and rejected as often; otherwise the counts differ by at
+    most one.
+    """
+    if k < 2:
+        raise ValueError(f"need at least 2 photos, got {k}")
+    out: list[tuple[int, int]] = []
+    shifts: list[int] = []
+    while len(out) < n:
+        if not shifts:
+            shifts = [int(d) for d in rng.permutation(np.arange(1, k))]
+        d = shifts.pop()
+        s = rng.permutation(k)
+        block = [(int(s[i]), int(s[(i + d) % k])) for i in range(k)]
+        out.extend(block[: n - len(out)])
+    order = rng.permutation(len(out))
+    return [out[j] for j in order]
+
+
+def prompted_caption(photo: str, rng: np.random.Generator, templates=PROMPT_TEMPLATES) -> str:
+    return templates[int(rng.integers(len(templates)))].format(x=PROMPTED_PHOTOS[photo])
+
+
+def prompted_split_sizes(pairs: int, eval_share: float, k: int) -> tuple[int, int]:
+    """``(n_train, n_eval)``: ``round(pairs * eval_share)`` eval pairs, the rest train. Raises
+    ``ValueError`` unless train gives each of the ``k`` photos both roles and eval is non-empty."""
+    if not 0.0 < eval_share < 1.0:
+        raise ValueError(f"eval_share must be in (0, 1), got {eval_share}")
+    n_eval = int(round(pairs * eval_share))
+    n_train = pairs - n_eval
+    if n_eval < 1 or n_train < k:
+        raise ValueError(
+            f"pairs={pairs} with eval_share={eval_share} gives {n_train} train / {n_eval} eval "
+            f"pairs; need >= {k} train (each of the {k} photos chosen and rejected at least "
+            f"once) and >= 1 eval"
+        )
+    return n_train, n_eval
+
+
+def _crop_prompted(img: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+    # Larger crops than ``_crop`` so that each side still shows what its photo is of.
+    w, h = img.size
+    side = int(min(w, h) * rng.uniform(0.5, 0.95))
+    x = int(rng.integers(0, w - side + 1))
+    y = int(rng.integers(0, h - side + 1))
+    return img.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.LANCZOS)
+
+
+def _prompted_image_rows(n: int, size: int, seed: int, split: str) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    names = list(PROMPTED_PHOTOS)
+    loaded = {p: load_photo(p).convert("RGB") for p in names}
+    rows = []
+    for i, (a, b) in enumerate(prompted_schedule(n, len(names), rng)):
+        good, bad = names[a], names[b]
+        kind = PROMPTED_DEGRADATIONS[int(rng.integers(len(PROMPTED_DEGRADATIONS)))]
+        fmt = FORMATS[int(rng.integers(len(FORMATS)))]
+        deg_seed = int(rng.integers(2**63))  # same strength (and noise) on both sides
+        sides = []
+        for name in (good, bad):
+            img = _crop_prompted(loaded[name], size, rng)
+            if kind != "none":
+                img = degrade(img, kind, np.random.default_rng(deg_seed))
+            sides.append(encode(img, fmt))
+        rows.append(
+            {
+                "pair_id": f"prompted-{split}-{i:06d}",
+                "prompt": prompted_caption(good, rng),
+                "chosen": sides[0],
+                "rejected": sides[1],
+                "photo_chosen": good,
+                "photo_rejected": bad,
+                "degradation": kind,
+                "format": fmt,
+            }
+        )
+    return rows
+
+
+def _write_shards(
+    table: pa.Table, folder: str, stem: str, n_shards: int, row_group_size: int
+) -> list[str]:
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    n_shards = max(1, n_shards)
+    per = -(-table.num_rows // n_shards)
+    for k in range(n_shards):
+        part = table.slice(k * per, per)
+        if part.num_rows == 0:
+            continue
+        p = os.path.join(folder, f"{stem}-{k:05d}.parquet")
+        pq.write_table(part, p, row_group_size=row_group_size)
+        paths.append(p)
+    return paths
+
+
+def _string_or_binary_table(
+    rows: list[dict], binary: tuple[str, ...] = ("chosen", "rejected")
+) -> pa.Table:
+    return pa.table(
+        {
+            k: pa.array([r[k] for r in rows], pa.binary() if k in binary else pa.string())
+            for k in rows[0]
+        }
+    )
+
+
+def write_prompted_image_pairs(
+    out_dir: str,
+    pairs: int = 600,
+    size: int = 64,
+    shards: int = 2,
+    eval_share: float = 0.25,
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """Write prompt-dependent pairs to ``out_dir/train/train-XXXXX.parquet`` (``shards`` files)
+    and ``out_dir/eval/eval-00000.parquet``; returns the paths per split.
+
+    Canonical layout (``pair_id``, ``prompt``, ``chosen``, ``rejected``) plus the metadata
+    columns ``photo_chosen``, ``photo_rejected``, ``degradation`` (shared by both sides) and
+    ``format``. ``round(pairs * eval_share)`` pairs go to eval. With the defaults (450 train,
+    150 eval, 6 photos) every photo is chosen exactly as often as it is rejected in each split.
+    Deterministic given ``seed``.
+    """
+    n_train, n_eval = prompted_split_sizes(pairs, eval_share, len(PROMPTED_PHOTOS))
+    written: dict[str, list[str]] = {}
+    for split, n, n_shards, split_seed in (
+        ("train", n_train, shards, seed),
+        ("eval", n_eval, 1, seed + 1000),
+    ):
+        rows = _prompted_image_rows(n, size, split_seed, split)
+        written[split] = _write_shards(
+            _string_or_binary_table(rows), os.path.join(out_dir, split), split, n_shards, 128
+        )
+    return written

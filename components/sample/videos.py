@@ -30,7 +30,17 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ..media.video import encode_video
-from .images import EVAL_PHOTOS, TRAIN_PHOTOS, load_photo
+from .images import (
+    EVAL_PHOTOS,
+    PROMPTED_PHOTOS,
+    TRAIN_PHOTOS,
+    _string_or_binary_table,
+    _write_shards,
+    load_photo,
+    prompted_caption,
+    prompted_schedule,
+    prompted_split_sizes,
+)
 
 DEFECTS = ("shuffle", "stutter", "flicker", "jump", "freeze")
 
@@ -205,3 +215,81 @@ def _break(defect, img, move: _Move, chosen: np.ndarray, size: int, rng) -> np.n
         stop = t // 3
         return np.concatenate([chosen[: stop + 1], np.repeat(chosen[stop : stop + 1], t - stop - 1, 0)])
     raise ValueError(f"unknown defect {defect!r}")
+
+
+# --- Prompt-dependent clips -----------------------------------------------------------------
+#
+# As ``write_prompted_image_pairs`` (components/sample/images.py), for clips: the caption names
+# one of ``PROMPTED_PHOTOS``; the chosen clip is a camera move over that photo, the rejected one
+# the same kind of move over another photo. Both moves are drawn from the same random state
+# (same relative crop size, speed, direction and zoom; only the placement can differ, as the
+# photos differ in size) and both get the same temporal defect ("none" or one of ``DEFECTS``,
+# with the same strength), so neither clip is better made than the other.
+
+PROMPTED_VIDEO_TEMPLATES = ("a video of {x}", "{x}", "a clip showing {x}", "a camera move over {x}")
+PROMPTED_DEFECTS = ("none",) + DEFECTS
+
+
+def write_prompted_video_pairs(
+    out: str,
+    pairs: int = 240,
+    size: int = 32,
+    frames: int = 8,
+    shards: int = 2,
+    eval_share: float = 0.25,
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """Write prompt-dependent clip pairs to ``out/{train,eval}/part-XXXXX.parquet`` (train in
+    ``shards`` files, eval in one); returns the paths per split.
+
+    Columns: ``pair_id``, ``prompt``, ``chosen``, ``rejected`` (MP4 bytes), ``photo_chosen``,
+    ``photo_rejected``, ``defect`` (shared by both clips). ``round(pairs * eval_share)`` pairs
+    go to eval; train and eval use the same photos. With the defaults (180 train, 60 eval, 6
+    photos) every photo is chosen exactly as often as it is rejected in each split.
+    """
+    n_train, n_eval = prompted_split_sizes(pairs, eval_share, len(PROMPTED_PHOTOS))
+    if size < 2 or size % 2:
+        raise ValueError(f"size must be even (MP4 uses yuv420p), got {size}")
+    if frames < 4:
+        raise ValueError(f"frames must be >= 4, got {frames}")
+    written: dict[str, list[str]] = {}
+    for split, n, n_shards, split_seed in (
+        ("train", n_train, shards, seed),
+        ("eval", n_eval, 1, seed + 1000),
+    ):
+        rows = _prompted_rows(n, size, frames, split_seed, split)
+        written[split] = _write_shards(
+            _string_or_binary_table(rows), os.path.join(out, split), "part", n_shards, 64
+        )
+    return written
+
+
+def _prompted_rows(n, size, frames, seed, split) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    names = list(PROMPTED_PHOTOS)
+    loaded = {p: load_photo(p).convert("RGB") for p in names}
+    rows = []
+    for i, (a, b) in enumerate(prompted_schedule(n, len(names), rng)):
+        good, bad = names[a], names[b]
+        defect = PROMPTED_DEFECTS[int(rng.integers(len(PROMPTED_DEFECTS)))]
+        move_seed, defect_seed = (int(x) for x in rng.integers(2**63, size=2))
+        clips = []
+        for name in (good, bad):
+            img = loaded[name]
+            move = _random_move(img.size, frames, np.random.default_rng(move_seed))
+            clip = np.stack([_render(img, move.box(p), size) for p in range(frames)])
+            if defect != "none":
+                clip = _break(defect, img, move, clip, size, np.random.default_rng(defect_seed))
+            clips.append(encode_video(clip, "mp4"))
+        rows.append(
+            {
+                "pair_id": f"prompted-{split}-{i:06d}",
+                "prompt": prompted_caption(good, rng, PROMPTED_VIDEO_TEMPLATES),
+                "chosen": clips[0],
+                "rejected": clips[1],
+                "photo_chosen": good,
+                "photo_rejected": bad,
+                "defect": defect,
+            }
+        )
+    return rows

@@ -67,8 +67,11 @@ def pip_requirements(video: bool) -> list[str]:
     return [declared.get(n, n) for n in names] + [f"mlflow=={mlflow.__version__}"]
 
 
-def log_scorer(scorer: TrainedScorer, example: bytes, registered_model_name: str | None):
-    """Log the pyfunc model in the active run (and register it); returns MLflow's ModelInfo."""
+def log_scorer(scorer: TrainedScorer, example: bytes, registered_model_name: str | None,
+               example_prompt: str = ""):
+    """Log the pyfunc model in the active run (and register it); returns MLflow's ModelInfo.
+    A prompt-conditioned scorer's input example and signature carry a ``prompt`` column; every
+    model takes the ``normalize`` param (default False: raw scores)."""
     from mlflow.models import infer_signature
 
     spec = scorer.spec
@@ -82,7 +85,10 @@ def log_scorer(scorer: TrainedScorer, example: bytes, registered_model_name: str
         files = os.path.join(d, "scorer")
         digest = write_scorer(files, scorer)
         example_df = pd.DataFrame({spec.column: [example]})
-        signature = infer_signature(example_df, np.zeros(1, dtype=np.float64))
+        if spec.takes_prompt:
+            example_df["prompt"] = [example_prompt]
+        signature = infer_signature(example_df, np.zeros(1, dtype=np.float64),
+                                    params={"normalize": False})
         sys.path.insert(0, d)  # MLflow runs the model code once while logging
         try:
             info = mlflow.pyfunc.log_model(

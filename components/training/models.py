@@ -7,7 +7,9 @@ so a model trained at 64x64 (or 8 frames) also scores 224x224 inputs (or 16 fram
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +22,8 @@ class SeedCNN(nn.Module):
     on 32x32 inputs. An ``AdaptiveAvgPool2d(32)`` before the flatten keeps the same head and
     accepts any size. Kept as the baseline.
     """
+
+    head_prefixes = ("backbone.6",)  # the Linear
 
     def __init__(self) -> None:
         super().__init__()
@@ -81,6 +85,8 @@ def _resnet18() -> nn.Module:
 
 
 class _Squeeze(nn.Module):
+    head_prefixes = ("net.fc",)  # torchvision's classifier, replaced by a 1-output head
+
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
@@ -96,6 +102,8 @@ class SeedC3D(nn.Module):
     clips; an ``AdaptiveAvgPool3d(4)`` before the flatten keeps the head and accepts any
     length and size. Kept as the baseline.
     """
+
+    head_prefixes = ("temporal_scorer",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -148,6 +156,55 @@ class BNC3D(nn.Module):
         return self.head(self.features(x)).squeeze(-1)
 
 
+WORD_VOCAB = 8192  # hashed word buckets of the small prompt-conditioned scorers
+WORD_CONTEXT = 32  # words per prompt they read
+
+
+class PromptConditioned(nn.Module):
+    """``(prompt, image)`` or ``(prompt, clip)`` -> one score: a quality term that ignores the
+    prompt plus a prompt-image agreement term,
+
+        s(x, p) = w . f(x) + <P f(x), E(p)> / sqrt(d)
+
+    with ``f`` a visual encoder (``BNCNN`` or ``BNC3D`` features), ``E(p)`` the mean of the
+    prompt's word embeddings (hashed words, media/text.py) and ``P`` a projection. The
+    agreement term is what lets the preferred side depend on the caption (PickScore's
+    text-image similarity, at CNN scale); the quality term keeps what the image-only scorer
+    learns. Both sides of a pair share the pair's prompt.
+    """
+
+    takes_prompt = True
+    head_prefixes = ("head", "proj", "text")
+
+    def __init__(self, encoder: nn.Module, feature_dim: int, dim: int = 64,
+                 vocab: int = WORD_VOCAB) -> None:
+        super().__init__()
+        self.features = encoder
+        self.head = nn.Linear(feature_dim, 1)
+        self.proj = nn.Linear(feature_dim, dim)
+        self.text = nn.EmbeddingBag(vocab, dim, mode="mean", padding_idx=0)
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
+        f = self.features(x)
+        t = self.text(tokens.long())  # (N, dim); an empty prompt (all padding) gives zeros
+        return self.head(f).squeeze(-1) + (self.proj(f) * t).sum(-1) * self.scale
+
+
+def _prompt_bn_cnn(width: int = 16) -> nn.Module:
+    return PromptConditioned(BNCNN(width).features, 8 * width)
+
+
+def _prompt_bn_c3d(width: int = 16) -> nn.Module:
+    return PromptConditioned(BNC3D(width).features, 4 * width)
+
+
+def _clip(clip_config: dict) -> nn.Module:
+    from .clip import ClipScorer
+
+    return ClipScorer(clip_config)
+
+
 def _torchvision_video(name: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         from torchvision.models import video
@@ -159,31 +216,89 @@ def _torchvision_video(name: str) -> Callable[[], nn.Module]:
     return build
 
 
-SCORERS: dict[str, Callable[[], nn.Module]] = {
+SCORERS: dict[str, Callable[..., nn.Module]] = {
     "bn-cnn": BNCNN,
     "seed-cnn": SeedCNN,
     "resnet18": _resnet18,
+    "prompt-bn-cnn": _prompt_bn_cnn,
+    "clip": _clip,
 }
-VIDEO_SCORERS: dict[str, Callable[[], nn.Module]] = {
+VIDEO_SCORERS: dict[str, Callable[..., nn.Module]] = {
     "bn-c3d": BNC3D,
     "seed-c3d": SeedC3D,
     "r3d_18": _torchvision_video("r3d_18"),
     "mc3_18": _torchvision_video("mc3_18"),
     "r2plus1d_18": _torchvision_video("r2plus1d_18"),
+    "prompt-bn-c3d": _prompt_bn_c3d,
 }
 DEFAULT_VIDEO_SCORER = "bn-c3d"
+PROMPT_SCORERS = ("prompt-bn-cnn", "prompt-bn-c3d", "clip")
+TORCHVISION_SCORERS = ("resnet18", "r3d_18", "mc3_18", "r2plus1d_18")
 
 # ImageNet statistics: the usual normalisation, applied on the training device.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def build_scorer(name: str) -> nn.Module:
+def build_scorer(name: str, options: dict[str, Any] | None = None) -> nn.Module:
+    """A scorer with random weights. ``options``: what ``model_options`` resolved for it
+    (the open_clip model config of ``clip``), stored with the registered model."""
     if name in SCORERS:
-        return SCORERS[name]()
+        return SCORERS[name](**(options or {}))
     if name in VIDEO_SCORERS:
-        return VIDEO_SCORERS[name]()
+        return VIDEO_SCORERS[name](**(options or {}))
     raise ValueError(f"unknown scorer {name!r}; choose one of {', '.join([*SCORERS, *VIDEO_SCORERS])}")
+
+
+def model_options(name: str, arch: str) -> dict[str, Any]:
+    """The construction options of scorer ``name`` from the config (``model.arch``), in a form
+    that travels with the weights (no file path: a consumer rebuilds it anywhere)."""
+    if name == "clip":
+        from .clip import clip_config
+
+        return {"clip_config": clip_config(arch)}
+    return {}
+
+
+def text_contract(name: str, options: dict[str, Any]) -> dict[str, Any] | None:
+    """How a prompt-conditioned scorer's prompts are tokenised (``MediaSpec`` text fields);
+    None for image-only scorers."""
+    if name == "clip":
+        ctx = options["clip_config"].get("text_cfg", {}).get("context_length", 77)
+        return {"text": "clip", "context_length": int(ctx), "vocab_size": 0}
+    if name in PROMPT_SCORERS:
+        return {"text": "words", "context_length": WORD_CONTEXT, "vocab_size": WORD_VOCAB}
+    return None
+
+
+def initial_weights(name: str, options: dict[str, Any], seed: int, pretrained: str = "",
+                    weights: str = "") -> dict[str, Tensor]:
+    """The starting weights of a run: the seeded random init, with a CLIP checkpoint
+    (``model.pretrained``) or a torchvision state dict (``model.weights``) loaded over it."""
+    torch.manual_seed(seed)
+    model = build_scorer(name, options)
+    if pretrained:
+        from .clip import load_pretrained
+
+        load_pretrained(model, pretrained)
+    if weights:
+        from .clip import load_backbone_weights
+
+        load_backbone_weights(model, weights, head_prefixes(model))
+    return model.state_dict()
+
+
+def takes_prompt(model: nn.Module) -> bool:
+    return bool(getattr(_unwrap(model), "takes_prompt", False))
+
+
+def head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(_unwrap(model), "head_prefixes", ("head",)))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
 
 
 def to_model_input(images: Tensor, device: torch.device, channels_last: bool) -> Tensor:

@@ -11,18 +11,19 @@ import os
 import shutil
 
 import numpy as np
-import torch
 
 from ..media.spec import MediaSpec
 from ..registry.scorer_files import TrainedScorer
 from ..runtime.resources import SCORING_ACTOR_CPUS
-from .models import build_scorer
+from .models import initial_weights
 
 
-def initial_scorer(model_name: str, seed: int, spec: MediaSpec) -> TrainedScorer:
-    """The seeded random initial weights: the reference ``loss.reference=init`` means."""
-    torch.manual_seed(seed)
-    return TrainedScorer(model_name, build_scorer(model_name).state_dict(), spec, 0.0, "init")
+def initial_scorer(model_name: str, options: dict, seed: int, spec: MediaSpec,
+                   pretrained: str = "", weights: str = "") -> TrainedScorer:
+    """The initial weights, what the reference ``loss.reference=init`` means: the seeded
+    random init, with ``model.pretrained`` / ``model.weights`` loaded over it."""
+    state = initial_weights(model_name, options, seed, pretrained, weights)
+    return TrainedScorer(model_name, state, spec, 0.0, "init", options)
 
 
 class ReferenceScorer:

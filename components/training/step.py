@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..config import LossConfig
 from .losses import configured_loss
-from .models import to_model_input
+from .models import takes_prompt, to_model_input
 
 
 def _autocast(device: torch.device, amp: bool | None):
@@ -24,19 +24,29 @@ def _autocast(device: torch.device, amp: bool | None):
 
 
 def score_images(model: nn.Module, images: Tensor, device: torch.device,
-                 amp: bool | None = None, channels_last: bool | None = None) -> Tensor:
-    """uint8 ``(N, 3, H, W)`` or ``(N, 3, T, H, W)`` -> float32 scores ``(N,)`` on ``device``."""
+                 amp: bool | None = None, channels_last: bool | None = None,
+                 tokens: Tensor | None = None) -> Tensor:
+    """uint8 ``(N, 3, H, W)`` or ``(N, 3, T, H, W)`` -> float32 scores ``(N,)`` on ``device``.
+    ``tokens``: int ``(N, L)`` prompt token ids, required by a prompt-conditioned scorer."""
     cl = channels_last if channels_last is not None else device.type == "cuda"
     x = to_model_input(images, device, channels_last=cl)
+    prompt = takes_prompt(model)
+    if prompt and tokens is None:
+        raise ValueError("this scorer is prompt-conditioned: pass the prompts' token ids")
     with _autocast(device, amp):
+        if prompt:
+            return model(x, tokens.to(device, non_blocking=True)).float()
         return model(x).float()
 
 
 def score_pairs(model: nn.Module, chosen: Tensor, rejected: Tensor, device: torch.device,
-                amp: bool | None = None, channels_last: bool | None = None) -> tuple[Tensor, Tensor]:
-    """One forward over ``cat([chosen, rejected])`` (BatchNorm sees both halves) -> ``(N,), (N,)``."""
+                amp: bool | None = None, channels_last: bool | None = None,
+                tokens: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One forward over ``cat([chosen, rejected])`` (BatchNorm sees both halves) -> ``(N,), (N,)``.
+    Both sides of a pair share its prompt (``tokens``, ``(N, L)``)."""
     n = chosen.shape[0]
-    s = score_images(model, torch.cat([chosen, rejected]), device, amp, channels_last)
+    both = None if tokens is None else torch.cat([tokens, tokens])
+    s = score_images(model, torch.cat([chosen, rejected]), device, amp, channels_last, both)
     return s[:n], s[n:]
 
 
@@ -59,22 +69,29 @@ def train_step(
     *,
     amp: bool | None = None,
     channels_last: bool | None = None,
+    tokens: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """One optimiser step on a batch of pairs. ``extras``: optional per-pair ``target``,
     ``margin``, ``weight``, ``ref_chosen``, ``ref_rejected``, ``chosen_c``, ``rejected_c``
     (see ``preference_loss``). ``amp`` (bf16 autocast) and ``channels_last``: None = on for
-    CUDA, off on CPU.
+    CUDA, off on CPU. ``tokens``: the pairs' prompt token ids (prompt-conditioned scorers).
+    ``optimizer``: a torch optimiser, or an ``optim.Updater`` (schedule, clipping,
+    accumulation, freezing, EMA), which decides when a micro-batch ends in an optimiser step.
     Returns detached metrics on ``device`` (no host sync here; the caller decides when)."""
     model.train()
-    s_c, s_r = score_pairs(model, chosen, rejected, device, amp, channels_last)
+    s_c, s_r = score_pairs(model, chosen, rejected, device, amp, channels_last, tokens)
     loss, metrics = configured_loss(s_c, s_r, loss_cfg, **(extras or {}))
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if hasattr(optimizer, "update"):
+        optimizer.update(loss)
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     return {"loss": loss.detach(), **metrics}
 
 
 @torch.no_grad()
-def eval_scores(model: nn.Module, chosen: Tensor, rejected: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+def eval_scores(model: nn.Module, chosen: Tensor, rejected: Tensor, device: torch.device,
+                tokens: Tensor | None = None) -> tuple[Tensor, Tensor]:
     model.eval()
-    return score_pairs(model, chosen, rejected, device)
+    return score_pairs(model, chosen, rejected, device, tokens=tokens)

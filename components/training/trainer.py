@@ -1,7 +1,9 @@
 """Ray Train: data-parallel DPO training of a scorer over the prepared uint8 pairs.
 
 ``fit`` builds a ``TorchTrainer`` around ``train_loop_per_worker`` (worker.py); the same
-``run_name`` + ``storage_path`` resume from the last checkpoint.
+``run_name`` + ``storage_path`` resume from the last checkpoint. With a validation split the
+outcome is the best checkpoint by ``spec.select_by`` (Ray Train keeps the best
+``train.checkpoints_to_keep`` by that score, and always the latest for resuming).
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ def resolve_use_gpu(train: TrainConfig) -> bool:
     return train.use_gpu == "true"
 
 
-def fit(spec: WorkerSpec, train_ds, storage_path: str, run_name: str) -> TrainOutcome:
-    """Run Ray Train's TorchTrainer over ``train_ds``; the same ``run_name`` + ``storage_path``
-    resume. ``spec.init_state``: starting weights (else the seeded random init)."""
+def fit(spec: WorkerSpec, train_ds, storage_path: str, run_name: str,
+        val_ds=None) -> TrainOutcome:
+    """Run Ray Train's TorchTrainer over ``train_ds`` (and ``val_ds``, validated each epoch);
+    the same ``run_name`` + ``storage_path`` resume. ``spec.init_state``: starting weights
+    (else the seeded random init, with ``spec.pretrained``/``spec.weights`` loaded)."""
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
@@ -66,19 +70,36 @@ def fit(spec: WorkerSpec, train_ds, storage_path: str, run_name: str) -> TrainOu
             name=run_name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=t.checkpoints_to_keep,
+                **({} if spec.select_by == "last" else {
+                    "checkpoint_score_attribute": spec.select_by,
+                    "checkpoint_score_order": _order(spec.select_by)})),
         ),
-        datasets={"train": train_ds},
+        datasets={"train": train_ds, **({"val": val_ds} if val_ds is not None else {})},
     )
     log.info("training %s on %d worker(s), gpu=%s", spec.model_name, t.workers, use_gpu)
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")  # internal invariant
-    with result.checkpoint.as_directory() as d:
+    checkpoint, metrics = result.checkpoint, result.metrics
+    if spec.select_by != "last":
+        checkpoint = result.get_best_checkpoint(spec.select_by, _order(spec.select_by))
+        metrics = next(m for c, m in result.best_checkpoints if c.path == checkpoint.path)
+    with checkpoint.as_directory() as d:
         state = load_checkpoint(d)
+    numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    numbers["train/selected_epoch"] = float(state["progress"]["epoch"])
+    numbers["train/epochs_run"] = float(result.metrics.get("epoch", state["progress"]["epoch"]))
+    log.info("registered weights: epoch %d (select_by=%s)", state["progress"]["epoch"],
+             spec.select_by)
     return TrainOutcome(
         state_dict=state["model"],
-        metrics={k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))},
+        metrics=numbers,
         epochs=int(state["progress"]["epoch"]),
-        checkpoint_path=result.checkpoint.path,
+        checkpoint_path=checkpoint.path,
     )
+
+
+def _order(select_by: str) -> str:
+    return "min" if select_by.endswith("loss") else "max"

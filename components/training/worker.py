@@ -1,12 +1,16 @@
 """The Ray Train worker loop, in small named pieces: restore -> (one epoch -> save) per epoch.
 
-``train_loop_per_worker`` only reads its ``get_dataset_shard("train")``, runs the
-plain-PyTorch ``train_step`` (components/training/step.py) over it, reports metrics and saves a
-checkpoint every epoch. The pieces (``restore``, ``run_epoch``, ``epoch_metrics``,
-``save_checkpoint``) take plain objects, so a test calls them without Ray.
+``train_loop_per_worker`` reads its ``get_dataset_shard("train")``, runs the plain-PyTorch
+``train_step`` (components/training/step.py) over it with an ``optim.Updater`` (learning-rate
+schedule, clipping, accumulation, backbone freezing, EMA), validates on its shard of ``val``
+when the run has a validation split, reports metrics and saves a checkpoint every epoch, and
+stops early after ``train.patience`` epochs without a better ``train.select_by``. The pieces
+(``restore``, ``run_epoch``, ``validate``, ``epoch_metrics``, ``save_checkpoint``) take plain
+objects, so a test calls them without Ray.
 
-A checkpoint holds the model, the optimiser, the progress (epochs finished, optimiser steps)
-and the resolved config sections of the run; never a copy of the starting weights.
+A checkpoint holds the weights to use (the EMA's when on), the updater's state, the progress
+(epochs finished, steps, best validation value) and the resolved config sections of the run;
+never a copy of the starting weights.
 """
 
 from __future__ import annotations
@@ -23,15 +27,16 @@ import torch
 
 from ..config import LossConfig, TrainConfig
 from ..runtime.test_faults import fault_plan
-from .models import build_scorer
-from .step import per_pair, train_step
+from .models import build_scorer, initial_weights
+from .optim import Schedule, Updater
+from .step import eval_scores, per_pair, train_step
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "state.pt"
 BATCH_DTYPES = {"chosen_px": torch.uint8, "rejected_px": torch.uint8, "target": torch.float32,
                 "margin": torch.float32, "weight": torch.float32, "ref_chosen": torch.float32,
                 "ref_rejected": torch.float32, "chosen_c": torch.float32,
-                "rejected_c": torch.float32}
+                "rejected_c": torch.float32, "prompt_ids": torch.int32}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -48,6 +53,12 @@ class WorkerSpec:
     modality: str
     init_state: dict[str, torch.Tensor] | None = None
     """Starting weights (e.g. the DPO reference's); a checkpoint wins. Never checkpointed."""
+    model_options: dict[str, Any] = field(default_factory=dict)  # models.model_options
+    pretrained: str = ""  # model.pretrained / model.weights: loaded by each worker, not shipped
+    weights: str = ""
+    train_pairs: int = 0  # usable training pairs (sizes the cosine schedule)
+    select_by: str = "last"  # resolved train.select_by
+    validate: bool = False  # the run has a validation split (dataset "val")
     pinning: dict | None = None  # a CpuPlan dict (components/runtime/pinning.py)
     pinning_report_dir: str | None = None
     mlflow_run_id: str | None = None  # rank 0 logs metrics to this run
@@ -55,15 +66,31 @@ class WorkerSpec:
 
     def resolved_config(self) -> dict[str, Any]:
         return {"train": asdict(self.train), "loss": asdict(self.loss),
-                "model": self.model_name, "modality": self.modality}
+                "model": self.model_name, "modality": self.modality,
+                "select_by": self.select_by}
+
+    def schedule(self, world: int) -> Schedule:
+        """The updater's settings: ``train.*`` keys, with the run's total optimiser steps."""
+        t = self.train
+        micro = -(-max(self.train_pairs, 1) // (t.batch_size * world))  # batches per epoch
+        return Schedule(lr=t.lr, weight_decay=t.weight_decay, backbone_lr=t.backbone_lr,
+                        warmup_steps=t.warmup_steps, schedule=t.lr_schedule,
+                        min_lr_ratio=t.min_lr_ratio,
+                        total_steps=t.epochs * -(-micro // t.accumulation),
+                        freeze_backbone_steps=t.freeze_backbone_steps, grad_clip=t.grad_clip,
+                        accumulation=t.accumulation, ema_decay=t.ema_decay)
 
 
 @dataclass
 class Progress:
-    """Where training stands: epochs finished and optimiser steps taken."""
+    """Where training stands: epochs finished, batches taken, and the best validation value
+    of ``select_by`` so far (for early stopping)."""
 
     epoch: int = 0
     step: int = 0
+    best: float | None = None
+    best_epoch: int = 0
+    stale: int = 0  # epochs since the best
 
 
 @dataclass
@@ -79,14 +106,22 @@ class EpochSums:
 def restore(model: torch.nn.Module, checkpoint_dir: str | None,
             init_state: dict[str, torch.Tensor] | None) -> tuple[dict | None, Progress]:
     """Load the checkpoint in ``checkpoint_dir`` (a restarted or resumed run) into ``model``,
-    else the starting weights; returns the optimiser state to load and the progress."""
+    else the starting weights; returns the updater state to load and the progress."""
     if checkpoint_dir:
         state = load_checkpoint(checkpoint_dir)
-        model.load_state_dict(state["model"])
-        return state["optimizer"], Progress(**state["progress"])
+        model.load_state_dict(state.get("train_model", state["model"]))  # live, not EMA
+        return state["updater"], Progress(**state["progress"])
     if init_state is not None:
         model.load_state_dict(init_state)
     return None, Progress()
+
+
+def make_updater(model: torch.nn.Module, spec: WorkerSpec, state: dict | None,
+                 world: int = 1) -> Updater:
+    updater = Updater(model, spec.schedule(world))
+    if state is not None:
+        updater.load_state_dict(state)
+    return updater
 
 
 def load_checkpoint(checkpoint_dir: str) -> dict[str, Any]:
@@ -95,7 +130,7 @@ def load_checkpoint(checkpoint_dir: str) -> dict[str, Any]:
                       weights_only=True)
 
 
-def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def run_epoch(model: torch.nn.Module, optimizer: Updater | torch.optim.Optimizer,
               batches: Iterable[dict[str, torch.Tensor]], loss: LossConfig,
               device: torch.device, progress: Progress,
               on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None) -> EpochSums:
@@ -111,7 +146,8 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             sums.first_batch_at = time.perf_counter()
             sums.first_batch_pairs = batch["chosen_px"].shape[0]
         chosen, rejected = batch["chosen_px"], batch["rejected_px"]
-        m = train_step(model, optimizer, chosen, rejected, loss, device, per_pair(batch, device))
+        m = train_step(model, optimizer, chosen, rejected, loss, device, per_pair(batch, device),
+                       tokens=batch.get("prompt_ids"))
         n = chosen.shape[0]
         sums.values += torch.stack(
             [m["loss"] * n, m["rewards/chosen"] * n, m["rewards/rejected"] * n,
@@ -131,6 +167,53 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             f"{progress.epoch + 1}); nothing from this epoch is saved or registered. Look for "
             "extreme margin/weight values in the data, or lower train.lr")
     return sums
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+             loss: LossConfig, device: torch.device) -> torch.Tensor:
+    """Pair-weighted ``[loss, accuracy, pairs]`` sums of ``model`` (eval mode) over validation
+    batches, to all-reduce. The accuracy is the registered score's (``s + lambda * c``):
+    chosen scores higher. For ``dpo`` (no reference scores here) the loss is the BT loss of
+    the scores."""
+    from dataclasses import replace
+
+    from .losses import configured_loss
+
+    cfg = replace(loss, type="bt") if loss.type == "dpo" else loss
+    sums = torch.zeros(3, device=device)
+    for batch in batches:
+        extras = {k: v for k, v in per_pair(batch, device).items()
+                  if k not in ("ref_chosen", "ref_rejected")}
+        s_c, s_r = eval_scores(model, batch["chosen_px"], batch["rejected_px"], device,
+                               tokens=batch.get("prompt_ids"))
+        value, m = configured_loss(s_c, s_r, cfg, **extras)
+        n = float(batch["chosen_px"].shape[0])
+        sums += torch.stack([value * n, m["rewards/accuracies"] * n,
+                             torch.tensor(n, device=device)])
+    return sums
+
+
+def val_metrics(total: torch.Tensor) -> dict[str, float]:
+    pairs = float(total[2].item())
+    if pairs == 0:
+        raise RuntimeError("the validation split yielded no pairs; raise data.val_fraction")
+    return {"val/loss": total[0].item() / pairs, "val/accuracy": total[1].item() / pairs,
+            "val/pairs": pairs}
+
+
+def track_best(progress: Progress, metrics: dict[str, float], select_by: str) -> bool:
+    """Update the best ``select_by`` value in ``progress``; True when this epoch is the best."""
+    if select_by == "last":
+        return True
+    value = metrics[select_by]
+    better = progress.best is None or (
+        value < progress.best if select_by.endswith("loss") else value > progress.best)
+    if better:
+        progress.best, progress.best_epoch, progress.stale = value, progress.epoch, 0
+    else:
+        progress.stale += 1
+    return better
 
 
 def epoch_metrics(sums: EpochSums, total: torch.Tensor, world: int, epoch: int) -> dict[str, float]:
@@ -169,16 +252,33 @@ def progress_line(metrics: dict[str, float], done: int, epochs: int) -> str:
             f"{metrics['train/pairs_per_s']:.1f} pairs/s  ETA {(epochs - done) * epoch_s:.0f} s")
 
 
-def save_checkpoint(directory: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def save_checkpoint(directory: str, model: torch.nn.Module, updater: Updater,
                     progress: Progress, spec: WorkerSpec) -> str:
-    """Write model, optimiser, progress and the resolved config to ``directory``."""
+    """Write the weights to use (the EMA's when on; then also the live ``train_model``), the
+    updater's state, progress and the resolved config to ``directory``."""
     raw = model.module if hasattr(model, "module") else model  # DDP
     raw = getattr(raw, "_orig_mod", raw)  # torch.compile wraps the module
+    live = {k: v.detach().cpu() for k, v in raw.state_dict().items()}
+    state = {"model": updater.weights() if spec.train.ema_decay > 0 else live,
+             "updater": updater.state_dict(), "progress": asdict(progress),
+             "config": spec.resolved_config()}
+    if spec.train.ema_decay > 0:
+        state["train_model"] = live
     path = os.path.join(directory, CHECKPOINT_FILE)
-    torch.save({"model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "progress": asdict(progress),
-                "config": spec.resolved_config()}, path)
+    torch.save(state, path)
     return path
+
+
+def _validate(model, updater: Updater, val_shard, spec: WorkerSpec,
+              device: torch.device) -> dict[str, float]:
+    """``val/*`` of the weights that would be registered (the EMA's when on)."""
+    target = model
+    if spec.train.ema_decay > 0:
+        target = build_scorer(spec.model_name, spec.model_options).to(device)
+        target.load_state_dict(updater.weights())
+    batches = val_shard.iter_torch_batches(batch_size=spec.train.batch_size,
+                                           dtypes=BATCH_DTYPES, device="cpu")
+    return val_metrics(_all_reduce_sum(validate(target, batches, spec.loss, device)).cpu())
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -197,41 +297,42 @@ def _fail_once_for_tests(epoch: int, rank: int) -> None:
         raise RuntimeError(f"injected failure at epoch {epoch} (test fault hook)")
 
 
-def _setup(spec: WorkerSpec, device: torch.device):
-    """Model (restored, compiled, wrapped in DDP, channels_last on CUDA), optimiser and
+def _setup(spec: WorkerSpec, device: torch.device, world: int):
+    """Model (restored, compiled, wrapped in DDP, channels_last on CUDA), updater and
     progress of this worker."""
     import ray.train
     import ray.train.torch
 
     t = spec.train
-    model = build_scorer(spec.model_name)
+    model = build_scorer(spec.model_name, spec.model_options)
+    init = spec.init_state
+    if init is None and (spec.pretrained or spec.weights):  # read here, not shipped to workers
+        init = initial_weights(spec.model_name, spec.model_options, t.seed, spec.pretrained,
+                               spec.weights)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            optimizer_state, progress = restore(model, d, spec.init_state)
+            updater_state, progress = restore(model, d, init)
     else:
-        optimizer_state, progress = restore(model, None, spec.init_state)
+        updater_state, progress = restore(model, None, init)
     if t.compile:
         model = torch.compile(model)
     model = ray.train.torch.prepare_model(model)
     if device.type == "cuda":
         video = spec.modality == "video"
         model = model.to(memory_format=torch.channels_last_3d if video else torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-    return model, optimizer, progress
+    return model, make_updater(model, spec, updater_state, world), progress
 
 
-def _report(metrics: dict[str, float], model, optimizer, progress: Progress, spec: WorkerSpec,
-            rank: int, world: int) -> None:
+def _report(metrics: dict[str, float], model, updater: Updater, progress: Progress,
+            spec: WorkerSpec, rank: int, world: int) -> None:
     """Report the epoch to Ray Train, with a checkpoint written by rank 0."""
     import ray.train
 
     with tempfile.TemporaryDirectory() as d:
         ckpt = None
         if rank == 0:
-            save_checkpoint(d, model, optimizer, progress, spec)
+            save_checkpoint(d, model, updater, progress, spec)
             ckpt = ray.train.Checkpoint.from_directory(d)
         ray.train.report({**metrics, "step": progress.step, "world_size": world}, checkpoint=ckpt)
 
@@ -247,13 +348,14 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
     t = spec.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(t.seed + rank)
+    torch.manual_seed(t.seed)  # the same initial weights on every worker and every run
     # Pin to this worker's cores (its main and data-iteration threads) and size torch's pool
     # to them; unpinned, use the CPUs it reserved (Ray sets OMP_NUM_THREADS=1 in workers).
     pinned = pin_role(spec.pinning, "train", ctx.get_local_rank(), spec.pinning_report_dir)
     torch.set_num_threads(len(pinned["planned"]) or max(1, int(t.cpus_per_worker)))
     device = ray.train.torch.get_device()
-    model, optimizer, progress = _setup(spec, device)
+    model, updater, progress = _setup(spec, device, world)
+    torch.manual_seed(t.seed + rank)
 
     metrics_log = None
     if rank == 0 and spec.mlflow_run_id:
@@ -263,9 +365,11 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
 
     def on_step(step: int, m: dict[str, torch.Tensor]) -> None:
         if metrics_log is not None and step % t.log_every_steps == 0:
-            metrics_log.log({f"train/{k}": v.item() for k, v in m.items()}, step)
+            metrics_log.log({**{f"train/{k}": v.item() for k, v in m.items()},
+                             **{f"train/{k}": v for k, v in updater.lrs().items()}}, step)
 
     shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if spec.validate else None
     try:
         for epoch in range(progress.epoch, t.epochs):
             _fail_once_for_tests(epoch, rank)
@@ -277,14 +381,26 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
                 local_shuffle_buffer_size=t.batch_size * 8,
                 local_shuffle_seed=t.seed + epoch,
             )
-            sums = run_epoch(model, optimizer, batches, spec.loss, device, progress, on_step)
+            sums = run_epoch(model, updater, batches, spec.loss, device, progress, on_step)
             metrics = epoch_metrics(sums, _all_reduce_sum(sums.values.clone()).cpu(), world, epoch)
             progress.epoch = epoch + 1
+            if val_shard is not None:
+                metrics.update(_validate(model, updater, val_shard, spec, device))
+            best = track_best(progress, metrics, spec.select_by)
+            metrics["train/optimizer_steps"] = float(updater.steps)
             if rank == 0:  # one line per epoch on the driver's terminal (Ray forwards worker logs)
-                log.info("%s", progress_line(metrics, progress.epoch, t.epochs))
+                log.info("%s%s", progress_line(metrics, progress.epoch, t.epochs),
+                         f"  val acc {metrics['val/accuracy']:.3f}{' (best)' if best else ''}"
+                         if "val/accuracy" in metrics else "")
             if metrics_log is not None:
                 metrics_log.log(metrics, progress.step)
-            _report(metrics, model, optimizer, progress, spec, rank, world)
+            _report(metrics, model, updater, progress, spec, rank, world)
+            if t.patience and progress.stale >= t.patience:  # same all-reduced value everywhere
+                if rank == 0:
+                    log.info("early stop after epoch %d: %s has not improved for %d epochs "
+                             "(best %.4f at epoch %d)", progress.epoch, spec.select_by,
+                             progress.stale, progress.best, progress.best_epoch)
+                break
     finally:  # also when this attempt fails: what was logged before the failure is sent
         if metrics_log is not None:
             counts = metrics_log.close()
