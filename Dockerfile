@@ -14,10 +14,10 @@ LABEL org.opencontainers.image.ref.name="ghcr.io/my-org/visual-dpo:0.1.0" \
       org.opencontainers.image.version="0.1.0"
 
 # Dependencies first, read from pyproject (the pins plus the `gpu` extra: NVML for MLflow's GPU
-# metrics), in their own layer: a code change does not reinstall torch (several GB). Ray 2.60.0
+# metrics, and the `clip` extra: open_clip for model.name=clip), in their own layer: a code change does not reinstall torch (several GB). Ray 2.60.0
 # is already in the base image and satisfies the pin.
 COPY --chown=ray:users pyproject.toml /tmp/visual-dpo/pyproject.toml
-RUN python -c "import tomllib; p = tomllib.load(open('/tmp/visual-dpo/pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p.get('optional-dependencies', {}).get('gpu', [])))" \
+RUN python -c "import tomllib; p = tomllib.load(open('/tmp/visual-dpo/pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p.get('optional-dependencies', {}).get('gpu', []) + p.get('optional-dependencies', {}).get('clip', [])))" \
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

@@ -11,7 +11,7 @@ from typing import Any
 
 import mlflow
 
-from components.config import EvalConfig, GateConfig, LossConfig, RunConfig
+from components.config import ConfigError, EvalConfig, GateConfig, LossConfig, RunConfig
 from components.datasets.contract import Shard
 from components.datasets.ingest import (
     PreparedSplits,
@@ -31,6 +31,7 @@ from components.runtime import locks
 from components.runtime.pinning import CpuPlan
 from components.tracking import models
 from components.training.reference import add_reference_scores, initial_scorer, reference_dataset
+from components.training.optim import problems as schedule_problems
 from components.training.trainer import TrainOutcome, fit
 from components.training.worker import WorkerSpec
 
@@ -111,6 +112,9 @@ def train(cfg: RunConfig, loss: LossConfig, train_ds, init_state, options: dict,
                       select_by=cfg.train.selection(cfg.data.val_fraction), validate=validate,
                       pinning=plan.to_dict(), pinning_report_dir=os.path.join(run_dir, "pinning"),
                       mlflow_run_id=run_id, tracking_uri=tracking_uri)
+    problems = schedule_problems(spec.schedule(cfg.train.workers))  # needs the pair count
+    if problems:
+        raise ConfigError(problems)
     outcome = fit(spec, train_ds, storage_path=os.path.join(run_dir, "ray_results"),
                   run_name=cfg.tracking.run_name or f"train-{run_id}",
                   val_ds=usable_pairs(data.train_path, "val") if validate else None)

@@ -19,6 +19,7 @@ COMPONENTS = ROOT / "components"
 # and tested with neither Ray nor MLflow installed (benchmarks/gpu_step.py runs on a GPU box
 # without Ray).
 PURE = ["config.py", "media/", "training/models.py", "training/losses.py", "training/step.py",
+        "training/optim.py", "training/clip.py",
         "evaluation/metrics.py", "registry/gate.py", "registry/scorer_files.py",
         "datasets/contract.py", "runtime/pinning.py", "sample/"]
 # MLflow lives in pipelines/ and the tracking layer; the pyfunc class subclasses PythonModel.

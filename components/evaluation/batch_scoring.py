@@ -174,8 +174,12 @@ def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *,
 
     bad = scored.filter(expr=col("_status") == QUARANTINED).to_pandas()
     bad = bad.rename(columns={"_shard": "shard", "_row": "row", "_reason": "reason"})
-    pq.write_table(pa.Table.from_pandas(bad.drop(columns=["_status", "score"]), preserve_index=False),
-                   quarantine_path)
+    # An empty filter result may come back without columns: keep the quarantine file's shape.
+    bad = bad.drop(columns=["_status", "score"], errors="ignore")
+    for column in ("shard", "row", "reason"):
+        if column not in bad:
+            bad[column] = pd.Series(dtype="int64" if column == "row" else "object")
+    pq.write_table(pa.Table.from_pandas(bad, preserve_index=False), quarantine_path)
     good = scored.filter(expr=col("_status") == OK).drop_columns(["_status", "_reason", "_shard", "_row"])
     n_scored = good.count()
     if n_scored + len(bad) != total:  # nothing is lost: every row read is scored or quarantined

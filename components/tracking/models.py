@@ -40,6 +40,7 @@ set_model(ScorerModel())
 # The project's runtime pins that a scorer needs, read from the one place they are declared.
 RUNTIME_PACKAGES = ("torch", "torchvision", "pillow", "numpy", "pandas")
 VIDEO_PACKAGES = ("av",)
+CLIP_PACKAGES = ("open_clip_torch",)  # the clip scorer (pyproject's `clip` extra)
 
 
 def project_requirements() -> dict[str, str]:
@@ -51,20 +52,23 @@ def project_requirements() -> dict[str, str]:
         import tomllib
 
         with open(os.path.join(os.path.dirname(COMPONENTS_DIR), "pyproject.toml"), "rb") as f:
-            reqs = tomllib.load(f)["project"]["dependencies"]
+            project = tomllib.load(f)["project"]
+        reqs = project["dependencies"] + [
+            f'{r}; extra == "clip"' for r in project["optional-dependencies"].get("clip", [])]
     out = {}
     for r in reqs:
-        if ";" in r:  # extras such as test tools
+        if ";" in r and 'extra == "clip"' not in r:  # other extras, such as test tools
             continue
-        name = re.split(r"[\[=<>~! ]", r, maxsplit=1)[0].lower()
+        r = r.split(";", 1)[0].strip()
+        name = re.split(r"[\[=<>~! ]", r, maxsplit=1)[0].lower().replace("_", "-")
         out[name] = re.sub(r"\[.*?\]", "", r).replace(" ", "")
     return out
 
 
-def pip_requirements(video: bool) -> list[str]:
+def pip_requirements(video: bool, clip: bool = False) -> list[str]:
     declared = project_requirements()
-    names = RUNTIME_PACKAGES + (VIDEO_PACKAGES if video else ())
-    return [declared.get(n, n) for n in names] + [f"mlflow=={mlflow.__version__}"]
+    names = RUNTIME_PACKAGES + (VIDEO_PACKAGES if video else ()) + (CLIP_PACKAGES if clip else ())
+    return [declared.get(n.replace("_", "-"), n) for n in names] + [f"mlflow=={mlflow.__version__}"]
 
 
 def log_scorer(scorer: TrainedScorer, example: bytes, registered_model_name: str | None,
@@ -98,7 +102,7 @@ def log_scorer(scorer: TrainedScorer, example: bytes, registered_model_name: str
                 code_paths=[package],
                 signature=signature,
                 input_example=example_df,
-                pip_requirements=pip_requirements(spec.video),
+                pip_requirements=pip_requirements(spec.video, scorer.model_name == "clip"),
                 registered_model_name=registered_model_name,
             )
         finally:
