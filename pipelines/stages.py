@@ -30,8 +30,8 @@ from components.registry.scorer_files import TrainedScorer
 from components.runtime import locks
 from components.runtime.pinning import CpuPlan
 from components.tracking import models
-from components.training.reference import add_reference_scores, initial_scorer, reference_dataset
 from components.training.optim import problems as schedule_problems
+from components.training.reference import add_reference_scores, initial_scorer, reference_dataset
 from components.training.trainer import TrainOutcome, fit
 from components.training.worker import WorkerSpec
 
