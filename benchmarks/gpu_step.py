@@ -7,6 +7,11 @@ the measured step time) and peak device memory.
 
     python benchmarks/gpu_step.py                       # CUDA: bn-cnn, resnet18, bn-c3d, r3d_18
     python benchmarks/gpu_step.py --device cpu --size 64 --frames 8 --steps 2 --batch 4  # smoke
+    python benchmarks/gpu_step.py --models prompt-bn-cnn,clip --clip-arch ViT-B-32  # + prompts
+
+Prompt-conditioned scorers get synthetic prompts tokenised with their own tokenizer; ``clip``
+runs at its architecture's image size (224 for ViT-B-32), random init (the speed of a
+pretrained checkpoint is the same).
 """
 
 from __future__ import annotations
@@ -23,20 +28,35 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from components.config import LossConfig  # noqa: E402
-from components.training.models import VIDEO_SCORERS, build_scorer  # noqa: E402
+from components.media.text import tokenize  # noqa: E402
+from components.training.models import (  # noqa: E402
+    VIDEO_SCORERS,
+    build_scorer,
+    model_options,
+    takes_prompt,
+    text_contract,
+)
 from components.training.step import train_step  # noqa: E402
 
 
 def measure(name: str, device: torch.device, size: int, batch: int, steps: int,
-            amp: bool, channels_last: bool, frames: int = 16) -> dict:
+            amp: bool, channels_last: bool, frames: int = 16, clip_arch: str = "ViT-B-32") -> dict:
     torch.manual_seed(0)
     video = name in VIDEO_SCORERS
-    model = build_scorer(name).to(device)
+    options = model_options(name, clip_arch)
+    model = build_scorer(name, options).to(device)
+    if name == "clip":
+        size = model.image_size
+    tokens = None
+    if takes_prompt(model):
+        text = text_contract(name, options)
+        tokens = torch.from_numpy(tokenize(text["text"], [f"a photo of thing {i}" for i in range(batch)],
+                                           text["context_length"], text["vocab_size"]))
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d if video else torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss = LossConfig()
-    kw = {"amp": amp, "channels_last": channels_last}
+    kw = {"amp": amp, "channels_last": channels_last, "tokens": tokens}
     shape = (batch, 3, frames, size, size) if video else (batch, 3, size, size)
     c = torch.randint(0, 256, shape, dtype=torch.uint8)
     r = torch.randint(0, 256, shape, dtype=torch.uint8)
@@ -58,7 +78,7 @@ def measure(name: str, device: torch.device, size: int, batch: int, steps: int,
         torch.cuda.synchronize(device)
     dt = (time.perf_counter() - t0) / steps
     return {
-        "model": name, "amp_bf16": amp, "channels_last": channels_last, "image_size": size,
+        "model": name + (f" ({clip_arch})" if name == "clip" else ""), "amp_bf16": amp, "channels_last": channels_last, "image_size": size,
         "frames": frames if video else None,
         "batch_pairs": batch, "pairs_per_s": round(batch / dt, 1),
         "tflops": round(flops / dt / 1e12, 3), "gflop_per_step": round(flops / 1e9, 2),
@@ -77,6 +97,7 @@ def main() -> None:
     ap.add_argument("--video-batch", type=int, default=16, help="clip pairs per step")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--models", default="bn-cnn,resnet18,bn-c3d,r3d_18")
+    ap.add_argument("--clip-arch", default="ViT-B-32", help="open_clip architecture of clip")
     a = ap.parse_args()
     device = torch.device(a.device)
     if device.type == "cuda":
@@ -90,7 +111,7 @@ def main() -> None:
                 video = name in VIDEO_SCORERS
                 results.append(measure(name, device, a.video_size if video else a.size,
                                        a.video_batch if video else a.batch, a.steps, amp, cl,
-                                       a.frames))
+                                       a.frames, a.clip_arch))
     print(json.dumps({"device": torch.cuda.get_device_name(device) if device.type == "cuda"
                       else "cpu", "torch": torch.__version__, "results": results}))
 

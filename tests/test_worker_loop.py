@@ -83,3 +83,44 @@ def test_a_non_finite_loss_stops_training_naming_step_and_batch():
     batches[1]["margin"] = torch.tensor([0.0, float("inf"), 0.0, 0.0])  # one poisoned pair
     with pytest.raises(NonFiniteLoss, match=r"optimiser step 2 \(batch 1 of epoch 1\)"):
         run_epoch(model, opt, batches, spec.loss, torch.device("cpu"), progress)
+
+
+def test_best_epoch_tracking_and_patience():
+    from components.training.worker import track_best
+
+    p = Progress()
+    seen = []
+    for epoch, acc in enumerate([0.6, 0.7, 0.7, 0.65, 0.8], start=1):
+        p.epoch = epoch
+        seen.append((track_best(p, {"val/accuracy": acc}, "val/accuracy"), p.stale))
+    # Strictly better only; stale counts epochs since the best.
+    assert seen == [(True, 0), (True, 0), (False, 1), (False, 2), (True, 0)]
+    assert (p.best, p.best_epoch) == (0.8, 5)
+    q = Progress()
+    for epoch, loss in enumerate([0.7, 0.5, 0.6], start=1):
+        q.epoch = epoch
+        track_best(q, {"val/loss": loss}, "val/loss")
+    assert (q.best, q.best_epoch, q.stale) == (0.5, 2, 1)  # loss: lower is better
+    assert track_best(Progress(), {}, "last") is True
+
+
+def test_validation_sums_are_the_registered_scores_accuracy():
+    from components.training.worker import val_metrics, validate
+
+    torch.manual_seed(0)
+    model = build_scorer("bn-cnn")
+    batches = list(_batches(3, n=2))
+    sums = validate(model, batches, LossConfig(), torch.device("cpu"))
+    from components.training.step import eval_scores
+
+    correct = total = 0
+    for b in batches:
+        s_c, s_r = eval_scores(model, b["chosen_px"], b["rejected_px"], torch.device("cpu"))
+        correct += int((s_c > s_r).sum())
+        total += len(s_c)
+    m = val_metrics(sums)
+    assert m["val/pairs"] == total == 8
+    assert m["val/accuracy"] == pytest.approx(correct / total)
+    # dpo has no reference scores on the validation split: its val/loss is the BT loss.
+    dpo = val_metrics(validate(model, batches, LossConfig(type="dpo"), torch.device("cpu")))
+    assert dpo == pytest.approx(m)
