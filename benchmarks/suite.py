@@ -101,7 +101,7 @@ def stage_s(train_dir: str, spec: MediaSpec, actors: int) -> tuple[float, int]:
 
     t0 = time.perf_counter()
     ds, _ = decode_stage(resolve_shards([train_dir]), layout="canonical", spec=spec,
-                         decode_actors=actors, cpus_per_actor=1, batch_size=32,
+                         decode_actors=actors, cpus_per_actor=1, batch_size=0,
                          eval_fraction=None, split="train")
     n = sum(len(b["status"]) for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
     return time.perf_counter() - t0, n
@@ -111,7 +111,7 @@ def ray_decode_s(train_dir: str, spec: MediaSpec, actors: int, out: str) -> tupl
     from components.datasets.ingest import prepare
 
     p = prepare(resolve_shards([train_dir]), out, layout="canonical", spec=spec,
-                decode_actors=actors, cpus_per_actor=1, batch_size=32, eval_fraction=None,
+                decode_actors=actors, cpus_per_actor=1, batch_size=0, eval_fraction=None,
                 split="train")
     return p.decode_s, p.counts["train"].used
 

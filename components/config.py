@@ -24,6 +24,10 @@ PAD_POLICIES = ("repeat", "loop", "reject")
 """Clips shorter than ``data.video.frames``: repeat the last frame, loop, or reject."""
 PIN_MODES = ("auto", "off")
 LR_SCHEDULES = ("constant", "cosine")
+CACHE_MODES = ("auto", "decoded", "none")
+"""``data.cache``: ``decoded`` writes every decoded pixel once and trains from that copy;
+``none`` streams: the decode actors decode every epoch, straight into the trainers;
+``auto``: ``decoded`` when the decoded training data would fit ``data.cache_max_gb``."""
 SELECT_BY = ("auto", "last", "val/accuracy", "val/loss")
 """``train.select_by``: which checkpoint is registered. ``auto``: ``val/accuracy`` when
 ``data.val_fraction`` > 0, else ``last``."""
@@ -86,6 +90,17 @@ class DataConfig:
     checked between steps (frames, packets, image strips), so one step can overrun it."""
     max_quarantine_fraction: float = 0.1
     """The run fails when more than this share of a dataset's rows is quarantined."""
+    cache: str = "auto"
+    """``decoded`` | ``none`` (stream, decode every epoch) | ``auto`` (by size, see
+    ``cache_max_gb``)."""
+    cache_max_gb: float = 20.0
+    """``cache=auto`` writes decoded pixels only when the training data's decoded size
+    (pairs x 2 x bytes per item) is at most this; else it streams."""
+    augment: bool = False
+    """Streaming only: random resized crop + horizontal flip (images), and for clips the same
+    plus a jitter of the sampled frames; one draw per pair, shared by both sides."""
+    augment_min_scale: float = 0.6
+    """Smallest crop area (share of the image) of the random resized crop."""
     val_fraction: float = 0.0
     """Share of the *training* pairs (by a second, independent hash of pair_id) held out as
     the validation split that training evaluates each epoch to pick the best checkpoint and
@@ -99,7 +114,9 @@ class PreprocessConfig:
 
     actors: int = 1
     cpus_per_actor: int = 1
-    batch_size: int = 32
+    batch_size: int = 0
+    """Rows per decode batch. 0 (auto): sized so each batch carries ~0.5 s of decoding and
+    at most 64 MiB of decoded pixels (datasets/batching.py); > 0: exactly that many rows."""
     pin_cpus: str = "auto"
     """``auto``: a per-node plan gives each training worker and each preprocessing actor its
     own cores; every process pins itself (``os.sched_setaffinity``) and caps its thread pools
@@ -220,6 +237,20 @@ class GateConfig:
 
 
 @dataclass
+class StorageConfig:
+    """Where a run's state goes: prepared data, checkpoints, quarantine, eval scores, reports."""
+
+    uri: str = ""
+    """A local path or any URI pyarrow opens (``s3://bucket/prefix``, ``gs://...``); endpoint
+    and credentials from the environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``...).
+    Empty: ``output_dir`` (local). On a cluster of more than one node it must be object
+    storage, or a path every node mounts with ``storage.shared=true``."""
+    shared: bool = False
+    """Declare a local ``uri`` (or ``output_dir``) as mounted at the same place on every node
+    (NFS, Lustre, a Kubernetes ReadWriteMany volume)."""
+
+
+@dataclass
 class RunConfig:
     modality: str = "image"
     """``image`` (2-D scorers, ``python -m pipelines run image``) or ``video`` (3-D scorers)."""
@@ -234,10 +265,17 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     output_dir: str = "outputs"
+    storage: StorageConfig = field(default_factory=StorageConfig)
     incremental: bool = False
     """Train only on shards no finished run of this workflow and model name consumed, warm-
     started from the champion; a lease (a Ray named actor) keeps two scheduled runs on one
     cluster from overlapping."""
+
+
+def run_root(cfg: RunConfig) -> str:
+    """The location under which each run gets its directory: ``storage.uri`` or
+    ``output_dir``."""
+    return cfg.storage.uri or cfg.output_dir
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -368,6 +406,15 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
                  f"{PILLOW_MAX_PIXELS}, which stays on; use at most that")
     if not d.decode_timeout_s > 0:
         p.append(f"data.decode_timeout_s: {d.decode_timeout_s} must be > 0 seconds")
+    if d.cache not in CACHE_MODES:
+        p.append(f"data.cache: {d.cache!r} is not one of {', '.join(CACHE_MODES)}")
+    elif d.augment and d.cache == "decoded":
+        p.append("data.augment: augmentation needs streaming (a decoded copy would freeze one "
+                 "view): set data.cache=none (or auto)")
+    if d.cache_max_gb < 0:
+        p.append("data.cache_max_gb: must be >= 0")
+    if not 0.0 < d.augment_min_scale <= 1.0:
+        p.append("data.augment_min_scale: must be in (0, 1]")
     if not 0.0 <= d.val_fraction < 1.0:
         p.append(f"data.val_fraction: {d.val_fraction} must be in [0, 1)")
     if not 0.0 <= d.max_quarantine_fraction <= 1.0:
@@ -377,8 +424,8 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
         p.append("preprocess.actors: need at least one preprocessing actor")
     if pp.cpus_per_actor < 1:
         p.append("preprocess.cpus_per_actor: must be >= 1 (whole cores, so they can be pinned)")
-    if pp.batch_size < 1:
-        p.append("preprocess.batch_size: must be >= 1")
+    if pp.batch_size < 0:
+        p.append("preprocess.batch_size: must be 0 (auto) or >= 1")
     if pp.pin_cpus not in PIN_MODES:
         p.append(f"preprocess.pin_cpus: {pp.pin_cpus!r} is not one of {', '.join(PIN_MODES)}")
     from .training.models import SCORERS, VIDEO_SCORERS  # the registry is the source of truth

@@ -75,7 +75,11 @@ def _parser() -> argparse.ArgumentParser:
                      "'visual-dpo run ... --incremental --check && ray job submit ...'")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
                      "else sqlite:///mlflow.db)")
-    run.add_argument("--output-dir", help="where prepared data, quarantine and checkpoints go")
+    run.add_argument("--output-dir", help="local directory for prepared data, quarantine and "
+                     "checkpoints (default outputs/); see --storage")
+    run.add_argument("--storage", help="where all run state goes instead: s3://bucket/prefix, "
+                     "gs://..., or a path every node mounts (with storage.shared=true); "
+                     "required on a cluster of more than one node")
     run.add_argument("--config", help="YAML config file (keys as below)")
     run.add_argument("--summary", help="also write the JSON summary to this file")
     run.add_argument("overrides", nargs="*", metavar="key=value",
@@ -162,6 +166,7 @@ def _cli_overrides(a: argparse.Namespace) -> dict[str, Any]:
     put("tracking.run_name", getattr(a, "run_name", None))
     put("tracking.tracking_uri", a.tracking_uri)
     put("output_dir", getattr(a, "output_dir", None))
+    put("storage.uri", getattr(a, "storage", None))
     return tree
 
 

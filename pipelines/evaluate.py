@@ -6,16 +6,15 @@ batch inference) -> report (metrics, per-pair scores and pictures, logged to MLf
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 import mlflow
 
-from components.config import RunConfig
+from components.config import RunConfig, run_root
 from components.datasets.contract import plan_reads, resolve_shards
-from components.runtime import resources
-from components.runtime.cluster import cluster_resources, ensure_ray
+from components.runtime import resources, storage
+from components.runtime.cluster import check_storage, cluster_resources, ensure_ray
 from components.runtime.pinning import plan_for_run
 from components.tracking import models, runs
 from pipelines import stages
@@ -30,13 +29,15 @@ def run_evaluate(cfg: RunConfig, model_uri: str) -> dict[str, Any]:
     scorer = models.load_scorer(models.pin_model_uri(model_uri))
     plan_reads(shards, cfg.data.layout, scorer.spec.modality)  # footers: fails before Ray
     plan = plan_for_run(cfg.preprocess, cfg.train)
+    storage.check_writable(run_root(cfg))
     ensure_ray()
+    check_storage(run_root(cfg), cfg.storage.shared)
     resources.check(resources.evaluate_phases(cfg.preprocess), cluster_resources())
     with runs.parent_run(run_name=cfg.tracking.run_name or None) as run:
         runs.announce(run, uri)
         mlflow.set_tags({"workflow": "evaluate", "model_uri": model_uri,
                          "model_uri.pinned": scorer.source})
-        run_dir = os.path.abspath(os.path.join(cfg.output_dir, run.info.run_id))
+        run_dir = storage.join(run_root(cfg), run.info.run_id)
         # Decode as the model was trained (its own spec: size, frames, limits).
         data = stages.prepare(cfg, scorer.spec, plan, [], shards, run_dir)
         report = stages.evaluate(cfg.loss, cfg.eval, scorer, data.eval_path)

@@ -10,22 +10,21 @@ scheduling around a run: the lease and which shards are new.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import mlflow
 
-from components.config import LossConfig, RunConfig, flatten, to_dict
+from components.config import LossConfig, RunConfig, flatten, run_root, to_dict
 from components.datasets.contract import Shard, fingerprint, plan_reads, resolve_shards
-from components.datasets.ingest import PreparedSplits
+from components.datasets.ingest import PreparedSplits, resolve_cache
 from components.evaluation.metrics import EvalReport
 from components.media.spec import MediaSpec
 from components.registry.gate import CHAMPION
 from components.registry.scorer_files import TrainedScorer
-from components.runtime import locks, resources
-from components.runtime.cluster import cluster_resources, ensure_ray
+from components.runtime import locks, resources, storage
+from components.runtime.cluster import check_storage, cluster_resources, ensure_ray
 from components.runtime.pinning import CpuPlan, plan_for_run
 from components.tracking import lineage, models, runs
 from components.tracking.steps import Workflow, digest
@@ -45,18 +44,21 @@ class RunInputs:
     spec: MediaSpec
     plan: CpuPlan
     options: dict = field(default_factory=dict)  # the scorer's construction options
+    cache: str = "decoded"  # data.cache resolved: "decoded" or "none" (streaming)
 
 
 def resolve_inputs(cfg: RunConfig) -> RunInputs:
     train = resolve_shards(cfg.data.train)
     evals = resolve_shards(cfg.data.eval) if cfg.data.eval else []
     # Footers only: a bad layout, a wrongly typed column or empty data fails here, before Ray.
-    plan_reads(train, cfg.data.layout, cfg.modality)
+    _, train_rows = plan_reads(train, cfg.data.layout, cfg.modality)
+    storage.check_writable(run_root(cfg))  # a wrong bucket or endpoint fails here, before Ray
     if evals:
         plan_reads(evals, cfg.data.layout, cfg.modality)
     options = model_options(cfg.model.name, cfg.model.arch)
     spec = MediaSpec.from_config(cfg.modality, cfg.data, text_contract(cfg.model.name, options))
-    return RunInputs(train, evals, spec, plan_for_run(cfg.preprocess, cfg.train), options)
+    return RunInputs(train, evals, spec, plan_for_run(cfg.preprocess, cfg.train), options,
+                     resolve_cache(cfg.data, spec, train_rows))
 
 
 def run_preference(cfg: RunConfig, check_only: bool = False) -> dict[str, Any]:
@@ -106,9 +108,10 @@ def _run(cfg: RunConfig, loss: LossConfig, uri: str, experiment_id: str, inputs:
     parent = runs.find_parent_run(experiment_id, cfg.tracking.resume, cfg.tracking.run_name,
                                   cfg.modality)
     ensure_ray(cfg.train.deterministic)
+    check_storage(run_root(cfg), cfg.storage.shared)  # multi-node needs shared run state
     cluster = cluster_resources()
-    resources.check(resources.run_phases(cfg.preprocess, cfg.train, loss.type,
-                                         resolve_use_gpu(cfg.train)), cluster)
+    resources.check(resources.run_phases(cfg.preprocess, cfg.train, resolve_use_gpu(cfg.train),
+                                         streaming=inputs.cache == "none"), cluster)
     log.info("%s", inputs.plan.describe())
     for w in inputs.plan.warnings:
         log.warning("cpu pinning: %s", w)
@@ -116,7 +119,7 @@ def _run(cfg: RunConfig, loss: LossConfig, uri: str, experiment_id: str, inputs:
                          run_name=None if parent else (cfg.tracking.run_name or None)) as run:
         run_id = run.info.run_id
         runs.announce(run, uri)
-        run_dir = runs.run_dir_of(run, cfg.output_dir, cfg.tracking.run_name)
+        run_dir = runs.run_dir_of(run, run_root(cfg), cfg.tracking.run_name)
         lineage.record_run(cfg, inputs.train, inputs.eval, inputs.plan, cluster)
         wf = Workflow(mlflow.MlflowClient(), run_id)
         flat = flatten(to_dict(cfg))
@@ -125,23 +128,24 @@ def _run(cfg: RunConfig, loss: LossConfig, uri: str, experiment_id: str, inputs:
                       "ties": cfg.ties, "train": fingerprint(inputs.train),
                       "eval": fingerprint(inputs.eval),
                       "tokenizer": [inputs.spec.text, inputs.spec.context_length,
-                                    inputs.spec.vocab_size]}
+                                    inputs.spec.vocab_size], "cache": inputs.cache}
         data = wf.step("prepare", prepare_in,
                        lambda: stages.prepare(cfg, inputs.spec, inputs.plan, inputs.train,
-                                              inputs.eval, run_dir),
+                                              inputs.eval, run_dir, inputs.cache),
                        PreparedSplits.to_record, PreparedSplits.from_record)
         ref_in = {"upstream": digest(prepare_in), "loss": to_dict(loss),
                   "model": to_dict(cfg.model), "seed": cfg.train.seed}
         ref_record = wf.step("reference", ref_in,
-                             lambda: stages.reference(cfg, loss, inputs.spec, inputs.options,
-                                                      data.train_path, run_dir), dict, dict)
-        train_ds, ref, init_state = stages.training_inputs(cfg, inputs.spec, inputs.options,
-                                                           data.train_path, ref_record,
-                                                           warm_start)
+                             lambda: stages.reference(cfg, loss, inputs.spec, inputs.options),
+                             dict, dict)
+        train_inputs = stages.training_inputs(cfg, inputs.spec, inputs.options, data,
+                                              ref_record, inputs.plan, inputs.train,
+                                              bool(inputs.eval), warm_start)
+        ref = train_inputs.reference
         train_in = {"upstream": digest(ref_in), "train": to_dict(cfg.train),
                     "warm_start": warm_start}
         outcome = wf.step("train", train_in,
-                          lambda: stages.train(cfg, loss, train_ds, init_state, inputs.options,
+                          lambda: stages.train(cfg, loss, train_inputs, inputs.options,
                                                data, inputs.plan, run_dir, run_id, uri),
                           TrainOutcome.to_record, TrainOutcome.from_record)
         scorer = TrainedScorer(cfg.model.name, outcome.state_dict, inputs.spec,
@@ -150,7 +154,7 @@ def _run(cfg: RunConfig, loss: LossConfig, uri: str, experiment_id: str, inputs:
                    "ckpt": outcome.checkpoint_path}
         report = wf.step("evaluate", eval_in,
                          lambda: stages.evaluate(loss, cfg.eval, scorer, data.eval_path, ref),
-                         lambda r: r.to_record(os.path.join(run_dir, "eval_scores.parquet")),
+                         lambda r: r.to_record(storage.join(run_dir, "eval_scores.parquet")),
                          EvalReport.from_record)
         registered = wf.step("register", {"upstream": digest(eval_in), "gate": to_dict(cfg.gate)},
                              lambda: stages.register(cfg.tracking.model_name, cfg.gate, scorer,

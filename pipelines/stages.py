@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mlflow
@@ -17,8 +16,8 @@ from components.datasets.ingest import (
     PreparedSplits,
     example_item,
     example_prompt,
-    pair_columns,
     prepare_splits,
+    streaming_pairs,
     usable_pairs,
 )
 from components.evaluation.figures import report_figures
@@ -27,11 +26,11 @@ from components.evaluation.pair_scoring import score_dataset
 from components.media.spec import MediaSpec
 from components.registry.gate import correct_vector, decide
 from components.registry.scorer_files import TrainedScorer
-from components.runtime import locks
+from components.runtime import locks, storage
 from components.runtime.pinning import CpuPlan
-from components.tracking import models
+from components.tracking import models, runs
 from components.training.optim import problems as schedule_problems
-from components.training.reference import add_reference_scores, initial_scorer, reference_dataset
+from components.training.reference import initial_scorer
 from components.training.trainer import TrainOutcome, fit
 from components.training.worker import WorkerSpec
 
@@ -39,12 +38,13 @@ log = logging.getLogger(__name__)
 
 
 def prepare(cfg: RunConfig, spec: MediaSpec, plan: CpuPlan, train_shards: list[Shard],
-            eval_shards: list[Shard], run_dir: str) -> PreparedSplits:
+            eval_shards: list[Shard], run_dir: str, cache: str = "decoded") -> PreparedSplits:
     data = prepare_splits(train_shards, eval_shards, run_dir, data=cfg.data,
                           preprocess=cfg.preprocess, ties=cfg.ties, spec=spec,
-                          pinning=plan.to_dict())
+                          pinning=plan.to_dict(), cache=cache)
+    mlflow.set_tag("data.cache_resolved", cache)
     mlflow.log_metrics(data.metrics)
-    mlflow.log_artifact(data.quarantine_path, "data")
+    runs.log_stored_artifacts(data.quarantine_path, "data")
     mlflow.log_dict(data.report, "data/report.json")
     data.check(cfg.data.max_quarantine_fraction)
     return data
@@ -59,68 +59,95 @@ def resolve_reference(source: str, cfg: RunConfig, options: dict, spec: MediaSpe
     return models.load_scorer(models.pin_model_uri(source))
 
 
-def reference(cfg: RunConfig, loss: LossConfig, spec: MediaSpec, options: dict, train_path: str,
-              run_dir: str) -> dict[str, Any]:
-    """For ``loss.type=dpo``: precompute the reference's scores of the training pairs.
-
-    Returns ``{"path", "source"}``: the scored pairs and the (pinned) reference; both None for
-    objectives without a reference."""
+def reference(cfg: RunConfig, loss: LossConfig, spec: MediaSpec, options: dict) -> dict[str, Any]:
+    """For ``loss.type=dpo``: resolve and pin the frozen reference (``{"source"}``; None for
+    objectives without one). The training workers score each batch with it on the fly: the
+    same pixels the policy sees (augmented views included), no pass over the data and no
+    stored copy; it costs one no-grad forward per step."""
     if loss.type != "dpo":
-        return {"path": None, "source": None}
+        return {"source": None}
     ref = resolve_reference(loss.reference, cfg, options, spec)
-    path = add_reference_scores(usable_pairs(train_path, "train", with_ids=True), ref,
-                                os.path.join(run_dir, "prepared", "train_ref"))
+    if ref.spec.size != spec.size or ref.spec.shape != spec.shape:
+        raise ConfigError([f"loss.reference: {loss.reference} takes inputs of shape "
+                           f"{ref.spec.shape}, this run decodes {spec.shape}; set "
+                           "data.image_size (and data.video.frames) to match"])
     mlflow.set_tags({"loss.reference": ref.source, "loss.reference_model": ref.model_name})
-    return {"path": path, "source": ref.source}
+    return {"source": ref.source}
 
 
-def training_inputs(cfg: RunConfig, spec: MediaSpec, options: dict, train_path: str,
-                    record: dict, warm_start: str | None = None):
-    """``(train_ds, reference, init_state)`` for the train stage.
+@dataclass
+class TrainingInputs:
+    train_ds: Any
+    val_ds: Any
+    reference: TrainedScorer | None
+    init_state: dict | None
 
-    The policy starts from the reference's weights when the architectures match (so DPO
-    starts at log 2), else from ``warm_start`` (a model URI, e.g. the champion of an
+
+def training_inputs(cfg: RunConfig, spec: MediaSpec, options: dict, data: PreparedSplits,
+                    record: dict, plan: CpuPlan, train_shards: list[Shard],
+                    has_eval_shards: bool, warm_start: str | None = None) -> TrainingInputs:
+    """The datasets, the reference and the starting weights of the train stage.
+
+    Decoded cache: the prepared pairs. Streaming (``data.cache=none``): read -> decode in the
+    pinned actor pool -> straight into the trainers, every epoch (with augmentation when
+    on). The policy starts from the reference's weights when the architectures match (so
+    DPO starts at log 2), else from ``warm_start`` (a model URI, e.g. the champion of an
     incremental run) when it matches, else from the seeded random init.
     """
     ref = (resolve_reference(record["source"], cfg, options, spec)
-           if record["source"] else None)
-    if record["path"]:
-        ds = reference_dataset(record["path"], pair_columns(train_path))
+           if record.get("source") else None)
+    if data.cache == "none":
+        train_ds = streaming_pairs(
+            train_shards, "train", layout=cfg.data.layout, spec=spec,
+            decode_actors=cfg.preprocess.actors, cpus_per_actor=cfg.preprocess.cpus_per_actor,
+            batch_size=cfg.preprocess.batch_size,
+            eval_fraction=None if has_eval_shards else cfg.data.eval_fraction,
+            split_as="train" if has_eval_shards else None, val_fraction=cfg.data.val_fraction,
+            ties=cfg.ties, pinning=plan.to_dict(),
+            augment=augment_settings(cfg, spec))
     else:
-        ds = usable_pairs(train_path, "train")
+        train_ds = usable_pairs(data.train_path, "train")
+    val_ds = usable_pairs(data.val_path, "val") if data.val_path else None
+    init = None
     if ref is not None and _same_architecture(ref, cfg.model.name, options):
-        return ds, ref, ref.state_dict
-    if warm_start:  # loaded only when the reference cannot serve as the start point
+        init = ref.state_dict
+    elif warm_start:  # loaded only when the reference cannot serve as the start point
         warm = models.load_scorer(models.pin_model_uri(warm_start))
         if _same_architecture(warm, cfg.model.name, options):
-            return ds, ref, warm.state_dict
-    return ds, ref, None
+            init = warm.state_dict
+    return TrainingInputs(train_ds, val_ds, ref, init)
+
+
+def augment_settings(cfg: RunConfig, spec: MediaSpec) -> dict | None:
+    if not cfg.data.augment:
+        return None
+    return {"seed": cfg.train.seed, "min_scale": cfg.data.augment_min_scale, "flip": True,
+            "frames": spec.frames if spec.video else 0}
 
 
 def _same_architecture(scorer: TrainedScorer, name: str, options: dict) -> bool:
     return scorer.model_name == name and scorer.options == options
 
 
-def train(cfg: RunConfig, loss: LossConfig, train_ds, init_state, options: dict,
+def train(cfg: RunConfig, loss: LossConfig, inputs: TrainingInputs, options: dict,
           data: PreparedSplits, plan: CpuPlan, run_dir: str, run_id: str,
           tracking_uri: str) -> TrainOutcome:
-    validate = "val" in data.counts
+    validate = inputs.val_ds is not None
     spec = WorkerSpec(train=cfg.train, loss=loss, model_name=cfg.model.name,
-                      modality=cfg.modality, init_state=init_state, model_options=options,
+                      modality=cfg.modality, init_state=inputs.init_state, model_options=options,
+                      reference=inputs.reference,
                       pretrained=cfg.model.pretrained, weights=cfg.model.weights,
                       train_pairs=data.counts["train"].used,
                       select_by=cfg.train.selection(cfg.data.val_fraction), validate=validate,
-                      pinning=plan.to_dict(), pinning_report_dir=os.path.join(run_dir, "pinning"),
+                      pinning=plan.to_dict(), pinning_report_dir=storage.join(run_dir, "pinning"),
                       mlflow_run_id=run_id, tracking_uri=tracking_uri)
     problems = schedule_problems(spec.schedule(cfg.train.workers))  # needs the pair count
     if problems:
         raise ConfigError(problems)
-    outcome = fit(spec, train_ds, storage_path=os.path.join(run_dir, "ray_results"),
-                  run_name=cfg.tracking.run_name or f"train-{run_id}",
-                  val_ds=usable_pairs(data.train_path, "val") if validate else None)
+    outcome = fit(spec, inputs.train_ds, storage_path=storage.join(run_dir, "ray_results"),
+                  run_name=cfg.tracking.run_name or f"train-{run_id}", val_ds=inputs.val_ds)
     mlflow.log_metrics({k: outcome.metrics[k] for k in ("train/selected_epoch", "train/epochs_run")})
-    if os.path.isdir(os.path.join(run_dir, "pinning")):  # what each pinned process got
-        mlflow.log_artifacts(os.path.join(run_dir, "pinning"), "pinning")
+    runs.log_stored_artifacts(storage.join(run_dir, "pinning"), "pinning")  # what each got
     return outcome
 
 

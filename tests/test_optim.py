@@ -341,7 +341,7 @@ def test_problems_name_the_config_keys():
                    min_lr_ratio=2.0, total_steps=-1, freeze_backbone_steps=-2, grad_clip=-1,
                    accumulation=0, ema_decay=1.0)
     found = problems(bad)
-    for key in ("lr", "weight_decay", "backbone_lr", "warmup_steps", "schedule", "min_lr_ratio",
+    for key in ("lr", "weight_decay", "backbone_lr", "warmup_steps", "lr_schedule", "min_lr_ratio",
                 "total_steps", "freeze_backbone_steps", "grad_clip", "accumulation", "ema_decay"):
         assert any(p.startswith(f"train.{key}:") for p in found), key
     assert "train.warmup_steps: must be >= 0, got -1" in found

@@ -23,21 +23,27 @@ TWO_CPUS = {"CPU": 2.0}
 @pytest.mark.parametrize("loss_type", ["bt", "dpo"])
 def test_the_default_plans_fit_a_two_cpu_machine(loss_type):
     cfg = load_config(None, ["data.train=x", f"loss.type={loss_type}"])
-    check(run_phases(cfg.preprocess, cfg.train, cfg.loss.type, use_gpu=False), TWO_CPUS)
+    check(run_phases(cfg.preprocess, cfg.train, use_gpu=False), TWO_CPUS)
     check(evaluate_phases(cfg.preprocess), TWO_CPUS)
     check(score_phases(cfg.preprocess, use_gpu=False), TWO_CPUS)
 
 
 def test_a_plan_that_cannot_fit_names_every_setting_to_change():
     with pytest.raises(ResourcePlanError) as e:
-        check(run_phases(PreprocessConfig(actors=2), TrainConfig(workers=2), "bt", False),
+        check(run_phases(PreprocessConfig(actors=2), TrainConfig(workers=2), False),
               TWO_CPUS)
     text = str(e.value)
     assert "prepare (decode actors) needs 3 CPUs" in text and "preprocess.actors" in text
     assert "train (Ray Train workers) needs 3 CPUs" in text and "train.workers" in text
     with pytest.raises(ResourcePlanError, match="needs 2 GPUs but the Ray cluster has 1"):
-        check(run_phases(PreprocessConfig(), TrainConfig(workers=2), "bt", True),
+        check(run_phases(PreprocessConfig(), TrainConfig(workers=2), True),
               {"CPU": 16.0, "GPU": 1.0})
+    # Streaming: one decode actor next to one 1-CPU trainer and a read task is 2.5 CPUs; the
+    # message says what to lower (or to cache the decoded pairs instead).
+    with pytest.raises(ResourcePlanError, match="streaming .* needs 2.5 CPUs.*data.cache=decoded"):
+        check(run_phases(PreprocessConfig(), TrainConfig(), False, streaming=True), TWO_CPUS)
+    check(run_phases(PreprocessConfig(), TrainConfig(cpus_per_worker=0.5), False, streaming=True),
+          TWO_CPUS)
     # The score command's plan used to need 2.5 CPUs (read tasks + decode + model actor).
     check(score_phases(PreprocessConfig(), use_gpu=False), TWO_CPUS)
     with pytest.raises(ResourcePlanError, match="preprocess.cpus_per_actor"):

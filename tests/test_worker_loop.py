@@ -124,3 +124,22 @@ def test_validation_sums_are_the_registered_scores_accuracy():
     # dpo has no reference scores on the validation split: its val/loss is the BT loss.
     dpo = val_metrics(validate(model, batches, LossConfig(type="dpo"), torch.device("cpu")))
     assert dpo == pytest.approx(m)
+
+
+def test_dpo_scores_the_reference_on_the_fly_and_starts_at_log_2():
+    """The frozen reference scores each batch in the worker (no precomputed columns): with the
+    policy starting at the reference's weights, the first step's DPO loss is exactly log 2."""
+    import math
+
+    torch.manual_seed(0)
+    ref = build_scorer("seed-cnn").eval()
+    spec = WorkerSpec(train=TrainConfig(lr=1e-2), loss=LossConfig(type="dpo", beta=0.5),
+                      model_name="seed-cnn", modality="image", init_state=ref.state_dict())
+    model, updater, progress = _fresh(spec)
+    losses = []
+    run_epoch(model, updater, _batches(0, n=2), spec.loss, torch.device("cpu"), progress,
+              on_step=lambda step, m: losses.append(float(m["loss"])), reference=ref)
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-6)
+    assert losses[1] != pytest.approx(math.log(2), abs=1e-6)  # the policy moved, the reference not
+    with pytest.raises(ValueError, match="reference"):  # dpo without a reference fails loudly
+        run_epoch(model, updater, _batches(0, n=1), spec.loss, torch.device("cpu"), progress)

@@ -39,6 +39,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ..runtime import storage
+
 CANONICAL_REQUIRED = ("pair_id", "chosen", "rejected")
 PICKAPIC_REQUIRED = ("jpg_0", "jpg_1", "label_0", "label_1")
 
@@ -88,7 +90,7 @@ def _resolve_one(spec: str) -> list[Shard]:
         scheme = spec.split("://", 1)[0]
         has_glob = any(c in spec for c in "*?[")
         base = spec.split("*", 1)[0].rsplit("/", 1)[0] if has_glob else spec
-        fs, base_path = pafs.FileSystem.from_uri(base)
+        fs, base_path = storage.filesystem(base)  # AWS_ENDPOINT_URL applies to s3://
         info = fs.get_file_info(base_path)
         if info.type == pafs.FileType.File and not has_glob:
             infos = [info]

@@ -13,6 +13,7 @@ training device.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,8 +34,10 @@ import pyarrow.parquet as pq
 from ..config import DataConfig, PreprocessConfig
 from ..media.image import DecodeError
 from ..media.spec import MediaSpec
+from ..runtime import storage
 from ..runtime.resources import READ_TASK_CPUS
 from ..runtime.test_faults import fault_plan
+from .batching import decode_batch_rows
 from .contract import (
     OK,
     QUARANTINED,
@@ -102,16 +105,29 @@ def canonical_tables(rows: Iterator[dict[str, Any]], frame_lists: bool) -> Itera
 
 def _read_unit(
     batch: dict[str, np.ndarray], units: list[ReadUnit], eval_fraction: float | None, ties: str,
-    max_bytes: int, in_train: TrainPairs | None,
+    max_bytes: int, in_train: TrainPairs | None, split: str | None = None,
+    val_fraction: float = 0.0,
 ) -> Iterator[pa.Table]:
-    """Ray Data read stage: one ReadUnit index per input row -> canonical rows in slices."""
+    """Ray Data read stage: one ReadUnit index per input row -> canonical rows in slices.
+    Every row gets its split here: ``split`` when given, else the hash split
+    (``eval_fraction``), with ``val_fraction`` of the training rows moved to ``val``."""
     for i in batch["unit"]:
         unit = units[int(i)]
         with unit.shard.filesystem.open_input_file(unit.shard.path) as f:
             table = pq.ParquetFile(f).read_row_group(unit.row_group)
         rows = canonical_rows(unit, table, eval_fraction, ties, max_bytes=max_bytes,
                               in_train=in_train)
-        yield from canonical_tables(rows, unit.frame_lists)
+        yield from canonical_tables(_with_split(rows, split, val_fraction), unit.frame_lists)
+
+
+def _with_split(rows: Iterator[dict[str, Any]], split: str | None,
+                val_fraction: float) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        if split is not None:
+            row["split"] = split
+        if val_fraction and row["split"] == "train" and in_validation(row["pair_id"], val_fraction):
+            row["split"] = "val"
+        yield row
 
 
 # A row whose decode kills the actor process (a decoder segfault, the OOM killer) is tried
@@ -169,9 +185,9 @@ class PairDecoder:
     without decoding it again.
     """
 
-    def __init__(self, spec: dict, split: str | None = None, pinning: dict | None = None,
+    def __init__(self, spec: dict, pinning: dict | None = None,
                  report_dir: str | None = None, journal_dir: str | None = None,
-                 val_fraction: float = 0.0):
+                 augment: dict | None = None):
         # First thing: pin to this actor's cores and cap its threads (runtime/pinning.py).
         import ray
 
@@ -179,8 +195,11 @@ class PairDecoder:
 
         pin_role(pinning, "preprocess", None, report_dir, import_torch=False)
         self.spec = MediaSpec.from_dict(spec)
-        self.split = split
-        self.val_fraction = val_fraction
+        self.augment = None
+        if augment:
+            from ..media.augment import PairAugment
+
+            self.augment = PairAugment(**augment)
         self.journal = None
         if journal_dir:
             actor_id = ray.get_runtime_context().get_actor_id() or str(os.getpid())
@@ -196,6 +215,7 @@ class PairDecoder:
         status = np.array(batch["status"], dtype=object)
         reason = np.array(batch["reason"], dtype=object)
         sizes = np.array([""] * n, dtype=object)
+        split = list(batch["split"])
         for i in range(n):
             if status[i] != OK:
                 continue
@@ -209,25 +229,28 @@ class PairDecoder:
                     continue
                 self.journal.start(item)
                 _crash_for_tests(batch["pair_id"][i])
-            try:
-                chosen[i], c_size, c = spec.decode(batch["chosen"][i])
-            except DecodeError as e:
-                status[i], reason[i] = QUARANTINED, f"chosen: {e.reason}"
-                continue
-            try:
-                rejected[i], r_size, r = spec.decode(batch["rejected"][i])
-            except DecodeError as e:
-                status[i], reason[i] = QUARANTINED, f"rejected: {e.reason}"
-                continue
+            # Training rows only: one augmentation draw for both sides of the pair.
+            draw = (self.augment.draw(str(batch["pair_id"][i]), spec.size)
+                    if self.augment is not None and split[i] == "train" else None)
+            with self.augment.sampling(draw) if draw else contextlib.nullcontext():
+                try:
+                    chosen[i], c_size, c = spec.decode(batch["chosen"][i])
+                except DecodeError as e:
+                    status[i], reason[i] = QUARANTINED, f"chosen: {e.reason}"
+                    continue
+                try:
+                    rejected[i], r_size, r = spec.decode(batch["rejected"][i])
+                except DecodeError as e:
+                    status[i], reason[i] = QUARANTINED, f"rejected: {e.reason}"
+                    continue
             sizes[i] = f"{c_size},{r_size}"
             if spec.video:
                 c_chosen[i], c_rejected[i] = c, r
+            if draw is not None:
+                chosen[i] = self.augment.apply(draw, chosen[i])
+                rejected[i] = self.augment.apply(draw, rejected[i])
         if self.journal is not None:
             self.journal.done()
-        split = batch["split"] if self.split is None else [self.split] * n
-        if self.val_fraction:  # the validation split is carved out of the training pairs
-            split = ["val" if sp == "train" and in_validation(pid, self.val_fraction) else sp
-                     for sp, pid in zip(split, batch["pair_id"], strict=True)]
         from ray.data.extensions import ArrowTensorArray
 
         # Explicit types: a batch whose prompts are all null must still write a string column.
@@ -277,9 +300,14 @@ def decode_stage(
     in_train: TrainPairs | None = None,
     journal_dir: str | None = None,
     val_fraction: float = 0.0,
+    only_split: str | None = None,
+    augment: dict | None = None,
 ):
     """The lazy Ray Dataset of read -> canonical rows -> decoded pairs, and the row count the
-    shards' Parquet metadata declares. ``prepare`` writes it; benchmarks stream it.
+    shards' Parquet metadata declares. ``prepare`` writes it; streaming training
+    (``data.cache=none``) and benchmarks iterate it.
+    ``only_split``: decode only the rows the read stage put in that split (the hash split).
+    ``augment``: random transforms of the training rows (``augment.py``), re-drawn each epoch.
 
     Raises ``DataError`` (from ``plan_reads``, before any Ray work) when a shard's schema is
     wrong for ``spec`` or the shards hold no rows."""
@@ -293,15 +321,22 @@ def decode_stage(
         batch_size=1,
         batch_format="numpy",
         fn_kwargs={"units": units, "eval_fraction": eval_fraction, "ties": ties,
-                   "max_bytes": spec.max_bytes, "in_train": in_train},
+                   "max_bytes": spec.max_bytes, "in_train": in_train, "split": split,
+                   "val_fraction": val_fraction},
         num_cpus=READ_TASK_CPUS,
     )
+    if only_split is not None:
+        from ray.data.expressions import col
+
+        ds = ds.filter(expr=col("split") == only_split)
     ds = ds.map_batches(
         PairDecoder,
-        fn_constructor_kwargs={"spec": spec.to_dict(), "split": split, "pinning": pinning,
+        fn_constructor_kwargs={"spec": spec.to_dict(), "pinning": pinning,
                                "report_dir": report_dir, "journal_dir": journal_dir,
-                               "val_fraction": val_fraction},
-        batch_size=batch_size,
+                               "augment": augment},
+        # 0 (preprocess.batch_size default): sized by decode time and decoded bytes
+        # (datasets/batching.py) so per-batch overhead stays small; > 0: that many rows.
+        batch_size=decode_batch_rows(spec, batch_size),
         # A fixed-size pool: decoding is the stage's work, so all actors start at once (an
         # autoscaling pool starting at 1 spends the first seconds of a short run scaling up).
         compute=ActorPoolStrategy(size=decode_actors),
@@ -331,6 +366,8 @@ def prepare(
     report_dir: str | None = None,
     in_train: TrainPairs | None = None,
     val_fraction: float = 0.0,
+    keep_pixels: bool = True,
+    only_split: str | None = None,
 ) -> PreparedData:
     """Read, validate and decode ``shards`` with Ray Data; write all rows to ``out_dir``.
 
@@ -339,29 +376,38 @@ def prepare(
     ``pinning``: a ``CpuPlan`` dict; each actor pins itself and reports to ``report_dir``.
     ``in_train``: the training pairs; a row that is one of them is excluded ("also in train").
     ``val_fraction``: share of the training rows (a second hash of pair_id) in split ``val``.
+    ``keep_pixels=False`` (``data.cache=none``): decode every row once, for its status, and
+    write the status table only; training decodes again, streaming.
+    ``only_split``: write only the rows of that split (their pixels for evaluation; the counts
+    come from a status pass over all rows).
     Empty shards count as 0 rows read; no rows at all is a ``DataError`` naming the shards.
     """
     t0 = time.perf_counter()
     # The crash journal of the decode actors, next to the output (node-local).
     journal_dir = os.path.join(tempfile.gettempdir(), "visual-dpo-decode-journal",
-                               hashlib.sha1(os.path.abspath(out_dir).encode()).hexdigest()[:16])
+                               hashlib.sha1(storage.normalize(out_dir).encode()).hexdigest()[:16])
     shutil.rmtree(journal_dir, ignore_errors=True)
     ds, total_rows = decode_stage(shards, layout=layout, spec=spec, decode_actors=decode_actors,
                                   cpus_per_actor=cpus_per_actor, batch_size=batch_size,
                                   eval_fraction=eval_fraction, split=split, ties=ties,
                                   pinning=pinning, report_dir=report_dir, in_train=in_train,
-                                  journal_dir=journal_dir, val_fraction=val_fraction)
+                                  journal_dir=journal_dir, val_fraction=val_fraction,
+                                  only_split=only_split)
+    if not keep_pixels:
+        ds = ds.drop_columns(["chosen_px", "rejected_px"]
+                             + ([PROMPT_COLUMN] if spec.takes_prompt else []))
     # A rerun with the same run name writes here again: start empty, never append.
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.makedirs(out_dir)
-    ds.write_parquet(out_dir)
+    storage.remove(out_dir)
+    storage.make_dirs(out_dir)
+    fs, fs_path = storage.filesystem(out_dir)
+    ds.write_parquet(fs_path, filesystem=fs)
     decode_s = time.perf_counter() - t0
     shutil.rmtree(journal_dir, ignore_errors=True)
 
-    meta = pads.dataset(out_dir, format="parquet").to_table(
+    meta = storage.dataset(out_dir).to_table(
         columns=["split", "status", "reason", "source_sizes"] + (CONSISTENCY_COLUMNS if spec.video else [])
     )
-    if meta.num_rows != total_rows:
+    if only_split is None and meta.num_rows != total_rows:
         raise RuntimeError(  # an internal invariant, not a user error
             f"ingest wrote {meta.num_rows} rows but the shards hold {total_rows}: rows were lost"
         )
@@ -392,7 +438,7 @@ def prepare(
 def train_pairs(prepared_path: str) -> TrainPairs:
     """The usable pairs of prepared training data (pair_id and content hash), read on the
     driver: only these were trained on, so only these make an eval pair leak."""
-    t = pads.dataset(prepared_path, format="parquet").to_table(
+    t = storage.dataset(prepared_path).to_table(
         columns=["pair_id", "content_hash"], filter=pads.field("status") == OK)
     return TrainPairs.of(t["pair_id"].to_pylist(), t["content_hash"].to_pylist())
 
@@ -416,7 +462,7 @@ def consistency_stats(meta: pa.Table) -> dict[str, dict[str, float]]:
 def pair_columns(prepared_path: str) -> list[str]:
     """The training columns of a prepared dataset (video data also carries consistency, data
     for a prompt-conditioned scorer its prompts' token ids)."""
-    names = pads.dataset(prepared_path, format="parquet").schema.names
+    names = storage.dataset(prepared_path).schema.names
     return PAIR_COLUMNS + [c for c in [*CONSISTENCY_COLUMNS, PROMPT_COLUMN] if c in names]
 
 
@@ -427,10 +473,32 @@ def usable_pairs(prepared_path: str, split: str, with_ids: bool = False):
     import ray
     from ray.data.expressions import col
 
-    ds = ray.data.read_parquet(prepared_path)
+    fs, path = storage.filesystem(prepared_path)
+    ds = ray.data.read_parquet(path, filesystem=fs)
     ds = ds.filter(expr=(col("status") == OK) & (col("split") == split))
     ids = ["pair_id", "meta", "prompt"] if with_ids else []
     return ds.select_columns(ids + pair_columns(prepared_path))
+
+
+def streaming_pairs(shards: list[Shard], split: str, *, layout: str, spec: MediaSpec,
+                    decode_actors: int, cpus_per_actor: float, batch_size: int,
+                    eval_fraction: float | None, split_as: str | None = None,
+                    val_fraction: float = 0.0, ties: str = "drop", pinning: dict | None = None,
+                    augment: dict | None = None, **_):
+    """``data.cache=none``: the usable pairs of one split, decoded on the fly by the pinned
+    actor pool every time the dataset is iterated (each epoch), for Ray Train to stream.
+    Rows of other splits are dropped before decoding; rows that fail to decode were counted
+    and quarantined by the prepare step's status pass and are dropped here again."""
+    from ray.data.expressions import col
+
+    ds, _ = decode_stage(shards, layout=layout, spec=spec, decode_actors=decode_actors,
+                         cpus_per_actor=cpus_per_actor, batch_size=batch_size,
+                         eval_fraction=eval_fraction, split=split_as, ties=ties,
+                         pinning=pinning, val_fraction=val_fraction, only_split=split,
+                         augment=augment)
+    columns = PAIR_COLUMNS + (CONSISTENCY_COLUMNS if spec.video else []) + (
+        [PROMPT_COLUMN] if spec.takes_prompt else [])
+    return ds.filter(expr=col("status") == OK).select_columns(columns)
 
 
 @dataclass
@@ -444,19 +512,24 @@ class PreparedSplits:
     image_size: int
     metrics: dict[str, float] = field(default_factory=dict)  # rows/*, data/* (to log)
     report: dict[str, Any] = field(default_factory=dict)  # data/report.json (to log)
+    cache: str = "decoded"
+    """``decoded``: train_path holds the training pixels. ``none``: train_path holds the
+    status table only (training streams from the shards); eval and val have pixels."""
+    val_path: str = ""  # decoded validation pairs (split "val"); "" without a validation split
 
     def to_record(self) -> dict[str, Any]:
         return {"train_path": self.train_path, "eval_path": self.eval_path,
                 "counts": {s: c.as_dict() for s, c in self.counts.items()},
                 "quarantine_path": self.quarantine_path, "image_size": self.image_size,
-                "metrics": self.metrics, "report": self.report}
+                "metrics": self.metrics, "report": self.report, "cache": self.cache,
+                "val_path": self.val_path}
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> PreparedSplits:
         return cls(r["train_path"], r["eval_path"],
                    {s: RowCounts(**c) for s, c in r["counts"].items()},
                    r["quarantine_path"], r["image_size"], r.get("metrics", {}),
-                   r.get("report", {}))
+                   r.get("report", {}), r.get("cache", "decoded"), r.get("val_path", ""))
 
     def check(self, max_quarantine_fraction: float) -> None:
         """Fail (DataError) when a split is mostly quarantined or has no usable pair."""
@@ -479,10 +552,24 @@ class PreparedSplits:
         }
 
 
+def resolve_cache(data: DataConfig, spec: MediaSpec, train_rows: int) -> str:
+    """``data.cache`` with ``auto`` decided: ``decoded`` when the decoded training pairs
+    (``train_rows`` x 2 items x ``spec.shape`` bytes) fit ``data.cache_max_gb`` and there is no
+    augmentation, else ``none``."""
+    if data.cache != "auto":
+        return data.cache
+    decoded = train_rows * 2 * int(np.prod(spec.shape))
+    return "decoded" if decoded <= data.cache_max_gb * 1e9 and not data.augment else "none"
+
+
 def prepare_splits(train_shards: list[Shard], eval_shards: list[Shard], run_dir: str, *,
                    data: DataConfig, preprocess: PreprocessConfig, ties: str, spec: MediaSpec,
-                   pinning: dict | None) -> PreparedSplits:
+                   pinning: dict | None, cache: str = "decoded") -> PreparedSplits:
     """Ingest train (and eval) data into ``run_dir/prepared`` and write the quarantine file.
+
+    ``cache="none"``: every training row is decoded once for its status (quarantine, counts)
+    but only the status table is written; the eval (and val) pairs are written with pixels,
+    being small and scored more than once. Training then streams from the shards.
 
     Returns where everything is, the counts, the metrics and the data report; the caller logs
     them and then calls ``PreparedSplits.check`` (so a failing run still records its counts).
@@ -496,41 +583,61 @@ def prepare_splits(train_shards: list[Shard], eval_shards: list[Shard], run_dir:
         batch_size=preprocess.batch_size,
         ties=ties,
         pinning=pinning,
-        report_dir=os.path.join(run_dir, "pinning"),
+        report_dir=storage.join(run_dir, "pinning"),
     )
-    prepared_dir = os.path.join(run_dir, "prepared")
+    prepared_dir = storage.join(run_dir, "prepared")
     train_splits = ("train", "val") if data.val_fraction > 0 else ("train",)
+    streaming = cache == "none"
+    pixel_copies: list[PreparedData] = []  # decoded eval/val pairs of rows counted elsewhere
+
+    def decoded_split(split: str, eval_fraction: float | None, fixed: str | None) -> str:
+        px = prepare(train_shards, storage.join(prepared_dir, split), eval_fraction=eval_fraction,
+                     split=fixed, val_fraction=data.val_fraction, only_split=split, **common)
+        pixel_copies.append(px)
+        return px.path
+
     if not train_shards:  # evaluation only (python -m pipelines evaluate)
-        ev = prepare(eval_shards, os.path.join(prepared_dir, "eval"),
+        ev = prepare(eval_shards, storage.join(prepared_dir, "eval"),
                      eval_fraction=None, split="eval", **common)
         prepared = [ev]
         counts = {"eval": ev.counts.get("eval", RowCounts())}
         train_path, eval_path = "", ev.path
     elif eval_shards:
-        tr = prepare(train_shards, os.path.join(prepared_dir, "train"),
-                     eval_fraction=None, split="train", val_fraction=data.val_fraction, **common)
+        tr = prepare(train_shards, storage.join(prepared_dir, "train"),
+                     eval_fraction=None, split="train", val_fraction=data.val_fraction,
+                     keep_pixels=not streaming, **common)
         # A pair that is also in the training data would flatter the eval metrics and the
         # promotion gate: the eval read stage excludes it, so the counts still reconcile.
-        ev = prepare(eval_shards, os.path.join(prepared_dir, "eval"),
+        ev = prepare(eval_shards, storage.join(prepared_dir, "eval"),
                      eval_fraction=None, split="eval", in_train=train_pairs(tr.path), **common)
         prepared = [tr, ev]
         counts = {s: tr.counts.get(s, RowCounts()) for s in train_splits}
         counts["eval"] = ev.counts.get("eval", RowCounts())
         train_path, eval_path = tr.path, ev.path
     else:
-        both = prepare(train_shards, os.path.join(prepared_dir, "all"),
-                       eval_fraction=data.eval_fraction, val_fraction=data.val_fraction, **common)
+        both = prepare(train_shards, storage.join(prepared_dir, "all"),
+                       eval_fraction=data.eval_fraction, val_fraction=data.val_fraction,
+                       keep_pixels=not streaming, **common)
         prepared = [both]
         counts = {s: both.counts.get(s, RowCounts()) for s in (*train_splits, "eval")}
         train_path = eval_path = both.path
+        if streaming:
+            eval_path = decoded_split("eval", data.eval_fraction, None)
+    val_path = train_path if data.val_fraction > 0 and train_shards else ""
+    if streaming and val_path:
+        val_path = decoded_split("val", None if eval_shards else data.eval_fraction,
+                                 "train" if eval_shards else None)
 
-    quarantine_path = os.path.join(run_dir, "quarantine.parquet")
+    quarantine_path = storage.join(run_dir, "quarantine.parquet")
     n_quarantined = write_quarantine(prepared, quarantine_path)
     metrics: dict[str, float] = {}
     for split, c in counts.items():
         for k in ("read", "used", "quarantined", "excluded"):
             metrics[f"rows/{split}/{k}"] = getattr(c, k)
-    metrics["data/decode_s"] = sum(p.decode_s for p in prepared)
+    metrics["data/decode_s"] = sum(p.decode_s for p in prepared + pixel_copies)
+    metrics["data/streaming"] = float(streaming)
+    metrics["data/bytes_written"] = float(sum(
+        storage.total_size(p.path) for p in prepared + pixel_copies))
     consistency: dict[str, dict[str, float]] = {}
     for p in prepared:
         consistency.update(p.consistency)
@@ -552,18 +659,20 @@ def prepare_splits(train_shards: list[Shard], eval_shards: list[Shard], run_dir:
         "validation": (f"hash of pair_id (salted), val_fraction={data.val_fraction} of the "
                        "training pairs" if data.val_fraction > 0 and train_shards else "none"),
         "decode_s": metrics["data/decode_s"],
+        "cache": cache,
+        "bytes_written": metrics["data/bytes_written"],
     }
     log.info("rows: %s", report["counts"])
     if spec.video:
         log.info("video: %d frames per clip, pad policy %r, fps %s; consistency %s", spec.frames,
                  spec.pad, spec.fps or "uniform", consistency)
     return PreparedSplits(train_path, eval_path, counts, quarantine_path, spec.size, metrics,
-                          report)
+                          report, cache, val_path)
 
 
 def example_prompt(prepared_path: str) -> str:
     """The first usable pair's prompt ("" when it has none), for the model's input example."""
-    table = pads.dataset(prepared_path, format="parquet").head(
+    table = storage.dataset(prepared_path).head(
         1, columns=["prompt"], filter=pads.field("status") == OK)
     values = table["prompt"].to_pylist()
     return (values[0] or "") if values else ""
@@ -580,7 +689,7 @@ def example_item(prepared_path: str, video: bool) -> bytes:
     from PIL import Image
 
 
-    table = pads.dataset(prepared_path, format="parquet").head(
+    table = storage.dataset(prepared_path).head(
         1, columns=["chosen_px"], filter=pads.field("status") == OK
     )
     px = table["chosen_px"].combine_chunks().to_numpy()[0]  # uint8 (3, S, S) or (3, T, S, S)

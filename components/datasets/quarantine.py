@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
+from ..runtime import storage
 from .contract import QUARANTINED, DataError
 
 if TYPE_CHECKING:
@@ -43,10 +42,10 @@ def write_quarantine(prepared: list[PreparedData], path: str) -> int:
     cols = ["pair_id", "prompt", "shard", "row", "split", "reason", "meta"]
     tables = []
     for p in prepared:
-        d = pads.dataset(p.path, format="parquet")
+        d = storage.dataset(p.path)
         tables.append(d.to_table(columns=cols, filter=pc.field("status") == QUARANTINED))
     table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in cols})
-    pq.write_table(table, path)
+    storage.write_table(table, path)
     return table.num_rows
 
 

@@ -89,6 +89,8 @@ def report_figures(report, prepared_path: str, worst: int) -> dict[str, Figure]:
     import pyarrow.dataset as pads
     import ray.data  # noqa: F401  (registers Ray's tensor extension type with pyarrow)
 
+    from ..runtime import storage
+
     df = report.scores
     s_c, s_r = df["s_chosen"].to_numpy(), df["s_rejected"].to_numpy()
     ece = report.metrics.get("eval/ece", float("nan"))
@@ -99,7 +101,7 @@ def report_figures(report, prepared_path: str, worst: int) -> dict[str, Figure]:
     ids = [str(df["pair_id"].iloc[i]) for i in wrong]
     pixels, captions = [], []
     if ids:
-        table = pads.dataset(prepared_path, format="parquet").to_table(
+        table = storage.dataset(prepared_path).to_table(
             columns=["pair_id", "chosen_px", "rejected_px"], filter=pads.field("pair_id").isin(ids))
         by_id = {pid: k for k, pid in enumerate(table["pair_id"].to_pylist())}
         chosen = table["chosen_px"].combine_chunks().to_numpy()  # (K, 3, S, S) uint8

@@ -97,12 +97,22 @@ class EvalReport:
     reliability: list[dict] = field(default_factory=list)
 
     def to_record(self, path: str) -> dict[str, Any]:
-        self.scores.drop(columns=["meta"], errors="ignore").to_parquet(path, index=False)
+        """Write the per-pair scores to ``path`` (a local path or a storage URI)."""
+        import pyarrow as pa
+
+        from ..runtime import storage
+
+        table = pa.Table.from_pandas(self.scores.drop(columns=["meta"], errors="ignore"),
+                                     preserve_index=False)
+        storage.write_table(table, path)
         return {"scores_path": path, "metrics": self.metrics, "reliability": self.reliability}
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> EvalReport:
-        return cls(r["metrics"], pd.read_parquet(r["scores_path"]), r["reliability"])
+        from ..runtime import storage
+
+        return cls(r["metrics"], storage.read_table(r["scores_path"]).to_pandas(),
+                   r["reliability"])
 
 
 def evaluation_report(df: pd.DataFrame, loss_cfg: LossConfig, slices: list[str] | None = None,

@@ -44,6 +44,7 @@ data and tests).
 
 from __future__ import annotations
 
+import contextvars
 import io
 import math
 from dataclasses import dataclass, field
@@ -543,9 +544,19 @@ def _fit(frame, size: int) -> np.ndarray:
     return np.ascontiguousarray(rgb[top:top + size, left:left + size].transpose(2, 0, 1))
 
 
+# Augmentation (media/augment.py): per-frame offsets in [-0.5, 0.5] of the sampling step, set
+# for the decode of one pair's two clips, so both are sampled with the same jitter.
+FRAME_JITTER: contextvars.ContextVar[np.ndarray | None] = contextvars.ContextVar(
+    "frame_jitter", default=None)
+
+
 def _uniform_indices(n: int, count: int) -> list[int]:
     if n >= count:
-        return [int(i) for i in np.rint(np.linspace(0, n - 1, count))]
+        base = np.linspace(0, n - 1, count)
+        jitter = FRAME_JITTER.get()
+        if jitter is not None and count > 1:  # still increasing: |offset| <= half a step
+            base = np.clip(base + jitter[:count] * (n - 1) / (count - 1), 0, n - 1)
+        return sorted(int(i) for i in np.rint(base))
     return list(range(n))
 
 

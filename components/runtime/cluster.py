@@ -38,3 +38,33 @@ def cluster_resources() -> dict[str, float]:
     import ray
 
     return dict(ray.cluster_resources())
+
+
+def check_storage(root: str, shared: bool) -> None:
+    """Fail before any work when run state would land on node-local disks of a multi-node
+    cluster: Ray Data writes the prepared pairs on whichever node runs the write task, and
+    Ray Train needs one checkpoint location every worker reaches.
+
+    Multi-node means more than one live node now, or a driver node without CPUs (a 0-CPU head
+    whose work all runs on worker nodes, as in cluster.yaml)."""
+    import ray
+
+    from .resources import ResourcePlanError
+    from .storage import is_local, normalize
+
+    if not is_local(root) or shared:
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    here = ray.get_runtime_context().get_node_id()
+    driver_cpus = next((n["Resources"].get("CPU", 0) for n in nodes if n["NodeID"] == here), 0)
+    if len(nodes) > 1 or driver_cpus == 0:
+        raise ResourcePlanError(
+            f"run state would go to {normalize(root)}, a path on each node's own disk, but "
+            f"this Ray cluster has {len(nodes)} node(s)"
+            + (" and its driver node has no CPUs (work runs on other nodes)" if driver_cpus == 0
+               else "")
+            + ": other nodes would write prepared data and checkpoints where this driver "
+            "cannot read them. Pass --storage s3://BUCKET/PREFIX (or storage.uri=gs://...; "
+            "endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY), or, if every node mounts this path (NFS), set "
+            "storage.shared=true.")

@@ -33,15 +33,21 @@ class Phase:
     change: str  # the settings that size it
 
 
-def run_phases(preprocess: PreprocessConfig, train: TrainConfig, loss_type: str,
-               use_gpu: bool) -> list[Phase]:
+def run_phases(preprocess: PreprocessConfig, train: TrainConfig, use_gpu: bool,
+               streaming: bool = False) -> list[Phase]:
+    """``streaming`` (``data.cache=none``): the decode actors run next to the training
+    workers, with the read tasks that feed them."""
     decode = preprocess.actors * preprocess.cpus_per_actor
+    workers = train.workers * train.cpus_per_worker
     phases = [Phase("prepare (decode actors)", decode, DATA_TASK_CPUS, 0,
                     "preprocess.actors, preprocess.cpus_per_actor")]
-    if loss_type == "dpo":
-        phases.append(Phase("reference pass", SCORING_ACTOR_CPUS, DATA_TASK_CPUS, 0, "-"))
+    if streaming:
+        phases.append(Phase("train, streaming (decode actors + Ray Train workers)",
+                            decode + workers, READ_TASK_CPUS, train.workers if use_gpu else 0,
+                            "preprocess.actors, train.workers, train.cpus_per_worker (or "
+                            "data.cache=decoded)"))
     phases += [
-        Phase("train (Ray Train workers)", train.workers * train.cpus_per_worker, DATA_TASK_CPUS,
+        Phase("train (Ray Train workers)", workers, DATA_TASK_CPUS,
               train.workers if use_gpu else 0, "train.workers, train.cpus_per_worker"),
         Phase("evaluate", SCORING_ACTOR_CPUS, DATA_TASK_CPUS, 0, "-"),
     ]

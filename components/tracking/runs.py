@@ -215,13 +215,15 @@ def find_parent_run(experiment_id: str, resume: str, run_name: str, workflow: st
     return runs[0].info.run_id if runs else None
 
 
-def run_dir_of(run, output_dir: str, run_name: str) -> str:
-    """Where a run's files live; fixed at its first start (a tag), so a resumed run finds its
-    prepared data and Ray Train checkpoints again."""
+def run_dir_of(run, root: str, run_name: str) -> str:
+    """Where a run's files live (a local path or a storage URI under ``root``); fixed at its
+    first start (a tag), so a resumed run finds its prepared data and checkpoints again."""
+    from ..runtime import storage
+
     key = "visual_dpo.run_dir"
     if key in run.data.tags:
         return run.data.tags[key]
-    path = os.path.abspath(os.path.join(output_dir, run_name or run.info.run_id))
+    path = storage.join(root, run_name or run.info.run_id)
     mlflow.set_tag(key, path)
     return path
 
@@ -240,3 +242,20 @@ def announce(run, uri: str) -> None:
           flush=True)
 
 
+
+
+def log_stored_artifacts(location: str, artifact_path: str) -> None:
+    """Log a file or directory from run storage (local or object storage) as MLflow
+    artifacts of the active run; nothing when it does not exist."""
+    import tempfile
+
+    from ..runtime import storage
+
+    if not storage.exists(location):
+        return
+    with tempfile.TemporaryDirectory() as d:
+        local = storage.download(location, d)
+        if os.path.isdir(local):
+            mlflow.log_artifacts(local, artifact_path)
+        else:
+            mlflow.log_artifact(local, artifact_path)

@@ -79,12 +79,13 @@ def problems(s: Schedule) -> list[str]:
     if finite("min_lr_ratio") and not 0.0 <= s.min_lr_ratio <= 1.0:
         out.append(f"train.min_lr_ratio: must be in [0, 1], got {s.min_lr_ratio}")
     if s.schedule == "cosine" and isinstance(s.total_steps, int) and s.total_steps <= 0:
-        out.append("train.total_steps: must be > 0 with train.schedule = cosine "
+        out.append("train.total_steps: must be > 0 with train.lr_schedule=cosine "
                    f"(optimiser steps in the whole run), got {s.total_steps}")
     if (s.schedule == "cosine" and isinstance(s.total_steps, int) and isinstance(s.warmup_steps, int)
             and 0 < s.total_steps < s.warmup_steps):
-        out.append(f"train.warmup_steps: must be <= train.total_steps ({s.total_steps}) "
-                   f"with train.schedule = cosine, got {s.warmup_steps}")
+        out.append(f"train.warmup_steps: {s.warmup_steps} is more than the run's "
+                   f"{s.total_steps} optimiser steps (train.epochs x batches per epoch / "
+                   "train.accumulation) with train.lr_schedule=cosine; lower it")
     if finite("grad_clip") and s.grad_clip < 0:
         out.append(f"train.grad_clip: must be >= 0 (0 means off), got {s.grad_clip}")
     if integer("accumulation") and s.accumulation < 1:

@@ -7,13 +7,11 @@ pairs and writes them next to them, so no reference model sits in training-worke
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import numpy as np
 
 from ..media.spec import MediaSpec
 from ..registry.scorer_files import TrainedScorer
+from ..runtime import storage
 from ..runtime.resources import SCORING_ACTOR_CPUS
 from .models import initial_weights
 
@@ -52,9 +50,10 @@ def add_reference_scores(ds, ref: TrainedScorer, out_dir: str, batch_size: int =
         num_cpus=SCORING_ACTOR_CPUS,
         batch_format="numpy",
     )
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.makedirs(out_dir)
-    scored.write_parquet(out_dir)
+    storage.remove(out_dir)
+    storage.make_dirs(out_dir)
+    fs, path = storage.filesystem(out_dir)
+    scored.write_parquet(path, filesystem=fs)
     return out_dir
 
 
@@ -63,4 +62,5 @@ def reference_dataset(path: str, pair_columns: list[str]):
     ``add_reference_scores``."""
     import ray
 
-    return ray.data.read_parquet(path).select_columns([*pair_columns, "ref_chosen", "ref_rejected"])
+    fs, fs_path = storage.filesystem(path)
+    return ray.data.read_parquet(fs_path, filesystem=fs).select_columns([*pair_columns, "ref_chosen", "ref_rejected"])

@@ -9,14 +9,14 @@ outcome is the best checkpoint by ``spec.select_by`` (Ray Train keeps the best
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..config import TrainConfig
-from .worker import WorkerSpec, load_checkpoint, train_loop_per_worker
+from ..runtime import storage
+from .worker import CHECKPOINT_FILE, WorkerSpec, load_checkpoint, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class TrainOutcome:
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> TrainOutcome:
-        state = load_checkpoint(r["checkpoint_path"])
+        state = storage.torch_load(storage.join(r["checkpoint_path"], CHECKPOINT_FILE))
         return cls(state["model"], r["metrics"], r["epochs"], r["checkpoint_path"])
 
 
@@ -57,7 +57,10 @@ def fit(spec: WorkerSpec, train_ds, storage_path: str, run_name: str,
 
     t = spec.train
     use_gpu = resolve_use_gpu(t)
-    os.makedirs(storage_path, exist_ok=True)
+    # Checkpoints go to storage_path on any pyarrow filesystem (S3 with AWS_ENDPOINT_URL too):
+    # every node reads and writes the same place, which multi-node training needs.
+    fs, fs_path = storage.filesystem(storage_path)
+    storage.make_dirs(storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec},
@@ -68,7 +71,8 @@ def fit(spec: WorkerSpec, train_ds, storage_path: str, run_name: str,
         ),
         run_config=RayRunConfig(
             name=run_name,
-            storage_path=storage_path,
+            storage_path=fs_path,
+            storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=t.checkpoints_to_keep,
@@ -97,7 +101,7 @@ def fit(spec: WorkerSpec, train_ds, storage_path: str, run_name: str,
         state_dict=state["model"],
         metrics=numbers,
         epochs=int(state["progress"]["epoch"]),
-        checkpoint_path=checkpoint.path,
+        checkpoint_path=storage.uri_of(fs, checkpoint.path, storage_path),
     )
 
 

@@ -59,6 +59,9 @@ class WorkerSpec:
     train_pairs: int = 0  # usable training pairs (sizes the cosine schedule)
     select_by: str = "last"  # resolved train.select_by
     validate: bool = False  # the run has a validation split (dataset "val")
+    reference: Any = None
+    """loss.type=dpo: the frozen reference (a ``TrainedScorer``), scored on the fly in the
+    worker on the same (augmented) batch: no pass over the data, no stored copy."""
     pinning: dict | None = None  # a CpuPlan dict (components/runtime/pinning.py)
     pinning_report_dir: str | None = None
     mlflow_run_id: str | None = None  # rank 0 logs metrics to this run
@@ -133,10 +136,12 @@ def load_checkpoint(checkpoint_dir: str) -> dict[str, Any]:
 def run_epoch(model: torch.nn.Module, optimizer: Updater | torch.optim.Optimizer,
               batches: Iterable[dict[str, torch.Tensor]], loss: LossConfig,
               device: torch.device, progress: Progress,
-              on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None) -> EpochSums:
+              on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+              reference: torch.nn.Module | None = None) -> EpochSums:
     """One pass over ``batches`` (uint8 ``chosen_px``/``rejected_px`` ``(N, 3, [T,] S, S)`` plus
     optional per-pair columns); advances ``progress.step`` and calls ``on_step(step, metrics)``
-    after each optimiser step."""
+    after each optimiser step. ``reference``: a frozen scorer whose raw scores of the batch
+    become ``ref_chosen``/``ref_rejected`` (loss.type=dpo)."""
     sums = EpochSums(torch.zeros(6, device=device))
     # The first step with a non-finite loss, tracked on the device (no host sync per step)
     # and checked at the end of the epoch, before anything is saved.
@@ -146,7 +151,11 @@ def run_epoch(model: torch.nn.Module, optimizer: Updater | torch.optim.Optimizer
             sums.first_batch_at = time.perf_counter()
             sums.first_batch_pairs = batch["chosen_px"].shape[0]
         chosen, rejected = batch["chosen_px"], batch["rejected_px"]
-        m = train_step(model, optimizer, chosen, rejected, loss, device, per_pair(batch, device),
+        extras = per_pair(batch, device)
+        if reference is not None:
+            extras["ref_chosen"], extras["ref_rejected"] = eval_scores(
+                reference, chosen, rejected, device, tokens=batch.get("prompt_ids"))
+        m = train_step(model, optimizer, chosen, rejected, loss, device, extras,
                        tokens=batch.get("prompt_ids"))
         n = chosen.shape[0]
         sums.values += torch.stack(
@@ -269,6 +278,15 @@ def save_checkpoint(directory: str, model: torch.nn.Module, updater: Updater,
     return path
 
 
+def _reference_model(spec: WorkerSpec, device: torch.device) -> torch.nn.Module | None:
+    if spec.reference is None:
+        return None
+    ref = build_scorer(spec.reference.model_name, spec.reference.options)
+    ref.load_state_dict(spec.reference.state_dict)
+    ref.requires_grad_(False)
+    return ref.to(device).eval()
+
+
 def _validate(model, updater: Updater, val_shard, spec: WorkerSpec,
               device: torch.device) -> dict[str, float]:
     """``val/*`` of the weights that would be registered (the EMA's when on)."""
@@ -355,6 +373,7 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
     torch.set_num_threads(len(pinned["planned"]) or max(1, int(t.cpus_per_worker)))
     device = ray.train.torch.get_device()
     model, updater, progress = _setup(spec, device, world)
+    reference = _reference_model(spec, device)
     torch.manual_seed(t.seed + rank)
 
     metrics_log = None
@@ -381,7 +400,8 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
                 local_shuffle_buffer_size=t.batch_size * 8,
                 local_shuffle_seed=t.seed + epoch,
             )
-            sums = run_epoch(model, updater, batches, spec.loss, device, progress, on_step)
+            sums = run_epoch(model, updater, batches, spec.loss, device, progress, on_step,
+                             reference)
             metrics = epoch_metrics(sums, _all_reduce_sum(sums.values.clone()).cpu(), world, epoch)
             progress.epoch = epoch + 1
             if val_shard is not None:

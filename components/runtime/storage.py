@@ -1,0 +1,213 @@
+"""Run state on any pyarrow filesystem: a local path, ``s3://``, ``gs://``, ``abfs://``...
+
+One place turns a location into ``(pyarrow filesystem, path)``, so prepared data, Ray Train
+checkpoints, quarantine tables, eval scores and reports go wherever ``storage.uri`` points,
+and input shards (``--train``, ``--eval``, ``score --input``) are read the same way.
+
+Endpoint and credentials come from the standard environment. pyarrow's S3 filesystem reads
+``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_REGION`` itself but not
+``AWS_ENDPOINT_URL`` (MinIO, Ceph, R2, moto): for ``s3://`` URIs it is applied here. A local
+path is made absolute; ``file://`` is a local path too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Any
+
+import pyarrow.fs as pafs
+
+LOCAL_SCHEMES = ("", "file")
+
+
+def scheme_of(location: str) -> str:
+    return location.split("://", 1)[0].lower() if "://" in location else ""
+
+
+def is_local(location: str) -> bool:
+    """A path on this node's own filesystem (not shared by other nodes unless declared)."""
+    return scheme_of(location) in LOCAL_SCHEMES
+
+
+def normalize(location: str) -> str:
+    """Absolute local path, or the URI as given (without a trailing slash)."""
+    if is_local(location):
+        return os.path.abspath(location.removeprefix("file://"))
+    return location.rstrip("/")
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem with ``AWS_ENDPOINT_URL`` (and region) from the environment."""
+    kwargs: dict[str, Any] = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        if endpoint.startswith(("http://", "https://")):
+            kwargs["scheme"], endpoint = endpoint.split("://", 1)
+        kwargs["endpoint_override"] = endpoint.rstrip("/")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path inside it)`` for a local path or a URI."""
+    scheme = scheme_of(location)
+    if scheme in LOCAL_SCHEMES:
+        return pafs.LocalFileSystem(), normalize(location)
+    if scheme in ("s3", "s3a"):
+        return s3_filesystem(), location.split("://", 1)[1].rstrip("/")
+    fs, path = pafs.FileSystem.from_uri(location)
+    return fs, path.rstrip("/")
+
+
+def join(base: str, *parts: str) -> str:
+    """``join("s3://b/runs", "x", "y") == "s3://b/runs/x/y"``; local paths use os.path."""
+    if is_local(base):
+        return os.path.join(normalize(base), *parts)
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def uri_of(fs: pafs.FileSystem, path: str, like: str) -> str:
+    """The location of ``path`` (a path inside ``fs``) written the way ``like`` is."""
+    if is_local(like):
+        return path
+    return f"{scheme_of(like)}://{path.lstrip('/')}"
+
+
+def remove(location: str) -> None:
+    """Delete a directory tree (or a file) if it exists."""
+    fs, path = filesystem(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def make_dirs(location: str) -> None:
+    fs, path = filesystem(location)
+    fs.create_dir(path, recursive=True)
+
+
+def exists(location: str) -> bool:
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    fs, path = filesystem(location)
+    parent = path.rsplit("/", 1)[0]
+    if parent and parent != path:
+        fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def read_bytes(location: str) -> bytes:
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_json(location: str, value: Any) -> None:
+    write_bytes(location, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_json(location: str) -> Any:
+    return json.loads(read_bytes(location))
+
+
+def list_files(location: str) -> list[str]:
+    """Every file below ``location`` (recursively), as locations like ``location``."""
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return sorted(uri_of(fs, i.path, location) for i in infos if i.type == pafs.FileType.File)
+
+
+def dataset(location: str):
+    """``pyarrow.dataset`` of the Parquet files below ``location``."""
+    import pyarrow.dataset as pads
+
+    fs, path = filesystem(location)
+    return pads.dataset(path, filesystem=fs, format="parquet")
+
+
+def write_table(table, location: str) -> None:
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(location)
+    parent = path.rsplit("/", 1)[0]
+    if parent and parent != path:
+        fs.create_dir(parent, recursive=True)
+    pq.write_table(table, path, filesystem=fs)
+
+
+def read_table(location: str):
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(location)
+    return pq.read_table(path, filesystem=fs)
+
+
+def torch_load(location: str):
+    """``torch.load`` (tensors only) of a file at any location."""
+    import torch
+
+    if is_local(location):
+        return torch.load(normalize(location), map_location="cpu", weights_only=True)
+    return torch.load(io.BytesIO(read_bytes(location)), map_location="cpu", weights_only=True)
+
+
+def check_writable(location: str) -> None:
+    """Write and delete a small marker under ``location``: a wrong bucket, endpoint or
+    credentials fail here, before any work, naming the location."""
+    marker = join(location, ".visual-dpo-write-check")
+    try:
+        write_bytes(marker, b"ok")
+        remove(marker)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises OSError subclasses and more
+        raise StorageError(
+            f"cannot write run state to {location}: {type(e).__name__}: {e}. Check the "
+            "bucket/path, AWS_ENDPOINT_URL (for S3-compatible stores) and the credentials "
+            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), or pass another --storage.") from e
+
+
+def download(location: str, local_dir: str) -> str:
+    """Copy a file or directory tree at ``location`` into ``local_dir``; returns the local
+    path of the copy (the same path when ``location`` is already local)."""
+    if is_local(location):
+        return normalize(location)
+    files = list_files(location)
+    if not files:  # a single file
+        target = os.path.join(local_dir, location.rstrip("/").rsplit("/", 1)[-1])
+        with open(target, "wb") as f:
+            f.write(read_bytes(location))
+        return target
+    root = os.path.join(local_dir, location.rstrip("/").rsplit("/", 1)[-1])
+    for f in files:
+        target = os.path.join(root, f[len(location.rstrip("/")) + 1:])
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as out:
+            out.write(read_bytes(f))
+    return root
+
+
+class StorageError(ValueError):
+    """Run state cannot be written where the config says."""
+
+
+def total_size(location: str) -> int:
+    """Bytes of all files below ``location``."""
+    fs, path = filesystem(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return int(info.size or 0)
+    if info.type == pafs.FileType.NotFound:
+        return 0
+    return sum(int(i.size or 0) for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+               if i.type == pafs.FileType.File)
