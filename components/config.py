@@ -117,6 +117,10 @@ class PreprocessConfig:
     batch_size: int = 0
     """Rows per decode batch. 0 (auto): sized so each batch carries ~0.5 s of decoding and
     at most 64 MiB of decoded pixels (datasets/batching.py); > 0: exactly that many rows."""
+    node_resource: str = ""
+    """A custom Ray resource (``ray start --resources='{"cpu_node": 1}'``, a node type's
+    ``resources`` in cluster.yaml) that decode actors ask a sliver of, so they run only on
+    nodes that have it (e.g. CPU nodes, leaving GPU nodes to the trainers). Empty: anywhere."""
     pin_cpus: str = "auto"
     """``auto``: a per-node plan gives each training worker and each preprocessing actor its
     own cores; every process pins itself (``os.sched_setaffinity``) and caps its thread pools
@@ -166,6 +170,9 @@ class TrainConfig:
     log_every_steps: int = 10
     seed: int = 0
     checkpoints_to_keep: int = 2
+    node_resource: str = ""
+    """A custom Ray resource the training workers ask a sliver of (see
+    ``preprocess.node_resource``). Empty: anywhere."""
     compile: bool = False
     """``torch.compile`` the scorer in each worker (worth it on GPU for long runs)."""
     backbone_lr: float = 0.0

@@ -103,8 +103,8 @@ def training_inputs(cfg: RunConfig, spec: MediaSpec, options: dict, data: Prepar
             batch_size=cfg.preprocess.batch_size,
             eval_fraction=None if has_eval_shards else cfg.data.eval_fraction,
             split_as="train" if has_eval_shards else None, val_fraction=cfg.data.val_fraction,
-            ties=cfg.ties, pinning=plan.to_dict(),
-            augment=augment_settings(cfg, spec))
+            ties=cfg.ties, pinning=plan.to_dict(), augment=augment_settings(cfg, spec),
+            node_resource=cfg.preprocess.node_resource)
     else:
         train_ds = usable_pairs(data.train_path, "train")
     val_ds = usable_pairs(data.val_path, "val") if data.val_path else None
@@ -147,6 +147,7 @@ def train(cfg: RunConfig, loss: LossConfig, inputs: TrainingInputs, options: dic
     outcome = fit(spec, inputs.train_ds, storage_path=storage.join(run_dir, "ray_results"),
                   run_name=cfg.tracking.run_name or f"train-{run_id}", val_ds=inputs.val_ds)
     mlflow.log_metrics({k: outcome.metrics[k] for k in ("train/selected_epoch", "train/epochs_run")})
+    mlflow.set_tag("train.device", "cuda" if outcome.metrics.get("train/on_gpu") else "cpu")
     runs.log_stored_artifacts(storage.join(run_dir, "pinning"), "pinning")  # what each got
     return outcome
 

@@ -298,8 +298,9 @@ def test_node_plan_uses_the_node_cpu_list_and_ray_cpus():
 
 
 def _fake_node(monkeypatch, node: str, cpus, ray_cpus):
-    monkeypatch.setattr(pinning, "node_info", lambda: {
-        "node": node, "hostname": f"host-{node}", "ray_cpus": ray_cpus, "ray_gpus": 0.0,
+    monkeypatch.setattr(pinning, "node_info", lambda resources=True: {
+        "node": node, "node_id": node, "hostname": f"host-{node}", "ray_cpus": ray_cpus,
+        "ray_gpus": 0.0,
         "cluster_gpus": 0.0})
     monkeypatch.setattr(pinning, "node_cpus", lambda: tuple(cpus))
 
@@ -323,7 +324,8 @@ def test_pin_role_plans_its_own_node_and_the_report_names_it(monkeypatch, tmp_pa
     assert [r["planned"] for r in a] == [[1], [2], [3]]
     assert sorted(c for r in b for c in r["planned"]) == list(range(1, 17))
     assert t["planned"] == [0] and t["node"] == "node-b" and t["slots"] == 1
-    assert all(r["node"] == "node-a" and r["hostname"] == "host-node-a" for r in a)
+    assert all(r["node"] == r["node_id"] == "node-a" and r["hostname"] == "host-node-a"
+               for r in a)
     assert all(r["node_cpus"] == list(range(32)) and r["slots"] == 16 for r in b)
     assert pinned == [tuple(r["planned"]) for r in a + b + [t]]
     on_disk = read_reports(str(reports))
@@ -340,7 +342,12 @@ def test_pin_role_plans_its_own_node_and_the_report_names_it(monkeypatch, tmp_pa
 def test_pin_role_report_without_ray_names_this_host(tmp_path):
     r = pinning.pin_role(None, "preprocess", None, str(tmp_path))  # no plan: report only
     assert r["node"] == socket.gethostname() == r["hostname"] and r["planned"] == []
-    assert r["mode"] == "off" and read_reports(str(tmp_path))[0]["node"] == r["node"]
+    assert r["mode"] == "off" and r["node_id"] is None
+    assert read_reports(str(tmp_path))[0]["node"] == r["node"]
+    # A report directory given as a URI goes through runtime/storage.py (pyarrow filesystems).
+    uri = f"file://{tmp_path}/uri"
+    r = pinning.pin_role(None, "train", 0, uri)
+    assert [x["pid"] for x in read_reports(uri)] == [os.getpid()]
 
 
 def test_claim_slot_in_process_is_stable_and_releasable(tmp_path):
@@ -352,7 +359,7 @@ def test_claim_slot_in_process_is_stable_and_releasable(tmp_path):
     release_slot("run-y:preprocess", base_dir=str(tmp_path))
 
 
-def _slot_child(shape: dict, report_dir: str, slot_dir: str, out) -> None:
+def _slot_child(shape: dict, report_dir: str, slot_dir: str, conn) -> None:
     """A preprocessing actor stand-in: claims a node-local slot, pins itself, holds the slot
     until killed (spawned, so the test process itself is never pinned)."""
     import time
@@ -361,8 +368,8 @@ def _slot_child(shape: dict, report_dir: str, slot_dir: str, out) -> None:
 
     r = pin_role(shape, "preprocess", None, report_dir, import_torch=False,
                  slot_base_dir=slot_dir)
-    out.put({"pid": os.getpid(), "index": r["index"], "planned": r["planned"],
-             "affinity": r["affinity"], "node": r["node"], "hostname": r["hostname"]})
+    conn.send({"pid": os.getpid(), "index": r["index"], "planned": r["planned"],
+               "affinity": r["affinity"], "node": r["node"], "hostname": r["hostname"]})
     time.sleep(120)
 
 
@@ -371,13 +378,23 @@ def test_concurrent_processes_claim_different_slots_and_a_dead_one_frees_its_slo
     ctx = multiprocessing.get_context("spawn")
     ncpu = len(os.sched_getaffinity(0))
     shape = plan_for_run(PreprocessConfig(actors=2), TrainConfig(workers=0)).to_dict()
-    out, report_dir, slots = ctx.Queue(), str(tmp_path / "pinning"), str(tmp_path / "slots")
-    procs = [ctx.Process(target=_slot_child, args=(shape, report_dir, slots, out), daemon=True)
-             for _ in range(2)]
+    report_dir, slots = str(tmp_path / "pinning"), str(tmp_path / "slots")
+    procs: list = []
+
+    def start():  # one pipe per child: killing one cannot wedge another's channel
+        recv, send = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_slot_child, args=(shape, report_dir, slots, send), daemon=True)
+        p.start()
+        procs.append(p)
+        return recv
+
+    def result(recv):
+        assert recv.poll(120), "child did not report"
+        return recv.recv()
+
     try:
-        for p in procs:
-            p.start()
-        got = [out.get(timeout=120) for _ in procs]
+        pipes = [start(), start()]  # both claim at the same time
+        got = [result(r) for r in pipes]
         assert sorted(g["index"] for g in got) == [0, 1]
         for g in got:
             assert g["node"] == g["hostname"] == socket.gethostname()  # no Ray: the host
@@ -386,15 +403,13 @@ def test_concurrent_processes_claim_different_slots_and_a_dead_one_frees_its_slo
             assert not set(got[0]["planned"]) & set(got[1]["planned"])
         # The holder of slot 0 dies (SIGKILL: no cleanup runs); a new process (a restarted
         # actor) gets slot 0 back, while slot 1 stays held.
-        first = next(i for i, g in enumerate(got) if g["index"] == 0)
-        procs[first].kill()
-        procs[first].join(60)
-        assert procs[first].exitcode is not None
-        late = ctx.Process(target=_slot_child, args=(shape, report_dir, slots, out), daemon=True)
-        procs.append(late)
-        late.start()
-        again = out.get(timeout=120)
-        assert again["index"] == 0 and again["planned"] == got[first]["planned"]
+        holder = next(g for g in got if g["index"] == 0)
+        dead = next(p for p in procs if p.pid == holder["pid"])
+        dead.kill()
+        dead.join(60)
+        assert dead.exitcode is not None
+        again = result(start())
+        assert again["index"] == 0 and again["planned"] == holder["planned"]
         reports = read_reports(report_dir)
         assert len(reports) == 3 and all(r["node"] == socket.gethostname() for r in reports)
     finally:

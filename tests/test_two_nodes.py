@@ -52,35 +52,6 @@ def test_pyarrow_and_boto3_reach_the_s3_server(s3_server, monkeypatch):
     assert uri_fs.open_input_file(path).read() == b"hello"
 
 
-@pytest.mark.parametrize("proxied", [True, False], ids=["proxied", "direct"])
-def test_mlflow_artifacts_land_in_the_bucket(s3_server, s3_mlflow_server, proxied, tmp_path,
-                                            monkeypatch):
-    from mlflow import MlflowClient
-    from two_nodes import start_mlflow_server
-
-    if proxied:
-        server = s3_mlflow_server
-    else:  # clients write to S3 themselves: they need the endpoint and credentials
-        server = start_mlflow_server(tmp_path, s3_server, prefix="mlflow-direct", proxied=False)
-        for k, v in s3_server.env.items():
-            monkeypatch.setenv(k, v)
-    try:
-        client = MlflowClient(tracking_uri=server.uri, registry_uri=server.uri)
-        exp = client.create_experiment(f"s3-{'proxied' if proxied else 'direct'}")
-        run = client.create_run(exp)
-        (tmp_path / "note.txt").write_text("artifact")
-        client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
-        client.set_terminated(run.info.run_id)
-        prefix = server.artifact_uri.split("/", 3)[3]
-        keys = [k for k in s3_server.keys(prefix + "/") if k.endswith("/note.txt")]
-        assert len(keys) == 1 and run.info.run_id in keys[0], keys
-        got = client.download_artifacts(run.info.run_id, "note.txt", str(tmp_path / "dl"))
-        assert open(got).read() == "artifact"
-    finally:
-        if not proxied:
-            server.process.stop()
-
-
 PROBE = textwrap.dedent('''
     import json, os, socket
     import ray
@@ -172,3 +143,87 @@ def test_two_nodes_have_separate_disks_and_share_s3(no_leaks, two_node_cluster, 
     assert probe["put_node"] == c.worker_node_id and probe["get_node"] == c.head_node_id
     assert probe["text"] == "via-s3"
     assert "shared/probe.txt" in s3_server.keys("shared/")
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JOB_EXCLUDES = [".venv", ".git", "outputs", "data", "mlflow.db", "mlruns", "*.egg-info",
+                "__pycache__", ".pytest_cache", "benchmarks/out"]
+
+
+def _upload_sample(s3_server, tmp_path) -> tuple[str, str]:
+    """Sample shards into the bucket: the second node cannot see pytest's temp dir."""
+    from components.sample.images import write_image_pairs
+
+    local = tmp_path / "sample"
+    write_image_pairs(str(local), pairs=160, size=32, shards=2, seed=0)
+    pa_fs = s3_server.filesystem()
+    for split in ("train", "eval"):
+        for p in sorted((local / split).glob("*.parquet")):
+            with pa_fs.open_output_stream(f"{s3_server.bucket}/data/{split}/{p.name}") as f:
+                f.write(p.read_bytes())
+    return s3_server.uri("data/train"), s3_server.uri("data/eval")
+
+
+def test_run_image_as_a_job_on_two_nodes_with_s3_storage(no_leaks, two_node_cluster, s3_server,
+                                                         s3_mlflow_server, tmp_path):
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from components.runtime import storage
+
+    c = two_node_cluster
+    no_leaks.update(temp_root=c.temp_root, tmpfs_source=c.tmpfs_source)
+    train, evals = _upload_sample(s3_server, tmp_path)
+    run_root = s3_server.uri("runs")
+    base = (f"{sys.executable} -m pipelines run image --train {train} --eval {evals} "
+            f"--epochs 2 --tracking-uri {s3_mlflow_server.uri} --experiment two-nodes "
+            "--model-name two-node-scorer data.image_size=32 train.batch_size=16 "
+            # Decode actors on the second node, the training worker on the head.
+            "preprocess.node_resource=worker_node train.node_resource=head")
+    env = {"working_dir": REPO, "excludes": JOB_EXCLUDES, "env_vars": dict(s3_server.env)}
+    t0 = time.time()
+    job_id, status, logs = c.run_job(f"{base} --storage {run_root} --run-name two-nodes",
+                                     runtime_env=env, timeout=900)
+    print(f"\njob {job_id} {status} in {time.time() - t0:.1f} s")
+    assert status == "SUCCEEDED", logs[-6000:]
+    summary = json.loads([ln for ln in logs.strip().splitlines() if ln.startswith("{")][-1])
+    assert summary["status"] == "ok" and summary["model_version"] == "1", summary
+    for split in ("train", "eval"):
+        r = summary["rows"][split]
+        assert r["read"] == r["used"] + r["quarantined"] + r["excluded"] and r["read"] > 0
+    assert summary["rows"]["train"]["read"] + summary["rows"]["eval"]["read"] == 160
+
+    run_dir = summary["output_dir"]
+    assert run_dir == f"{run_root}/two-nodes"
+    for k, v in s3_server.env.items():
+        os.environ.setdefault(k, v)
+    files = storage.list_files(run_dir)
+    assert any("/ray_results/" in f and f.endswith("/state.pt") for f in files), files[:20]
+    assert f"{run_dir}/quarantine.parquet" in files
+    assert any(f.startswith(f"{run_dir}/prepared/train/") for f in files)
+
+    # Decode actors and the training worker ran on different nodes (their pinning reports,
+    # written to the bucket, name the node).
+    reports = [storage.read_json(f) for f in files if "/pinning/" in f and f.endswith(".json")]
+    nodes = {r["role"]: r["node_id"] for r in reports}
+    assert nodes.get("preprocess") == c.worker_node_id, reports
+    assert nodes.get("train") == c.head_node_id, reports
+
+    # The registered model loads by alias through the server (artifacts in the same bucket).
+    mlflow.set_tracking_uri(s3_mlflow_server.uri)
+    model = mlflow.pyfunc.load_model("models:/two-node-scorer@champion")
+    from conftest import photo_bytes
+
+    assert model.predict(pd.DataFrame({"image": [photo_bytes(32)]})).shape == (1,)
+    client = MlflowClient(s3_mlflow_server.uri)
+    assert any(k.endswith("MLmodel") for k in s3_server.keys("mlflow/"))
+    assert client.get_run(summary["run_id"]).data.tags["visual_dpo.run_dir"] == run_dir
+
+    # The same job with node-local run state fails fast, before any work, saying what to set.
+    local = c.node_local_dir / "runs"
+    job_id, status, logs = c.run_job(f"{base} --output-dir {local} --run-name local",
+                                     runtime_env=env, timeout=300)
+    assert status == "FAILED", logs[-3000:]
+    assert "--storage s3://" in logs and "storage.shared=true" in logs
+    assert not local.exists()

@@ -87,7 +87,8 @@ def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tra
         assert r["affinity"] == r["planned"] and set(r["affinity"]) <= set(node)
         assert r["omp_num_threads"] == str(len(r["planned"]))
     assert by_role["train"]["torch_threads"] == len(by_role["train"]["planned"])
-    assert run.data.params["pinning.train.0"] != "none"
+    assert run.data.params["pinning.train.cpus_each"] == "1"
+    assert all(r["node_id"] for r in reports)  # each report names its node
     if len(node) >= 2:
         assert not set(by_role["train"]["affinity"]) & set(by_role["preprocess"]["affinity"])
     assert {"pinning"} <= {a.path for a in client.list_artifacts(s["run_id"])}

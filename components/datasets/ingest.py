@@ -54,6 +54,7 @@ from .quarantine import RowCounts, check_quarantine, write_quarantine
 
 log = logging.getLogger(__name__)
 
+NODE_RESOURCE_SHARE = 0.001  # of preprocess.node_resource per decode actor: a placement label
 READ_SLICE_ROWS = 256  # rows per output block of the read stage; bounds memory per task
 # ... and encoded bytes per block. Also keeps each binary column of a block under Arrow's
 # 2 GiB (int32 offsets): a block is either under this or one row, and a row's cell is under
@@ -302,6 +303,7 @@ def decode_stage(
     val_fraction: float = 0.0,
     only_split: str | None = None,
     augment: dict | None = None,
+    node_resource: str = "",
 ):
     """The lazy Ray Dataset of read -> canonical rows -> decoded pairs, and the row count the
     shards' Parquet metadata declares. ``prepare`` writes it; streaming training
@@ -329,6 +331,7 @@ def decode_stage(
         from ray.data.expressions import col
 
         ds = ds.filter(expr=col("split") == only_split)
+    placement = {"resources": {node_resource: NODE_RESOURCE_SHARE}} if node_resource else {}
     ds = ds.map_batches(
         PairDecoder,
         fn_constructor_kwargs={"spec": spec.to_dict(), "pinning": pinning,
@@ -346,6 +349,7 @@ def decode_stage(
         # so these bound how many such rows one actor survives.
         max_restarts=DECODER_MAX_RESTARTS,
         max_task_retries=DECODER_MAX_RESTARTS,
+        **placement,
     )
     return ds, total_rows
 
@@ -368,6 +372,7 @@ def prepare(
     val_fraction: float = 0.0,
     keep_pixels: bool = True,
     only_split: str | None = None,
+    node_resource: str = "",
 ) -> PreparedData:
     """Read, validate and decode ``shards`` with Ray Data; write all rows to ``out_dir``.
 
@@ -392,7 +397,7 @@ def prepare(
                                   eval_fraction=eval_fraction, split=split, ties=ties,
                                   pinning=pinning, report_dir=report_dir, in_train=in_train,
                                   journal_dir=journal_dir, val_fraction=val_fraction,
-                                  only_split=only_split)
+                                  only_split=only_split, node_resource=node_resource)
     if not keep_pixels:
         ds = ds.drop_columns(["chosen_px", "rejected_px"]
                              + ([PROMPT_COLUMN] if spec.takes_prompt else []))
@@ -484,7 +489,7 @@ def streaming_pairs(shards: list[Shard], split: str, *, layout: str, spec: Media
                     decode_actors: int, cpus_per_actor: float, batch_size: int,
                     eval_fraction: float | None, split_as: str | None = None,
                     val_fraction: float = 0.0, ties: str = "drop", pinning: dict | None = None,
-                    augment: dict | None = None, **_):
+                    augment: dict | None = None, node_resource: str = ""):
     """``data.cache=none``: the usable pairs of one split, decoded on the fly by the pinned
     actor pool every time the dataset is iterated (each epoch), for Ray Train to stream.
     Rows of other splits are dropped before decoding; rows that fail to decode were counted
@@ -495,7 +500,7 @@ def streaming_pairs(shards: list[Shard], split: str, *, layout: str, spec: Media
                          cpus_per_actor=cpus_per_actor, batch_size=batch_size,
                          eval_fraction=eval_fraction, split=split_as, ties=ties,
                          pinning=pinning, val_fraction=val_fraction, only_split=split,
-                         augment=augment)
+                         augment=augment, node_resource=node_resource)
     columns = PAIR_COLUMNS + (CONSISTENCY_COLUMNS if spec.video else []) + (
         [PROMPT_COLUMN] if spec.takes_prompt else [])
     return ds.filter(expr=col("status") == OK).select_columns(columns)
@@ -584,6 +589,7 @@ def prepare_splits(train_shards: list[Shard], eval_shards: list[Shard], run_dir:
         ties=ties,
         pinning=pinning,
         report_dir=storage.join(run_dir, "pinning"),
+        node_resource=preprocess.node_resource,
     )
     prepared_dir = storage.join(run_dir, "prepared")
     train_splits = ("train", "val") if data.val_fraction > 0 else ("train",)

@@ -76,10 +76,15 @@ class PairScorer:
 
 
 def score_dataset(ds, scorer: TrainedScorer, batch_size: int = 64,
-                  with_prior: bool = True) -> pd.DataFrame:
+                  with_prior: bool = True, use_gpu: bool | None = None) -> pd.DataFrame:
     """Scores of every pair in a prepared dataset, one row per pair, sorted by pair_id so two
     models' scores line up pair by pair."""
     from ray.data import ActorPoolStrategy
+
+    if use_gpu is None:  # the run's decision when given; else whether the cluster has GPUs
+        import ray
+
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
 
     scored = ds.map_batches(
         PairScorer,
@@ -87,6 +92,7 @@ def score_dataset(ds, scorer: TrainedScorer, batch_size: int = 64,
         batch_size=batch_size,
         compute=ActorPoolStrategy(size=1),
         num_cpus=SCORING_ACTOR_CPUS,
+        num_gpus=1 if use_gpu else 0,
         batch_format="numpy",
     )
     df = scored.to_pandas()

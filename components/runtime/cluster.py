@@ -34,10 +34,28 @@ def ensure_ray(deterministic: bool = True) -> None:
     log.info("ray cluster resources: %s", ray.cluster_resources())
 
 
+def autoscaler_max_resources() -> dict[str, float]:
+    """The most of each resource the autoscaler may bring up (its node types x max workers),
+    from the cluster config it publishes in the GCS; {} without an autoscaler (a local
+    cluster, a fixed KubeRay cluster)."""
+    try:
+        from ray._private.state import state  # what Ray Data's autoscaling reads too
+
+        return {k: float(v) for k, v in (state.get_max_resources_from_cluster_config() or {}).items()}
+    except Exception as e:  # noqa: BLE001 - a private API: absent or changed means "no autoscaler"
+        log.debug("no autoscaler config: %s", e)
+        return {}
+
+
 def cluster_resources() -> dict[str, float]:
+    """What the cluster has now, or may scale up to where the autoscaler can add more (the
+    resource plan and ``train.use_gpu=auto`` count nodes it would start)."""
     import ray
 
-    return dict(ray.cluster_resources())
+    now = dict(ray.cluster_resources())
+    for key, most in autoscaler_max_resources().items():
+        now[key] = max(now.get(key, 0.0), most)
+    return now
 
 
 def check_storage(root: str, shared: bool) -> None:

@@ -622,13 +622,13 @@ def node_cpus() -> CpuSet:
     return _node_cpus
 
 
-def node_info() -> dict[str, Any]:
+def node_info(resources: bool = True) -> dict[str, Any]:
     """Where this process runs: ``node`` (the Ray node id when Ray is initialised in this
-    process, else the hostname), ``hostname``, and under Ray the node's ``ray_cpus`` and
-    ``ray_gpus`` and the cluster's ``cluster_gpus`` (``None`` when unknown). Ray is used only
-    if this process already imported it."""
+    process, else the hostname), ``node_id`` (the Ray node id, else ``None``), ``hostname``, and under Ray (and ``resources``) the node's
+    ``ray_cpus`` and ``ray_gpus`` and the cluster's ``cluster_gpus`` (``None`` when unknown).
+    Ray is used only if this process already imported it."""
     host = socket.gethostname()
-    info: dict[str, Any] = {"node": host, "hostname": host, "ray_cpus": None,
+    info: dict[str, Any] = {"node": host, "node_id": None, "hostname": host, "ray_cpus": None,
                             "ray_gpus": None, "cluster_gpus": None}
     ray = sys.modules.get("ray")
     if ray is None or not hasattr(ray, "is_initialized"):
@@ -637,7 +637,9 @@ def node_info() -> dict[str, Any]:
         if not ray.is_initialized():
             return info
         node_id = ray.get_runtime_context().get_node_id()
-        info["node"] = node_id
+        info["node"] = info["node_id"] = node_id
+        if not resources:
+            return info
         for n in ray.nodes():
             if n.get("NodeID") == node_id:
                 res = n.get("Resources") or {}
@@ -658,17 +660,19 @@ def pin_role(plan: dict[str, Any] | None, role: str, index: int | None = None,
     a preprocessing actor (``role="preprocess"``; ``index=None`` claims a node-local slot,
     :func:`claim_slot`) of the run shape ``plan`` (:meth:`CpuPlan.to_dict`), planning from this
     node's own CPUs and Ray resources; write what it got to
-    ``report_dir/<role>-<node>-<index>-<pid>.json``. ``plan`` None or mode off: report only.
+    ``report_dir/<role>-<node>-<index>-<pid>.json`` (a local path or a pyarrow-filesystem URI
+    such as ``s3://``, see ``runtime/storage.py``). ``plan`` None or mode off: report only.
 
     The report (returned too): :func:`process_report` plus ``role``, ``index`` (the slot),
-    ``planned`` (the cores; ``[]``: not pinned), ``mode``, ``node``, ``hostname``,
+    ``planned`` (the cores; ``[]``: not pinned), ``mode``, ``node`` (Ray node id, else the
+    hostname), ``node_id`` (Ray node id, else ``None``), ``hostname``,
     ``node_cpus`` (the node's CPU list), ``node_plan`` (:meth:`NodePlan.describe`), ``slots``
     (processes of this role the node plan expects) and ``warnings``."""
     import json
 
     _role(role)
     shape = CpuPlan.from_dict(plan) if plan else None
-    info = node_info()
+    info = node_info(resources=shape is not None and shape.mode != "off")
     own = node_cpus()
     cpus: CpuSet = ()
     warnings: list[str] = []
@@ -692,26 +696,39 @@ def pin_role(plan: dict[str, Any] | None, role: str, index: int | None = None,
     report = pin_current_process(cpus, import_torch=import_torch) if cpus else process_report()
     report.update(role=role, index=index, planned=list(cpus),
                   mode=shape.mode if shape else "off", node=info["node"],
-                  hostname=info["hostname"], node_cpus=list(own),
+                  node_id=info.get("node_id"), hostname=info["hostname"], node_cpus=list(own),
                   node_plan=node_plan.describe() if node_plan else None,
                   slots=(len(node_plan.train if role == "train" else node_plan.preprocess)
                          if node_plan else None),
                   warnings=warnings)
     if report_dir:
-        os.makedirs(report_dir, exist_ok=True)
         node_tag = "".join(c for c in str(info["node"]) if c.isalnum() or c in "-_.")[:16]
-        path = os.path.join(report_dir, f"{role}-{node_tag}-{index}-{os.getpid()}.json")
-        with open(path, "w") as f:
-            json.dump(report, f)
+        name = f"{role}-{node_tag}-{index}-{os.getpid()}.json"
+        if "://" in report_dir and not report_dir.startswith("file://"):
+            from . import storage  # pyarrow filesystems (s3://...): shared run state
+
+            storage.write_json(storage.join(report_dir, name), report)
+        else:
+            local = report_dir.removeprefix("file://")
+            os.makedirs(local, exist_ok=True)
+            with open(os.path.join(local, name), "w") as f:
+                json.dump(report, f)
     return report
 
 
 def read_reports(report_dir: str) -> list[dict[str, Any]]:
-    """The reports :func:`pin_role` wrote, oldest first (each names its ``node``)."""
+    """The reports :func:`pin_role` wrote to ``report_dir`` (a local path: oldest first; a URI:
+    by name); each names its ``node``, ``node_id`` and ``hostname``."""
     import glob
     import json
 
-    paths = sorted(glob.glob(os.path.join(report_dir, "*.json")), key=os.path.getmtime)
+    if "://" in report_dir and not report_dir.startswith("file://"):
+        from . import storage
+
+        return [storage.read_json(f) for f in storage.list_files(report_dir)
+                if f.endswith(".json")]
+    local = report_dir.removeprefix("file://")
+    paths = sorted(glob.glob(os.path.join(local, "*.json")), key=os.path.getmtime)
     out = []
     for path in paths:
         with open(path) as f:

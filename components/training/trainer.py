@@ -39,11 +39,24 @@ class TrainOutcome:
 
 
 def resolve_use_gpu(train: TrainConfig) -> bool:
-    if train.use_gpu == "auto":
-        import ray
+    """``train.use_gpu``: ``auto`` trains on GPUs when the cluster has them now or its
+    autoscaler can add GPU nodes (Ray Train then waits for them); it says so when it falls
+    back to CPU."""
+    if train.use_gpu != "auto":
+        return train.use_gpu == "true"
+    import ray
 
-        return ray.cluster_resources().get("GPU", 0) >= 1
-    return train.use_gpu == "true"
+    from ..runtime.cluster import autoscaler_max_resources
+
+    if ray.cluster_resources().get("GPU", 0) >= 1:
+        return True
+    if autoscaler_max_resources().get("GPU", 0) >= 1:
+        log.info("train.use_gpu=auto: no GPU node is up yet; the autoscaler can add GPU nodes, "
+                 "so training will wait for them")
+        return True
+    log.warning("train.use_gpu=auto: this cluster has no GPUs and no autoscaler node type with "
+                "GPUs: training on CPU (set train.use_gpu=true to require GPUs)")
+    return False
 
 
 def fit(spec: WorkerSpec, train_ds, storage_path: str, run_name: str,
@@ -67,7 +80,8 @@ def fit(spec: WorkerSpec, train_ds, storage_path: str, run_name: str,
         scaling_config=ScalingConfig(
             num_workers=t.workers,
             use_gpu=use_gpu,
-            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if use_gpu else {}),
+                                  **({t.node_resource: 0.001} if t.node_resource else {})},
         ),
         run_config=RayRunConfig(
             name=run_name,

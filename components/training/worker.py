@@ -372,6 +372,9 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
     pinned = pin_role(spec.pinning, "train", ctx.get_local_rank(), spec.pinning_report_dir)
     torch.set_num_threads(len(pinned["planned"]) or max(1, int(t.cpus_per_worker)))
     device = ray.train.torch.get_device()
+    if rank == 0:
+        log.info("training on %s%s", device,
+                 f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     model, updater, progress = _setup(spec, device, world)
     reference = _reference_model(spec, device)
     torch.manual_seed(t.seed + rank)
@@ -408,6 +411,7 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
                 metrics.update(_validate(model, updater, val_shard, spec, device))
             best = track_best(progress, metrics, spec.select_by)
             metrics["train/optimizer_steps"] = float(updater.steps)
+            metrics["train/on_gpu"] = float(device.type == "cuda")  # the device actually used
             if rank == 0:  # one line per epoch on the driver's terminal (Ray forwards worker logs)
                 log.info("%s%s", progress_line(metrics, progress.epoch, t.epochs),
                          f"  val acc {metrics['val/accuracy']:.3f}{' (best)' if best else ''}"
