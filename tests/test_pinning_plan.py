@@ -339,7 +339,9 @@ def test_pin_role_plans_its_own_node_and_the_report_names_it(monkeypatch, tmp_pa
     assert extra["planned"] == [1] and "beyond" in extra["warnings"][-1]
 
 
-def test_pin_role_report_without_ray_names_this_host(tmp_path):
+def test_pin_role_report_without_ray_names_this_host(tmp_path, monkeypatch):
+    # Without Ray in the process (another test of the session may have started it here).
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
     r = pinning.pin_role(None, "preprocess", None, str(tmp_path))  # no plan: report only
     assert r["node"] == socket.gethostname() == r["hostname"] and r["planned"] == []
     assert r["mode"] == "off" and r["node_id"] is None
