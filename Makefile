@@ -9,7 +9,9 @@ EPOCHS ?= 4
 
 # Ray job submission: RAY_ADDRESS=http://HEAD:8265 make submit TRAIN=s3://... EVAL=s3://...
 # (CLUSTER=1 submits to the cluster.yaml cluster through `ray attach`-style port forwarding).
+# STORAGE=s3://bucket/prefix: where the run's state goes (`--storage`); required with CLUSTER=1.
 RAY_ADDRESS ?= http://127.0.0.1:8265
+STORAGE ?=
 TRAIN ?= $(DATA)/train
 EVAL ?= $(DATA)/eval
 ARGS ?=
@@ -99,6 +101,7 @@ lint: install
 # Throughput, memory and pinning ratios -> benchmarks/results.json (about 14 minutes on 2 cores).
 bench: install
 	$(PY) benchmarks/suite.py
+	$(PY) benchmarks/streaming.py
 
 # Accuracy and speed of each image scorer through the workflow -> benchmarks/accuracy.json.
 bench-accuracy: install
@@ -120,6 +123,10 @@ cluster-down: install
 submit: install
 	@$(PY) -c "$$SUBMIT_CHECK" '$(MLFLOW_TRACKING_URI)' '$(JOB_EXCLUDES)' 'TRAIN=$(TRAIN)' 'EVAL=$(EVAL)'
 ifeq ($(CLUSTER),1)
+	@case '$(STORAGE)' in *://*) ;; *) \
+		echo "make submit: CLUSTER=1 needs STORAGE=s3://BUCKET/PREFIX (got '$(STORAGE)'): cluster.yaml's nodes share no disk and its head has no CPUs, so the run would exit 2 before any work" >&2; \
+		exit 2;; \
+	esac
 	@if $(PY) -c "import socket, sys; sys.exit(socket.socket().connect_ex(('127.0.0.1', 8265)) != 0)"; then \
 		echo "make submit: 127.0.0.1:8265 is in use (a local Ray?); the port-forward to cluster.yaml needs it" >&2; \
 		exit 1; \
@@ -133,11 +140,11 @@ ifeq ($(CLUSTER),1)
 	done; \
 	$(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --working-dir . \
 		--runtime-env-json '{"excludes": $(JOB_EXCLUDES), "env_vars": {"MLFLOW_TRACKING_URI": "$(MLFLOW_TRACKING_URI)", "VISUAL_DPO_GIT_COMMIT": "$(GIT_COMMIT)"}}' \
-		-- python -m pipelines run $(MODALITY) --train $(TRAIN) --eval $(EVAL) $(ARGS)
+		-- python -m pipelines run $(MODALITY) --train $(TRAIN) --eval $(EVAL) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 else
 	$(VENV)/bin/ray job submit --address $(RAY_ADDRESS) --working-dir . \
 		--runtime-env-json '{"excludes": $(JOB_EXCLUDES), "env_vars": {"MLFLOW_TRACKING_URI": "$(MLFLOW_TRACKING_URI)", "VISUAL_DPO_GIT_COMMIT": "$(GIT_COMMIT)"}}' \
-		-- python -m pipelines run $(MODALITY) --train $(TRAIN) --eval $(EVAL) $(ARGS)
+		-- python -m pipelines run $(MODALITY) --train $(TRAIN) --eval $(EVAL) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 endif
 
 clean:

@@ -316,3 +316,58 @@ def test_make_submit_with_a_server_and_uploaded_or_remote_data_goes_on_to_ray():
     assert "make submit:" not in p.stderr, p.stderr
     assert RAY_RAN in p.stdout + p.stderr, p.stdout + p.stderr
     assert p.returncode != 0
+
+
+def _custom_resources(group: dict) -> dict[str, int]:
+    """A group's custom resources as the KubeRay autoscaler reads them (so it scales the group
+    for work that asks for one): rayStartParams.resources in KubeRay's quoted-JSON format."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _get_custom_resources
+
+    return _get_custom_resources(group.get("resources", {}), group.get("rayStartParams", {}),
+                                 group.get("groupName", "head"))
+
+
+def test_the_raycronjob_places_decode_and_training_on_groups_that_declare_their_resources():
+    job = _raycronjob()["spec"]["jobTemplate"]
+    cluster = job["rayClusterSpec"]
+    overrides = dict(a.split("=", 1) for a in shlex.split(job["entrypoint"]) if "=" in a
+                     and not a.startswith("-"))
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+
+    def gpus(group: dict) -> int:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        return int(limits.get("nvidia.com/gpu", 0))
+
+    decode = overrides.get("preprocess.node_resource")
+    train = overrides.get("train.node_resource")
+    assert decode and train, overrides
+    decode_groups = [n for n, g in groups.items() if decode in _custom_resources(g)]
+    train_groups = [n for n, g in groups.items() if train in _custom_resources(g)]
+    assert decode_groups and all(gpus(groups[n]) == 0 for n in decode_groups), decode_groups
+    assert train_groups and all(gpus(groups[n]) >= 1 for n in train_groups), train_groups
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert not _custom_resources(cluster["headGroupSpec"]), "no work is placed on the head"
+    # The decode pool fits the decode groups at their largest (a fixed-size actor pool that
+    # cannot start waits forever).
+    actors = int(overrides.get("preprocess.actors", 1))
+    cpus = sum(int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+               * g["maxReplicas"] for n, g in groups.items() if n in decode_groups)
+    assert actors < cpus, (actors, cpus)
+
+
+def test_every_raycronjob_pod_gets_the_s3_credentials_from_a_secret():
+    # The driver (head), decode actors (cpu) and training workers (gpu) all read or write
+    # s3://: each container takes the keys from one Secret, never a literal value.
+    for where, c in _containers(_raycronjob()):
+        if where.startswith("submitter"):
+            continue  # it only submits the job
+        env = {e["name"]: e for e in c.get("env", [])}
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+            assert name in env, f"{where}: no {name}"
+            ref = env[name].get("valueFrom", {}).get("secretKeyRef")
+            assert ref and "value" not in env[name], f"{where}: {name} is not from a Secret"
+            assert ref["key"] == name, ref
+        assert env["AWS_ENDPOINT_URL"]["valueFrom"]["secretKeyRef"].get("optional") is True
+        secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in env.values()
+                   if "secretKeyRef" in e.get("valueFrom", {})}
+        assert len(secrets) == 1, secrets

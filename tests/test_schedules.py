@@ -6,16 +6,20 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.__main__ import _parser
+from components.config import load_config
+from pipelines.__main__ import _cli_overrides, _parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _parses(entrypoint: str):
+    """The CLI's own parse (pipelines.__main__.main): key=value overrides may follow the
+    options; anything else unknown is an error."""
     argv = shlex.split(entrypoint)
     assert argv[:3] == ["python", "-m", "pipelines"], argv
     args, unknown = _parser().parse_known_args(argv[3:])
-    assert not unknown, unknown
+    assert not [u for u in unknown if u.startswith("-") or "=" not in u], unknown
+    args.overrides = [*args.overrides, *unknown]
     return args
 
 
@@ -29,6 +33,12 @@ def test_raycronjob_manifest_is_valid_and_runs_the_incremental_workflow():
     assert args.train and args.eval
     env = yaml.safe_load(spec["jobTemplate"]["runtimeEnvYAML"])["env_vars"]
     assert env["MLFLOW_TRACKING_URI"].startswith("http")
+    # The settings the job gets validate as the CLI would load them (flags + overrides), and
+    # its run state goes to object storage: the cluster has a 0-CPU head and several pods, so
+    # node-local storage would exit 2 before any work (runtime/cluster.check_storage).
+    cfg = load_config(args.config, args.overrides, _cli_overrides(args), modality=args.modality)
+    assert cfg.storage.uri.startswith("s3://"), cfg.storage.uri
+    assert all(u.startswith("s3://") for u in (*args.train, *args.eval))
 
 
 def test_the_readme_cron_line_runs_the_incremental_workflow():

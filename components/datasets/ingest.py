@@ -107,7 +107,7 @@ def canonical_tables(rows: Iterator[dict[str, Any]], frame_lists: bool) -> Itera
 def _read_unit(
     batch: dict[str, np.ndarray], units: list[ReadUnit], eval_fraction: float | None, ties: str,
     max_bytes: int, in_train: TrainPairs | None, split: str | None = None,
-    val_fraction: float = 0.0,
+    val_fraction: float = 0.0, only_split: str | None = None,
 ) -> Iterator[pa.Table]:
     """Ray Data read stage: one ReadUnit index per input row -> canonical rows in slices.
     Every row gets its split here: ``split`` when given, else the hash split
@@ -118,7 +118,10 @@ def _read_unit(
             table = pq.ParquetFile(f).read_row_group(unit.row_group)
         rows = canonical_rows(unit, table, eval_fraction, ties, max_bytes=max_bytes,
                               in_train=in_train)
-        yield from canonical_tables(_with_split(rows, split, val_fraction), unit.frame_lists)
+        rows = _with_split(rows, split, val_fraction)
+        if only_split is not None:  # here, not a separate filter task that needs its own CPU
+            rows = (r for r in rows if r["split"] == only_split)
+        yield from canonical_tables(rows, unit.frame_lists)
 
 
 def _with_split(rows: Iterator[dict[str, Any]], split: str | None,
@@ -188,7 +191,7 @@ class PairDecoder:
 
     def __init__(self, spec: dict, pinning: dict | None = None,
                  report_dir: str | None = None, journal_dir: str | None = None,
-                 augment: dict | None = None):
+                 augment: dict | None = None, output_columns: list[str] | None = None):
         # First thing: pin to this actor's cores and cap its threads (runtime/pinning.py).
         import ray
 
@@ -196,6 +199,7 @@ class PairDecoder:
 
         pin_role(pinning, "preprocess", None, report_dir, import_torch=False)
         self.spec = MediaSpec.from_dict(spec)
+        self.output_columns = output_columns
         self.augment = None
         if augment:
             from ..media.augment import PairAugment
@@ -276,7 +280,10 @@ class PairDecoder:
             columns.update(chosen_c=pa.array(c_chosen), rejected_c=pa.array(c_rejected))
         if spec.takes_prompt:  # tokenised once, here; both sides share the pair's prompt
             columns[PROMPT_COLUMN] = ArrowTensorArray.from_numpy(spec.tokenize(list(batch["prompt"])))
-        return pa.table(columns)
+        table = pa.table(columns)
+        if self.output_columns is not None:  # streaming: usable pairs only, training columns
+            table = table.filter(pa.array(status == OK)).select(self.output_columns)
+        return table
 
 
 def _crash_for_tests(pair_id: str) -> None:
@@ -304,6 +311,7 @@ def decode_stage(
     only_split: str | None = None,
     augment: dict | None = None,
     node_resource: str = "",
+    output_columns: list[str] | None = None,
 ):
     """The lazy Ray Dataset of read -> canonical rows -> decoded pairs, and the row count the
     shards' Parquet metadata declares. ``prepare`` writes it; streaming training
@@ -324,19 +332,15 @@ def decode_stage(
         batch_format="numpy",
         fn_kwargs={"units": units, "eval_fraction": eval_fraction, "ties": ties,
                    "max_bytes": spec.max_bytes, "in_train": in_train, "split": split,
-                   "val_fraction": val_fraction},
+                   "val_fraction": val_fraction, "only_split": only_split},
         num_cpus=READ_TASK_CPUS,
     )
-    if only_split is not None:
-        from ray.data.expressions import col
-
-        ds = ds.filter(expr=col("split") == only_split)
     placement = {"resources": {node_resource: NODE_RESOURCE_SHARE}} if node_resource else {}
     ds = ds.map_batches(
         PairDecoder,
         fn_constructor_kwargs={"spec": spec.to_dict(), "pinning": pinning,
                                "report_dir": report_dir, "journal_dir": journal_dir,
-                               "augment": augment},
+                               "augment": augment, "output_columns": output_columns},
         # 0 (preprocess.batch_size default): sized by decode time and decoded bytes
         # (datasets/batching.py) so per-batch overhead stays small; > 0: that many rows.
         batch_size=decode_batch_rows(spec, batch_size),
@@ -494,16 +498,17 @@ def streaming_pairs(shards: list[Shard], split: str, *, layout: str, spec: Media
     actor pool every time the dataset is iterated (each epoch), for Ray Train to stream.
     Rows of other splits are dropped before decoding; rows that fail to decode were counted
     and quarantined by the prepare step's status pass and are dropped here again."""
-    from ray.data.expressions import col
-
+    columns = PAIR_COLUMNS + (CONSISTENCY_COLUMNS if spec.video else []) + (
+        [PROMPT_COLUMN] if spec.takes_prompt else [])
+    # The split and status selections run inside the read and decode stages: a separate
+    # filter operator would need a CPU of its own next to the actors and the trainers.
     ds, _ = decode_stage(shards, layout=layout, spec=spec, decode_actors=decode_actors,
                          cpus_per_actor=cpus_per_actor, batch_size=batch_size,
                          eval_fraction=eval_fraction, split=split_as, ties=ties,
                          pinning=pinning, val_fraction=val_fraction, only_split=split,
-                         augment=augment, node_resource=node_resource)
-    columns = PAIR_COLUMNS + (CONSISTENCY_COLUMNS if spec.video else []) + (
-        [PROMPT_COLUMN] if spec.takes_prompt else [])
-    return ds.filter(expr=col("status") == OK).select_columns(columns)
+                         augment=augment, node_resource=node_resource,
+                         output_columns=columns)
+    return ds
 
 
 @dataclass
