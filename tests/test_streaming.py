@@ -83,3 +83,24 @@ def test_streaming_training_writes_no_training_pixels_and_reconciles(
     # Pixels written: only the eval and val pairs (about a third of the data here).
     bytes_per_pair = 2 * 3 * 48 * 48
     assert run.data.metrics["data/bytes_written"] < 0.6 * on_disk * bytes_per_pair
+
+
+def test_storage_helpers_on_a_pyarrow_uri(tmp_path):
+    """runtime/storage.py through a URI (file:// here; s3:// in tests/test_two_nodes.py)."""
+    root = f"file://{tmp_path}/runs"
+    storage.write_json(storage.join(root, "a", "x.json"), {"k": 1})
+    storage.write_bytes(storage.join(root, "b.bin"), b"abc")
+    assert storage.read_json(storage.join(root, "a", "x.json")) == {"k": 1}
+    assert storage.list_files(storage.join(root, "b.bin")) == [storage.join(root, "b.bin")]
+    assert len(storage.list_files(root)) == 2 and storage.total_size(root) > 3
+    local = storage.download(storage.join(root, "b.bin"), str(tmp_path))
+    assert open(local, "rb").read() == b"abc"
+    storage.remove(storage.join(root, "a"))
+    assert not storage.exists(storage.join(root, "a"))
+    storage.check_writable(root)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(storage.StorageError, match="cannot write run state"):
+        storage.check_writable(str(tmp_path / "a-file" / "runs"))
+    assert not (tmp_path / "never").exists()
+    storage.check_writable(str(tmp_path / "never" / "made"))  # checks, creates nothing
+    assert not (tmp_path / "never").exists()

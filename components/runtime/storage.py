@@ -123,8 +123,11 @@ def read_json(location: str) -> Any:
 def list_files(location: str) -> list[str]:
     """Every file below ``location`` (recursively), as locations like ``location``."""
     fs, path = filesystem(location)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
         return []
+    if kind == pafs.FileType.File:
+        return [location]
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     return sorted(uri_of(fs, i.path, location) for i in infos if i.type == pafs.FileType.File)
 
@@ -166,6 +169,14 @@ def torch_load(location: str):
 def check_writable(location: str) -> None:
     """Write and delete a small marker under ``location``: a wrong bucket, endpoint or
     credentials fail here, before any work, naming the location."""
+    if is_local(location):  # create nothing yet: the nearest existing directory is writable
+        path = normalize(location)
+        while not os.path.exists(path) and os.path.dirname(path) != path:
+            path = os.path.dirname(path)
+        if not (os.path.isdir(path) and os.access(path, os.W_OK)):
+            raise StorageError(f"cannot write run state to {normalize(location)}: {path} is "
+                               "not a writable directory; pass another --output-dir or --storage")
+        return
     marker = join(location, ".visual-dpo-write-check")
     try:
         write_bytes(marker, b"ok")
@@ -182,14 +193,14 @@ def download(location: str, local_dir: str) -> str:
     path of the copy (the same path when ``location`` is already local)."""
     if is_local(location):
         return normalize(location)
-    files = list_files(location)
-    if not files:  # a single file
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type == pafs.FileType.File:
         target = os.path.join(local_dir, location.rstrip("/").rsplit("/", 1)[-1])
         with open(target, "wb") as f:
             f.write(read_bytes(location))
         return target
     root = os.path.join(local_dir, location.rstrip("/").rsplit("/", 1)[-1])
-    for f in files:
+    for f in list_files(location):
         target = os.path.join(root, f[len(location.rstrip("/")) + 1:])
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "wb") as out:
