@@ -60,3 +60,24 @@ def test_run_fails_at_once_on_a_plan_the_cluster_cannot_schedule(ray_cluster, sa
     s = json.loads(summary.read_text())
     assert rc == 2 and "preprocess.actors" in s["reason"] and "cannot be scheduled" in s["reason"]
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_use_gpu_auto_counts_gpu_nodes_the_autoscaler_can_add(ray_cluster, monkeypatch, caplog):
+    """No GPU node is up: with an autoscaler whose node types have GPUs, auto means GPU (Ray
+    Train waits for the node); without one it trains on CPU and says so. The autoscaler's
+    published config is read through components.runtime.cluster (no autoscaler runs here, so
+    its answer is substituted)."""
+    import logging
+
+    from components.runtime import cluster
+    from components.training.trainer import resolve_use_gpu
+
+    auto = TrainConfig(use_gpu="auto")
+    with caplog.at_level(logging.WARNING):
+        assert resolve_use_gpu(auto) is False
+    assert "training on CPU" in caplog.text
+    assert cluster.autoscaler_max_resources() == {}  # a local cluster publishes no node types
+    monkeypatch.setattr(cluster, "autoscaler_max_resources", lambda: {"CPU": 64.0, "GPU": 8.0})
+    assert resolve_use_gpu(auto) is True
+    assert cluster.cluster_resources()["GPU"] == 8.0  # the resource plan counts them too
+    assert resolve_use_gpu(TrainConfig(use_gpu="false")) is False
