@@ -4,9 +4,6 @@ import json
 import shutil
 from pathlib import Path
 
-import mlflow
-import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
@@ -93,9 +90,8 @@ def test_incremental_runs_train_on_new_shards_only(ray_cluster, sample_dir, tmp_
     assert client.get_run(c["run_id"]).data.tags["loss.reference"] == "models:/image-scorer/1"
     # The reference is scored on the fly in the training worker: no second copy of the pairs.
     assert sorted(p.name for p in (Path(c["output_dir"]) / "prepared").iterdir()) == ["eval", "train"]
-    # Warm-started from the reference, DPO starts at log 2 (the logged first-step loss).
-    first = min(client.get_metric_history(c["run_id"], "train/loss"), key=lambda m: m.step)
-    assert first.step <= 2 and abs(first.value - np.log(2)) < 0.15
+    # (That DPO then starts at log 2, the reference being the start point, is checked step by
+    # step in tests/test_worker_loop.py.)
     p = c["promotion"]
     assert p["champion_version"] == "1" and p["ci_low"] <= p["difference"] <= p["ci_high"]
     assert c["promoted"] is (p["difference"] > 0 and p["ci_low"] > -0.02)
