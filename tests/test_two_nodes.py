@@ -211,7 +211,9 @@ def test_run_image_as_a_job_on_two_nodes_with_s3_storage(no_leaks, two_node_clus
     assert nodes.get("train") == c.head_node_id, reports
 
     # The registered model loads by alias through the server (artifacts in the same bucket).
+    # (The registry URI too: an earlier test of the session may have pointed it elsewhere.)
     mlflow.set_tracking_uri(s3_mlflow_server.uri)
+    mlflow.set_registry_uri(s3_mlflow_server.uri)
     model = mlflow.pyfunc.load_model("models:/two-node-scorer@champion")
     from conftest import photo_bytes
 
