@@ -13,7 +13,6 @@ from torch import nn
 
 from components.training.clip import (
     ClipScorer,
-    _filesystem,
     clip_config,
     load_backbone_weights,
     load_pretrained,
@@ -187,7 +186,9 @@ def test_load_backbone_weights_refuses_a_mismatched_backbone(imagenet_like, tmp_
 def test_s3_uris_honour_aws_endpoint_url(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
-    fs, path = _filesystem("s3://bucket/weights/clip.pt")
+    from components.runtime.storage import filesystem  # what clip.py reads weights through
+
+    fs, path = filesystem("s3://bucket/weights/clip.pt")
     assert fs.type_name == "s3" and path == "bucket/weights/clip.pt"
     assert "127.0.0.1:9000" in repr(fs.endpoint_override if hasattr(fs, "endpoint_override")
                                     else fs.__reduce__())

@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
+from two_nodes import free_ports  # tests/two_nodes.py
 
 pytestmark = pytest.mark.slow
 
@@ -30,16 +30,6 @@ EXCLUDES = [".venv", ".git", "outputs", "data", "mlflow.db", "mlruns", "*.egg-in
             ".pytest_cache", ".ruff_cache", "__pycache__", "benchmarks/out"]
 
 
-def _free_ports(n):
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +38,7 @@ def ray_head(tmp_path_factory):
     # Ray's socket paths must stay under 107 bytes: a short temp dir of its own.
     ray_tmp = tempfile.mkdtemp(prefix="vdpo-", dir="/tmp")
     token = secrets.token_hex(32)
-    (gcs, dash, client, agent, agent_grpc, metrics, rt_env, nm, om) = _free_ports(9)
+    (gcs, dash, client, agent, agent_grpc, metrics, rt_env, nm, om) = free_ports(9)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",

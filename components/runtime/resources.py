@@ -16,7 +16,7 @@ from ..config import PreprocessConfig, TrainConfig
 
 READ_TASK_CPUS = 0.5  # the row-group read tasks of ingest and scoring
 DATA_TASK_CPUS = 1.0  # Ray Data's own read/write tasks (read_parquet, write_parquet)
-SCORING_ACTOR_CPUS = 1.0  # one model per actor: evaluation, the reference pass
+SCORING_ACTOR_CPUS = 1.0  # one model per actor: evaluation, the champion comparison
 CANDIDATE_SCORER_CPUS = 0.5  # the score command's model actor, next to the decode pool
 
 

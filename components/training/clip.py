@@ -23,7 +23,6 @@ import logging
 import os
 
 import numpy as np
-import pyarrow.fs as pafs
 import torch
 from torch import Tensor, nn
 
@@ -68,24 +67,10 @@ def _is_uri(path: str) -> bool:
     return "://" in str(path)
 
 
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    scheme, rest = uri.split("://", 1)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    if scheme.lower() in ("s3", "s3a") and endpoint:
-        kwargs = {}
-        if endpoint.startswith(("http://", "https://")):
-            kwargs["scheme"], endpoint = endpoint.split("://", 1)
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if region:
-            kwargs["region"] = region
-        return pafs.S3FileSystem(endpoint_override=endpoint.rstrip("/"), **kwargs), rest
-    return pafs.FileSystem.from_uri(uri)
-
-
 def _read_bytes(uri: str) -> bytes:
-    fs, fs_path = _filesystem(uri)
-    with fs.open_input_stream(fs_path) as f:
-        return f.read()
+    from ..runtime import storage  # AWS_ENDPOINT_URL and credentials, as for run state
+
+    return storage.read_bytes(uri)
 
 
 def _read_state_dict(path: str) -> dict[str, Tensor]:
