@@ -59,14 +59,35 @@ export SUBMIT_CHECK
 # dashboard` leaves its ssh port-forward running when only the ray process is killed.
 NEW_SESSION = $(PY) -c 'import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])'
 
-.PHONY: install demo demo-video test test-fast lint bench bench-accuracy bench-video bench-objectives clean submit cluster-up cluster-down
+.PHONY: install lock demo demo-video test test-fast lint bench bench-accuracy bench-video bench-objectives clean submit cluster-up cluster-down
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every package of the whole dependency set (the project's dependencies
+# and all its extras: test, clip, gpu, hf) to one version and its files' hashes, for CPython 3.11
+# on Linux x86_64: every install (this one, CI's, the Dockerfile's) gets exactly what CI tested.
+# A lock that no longer meets pyproject.toml's requirements (edited without `make lock`) stops
+# here. Then the project itself, editable, resolving nothing (built with the locked setuptools).
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
+	@$(PY) -c "import tomllib; from importlib.metadata import version; from packaging.requirements import Requirement; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; stale = [f'{r} (locked: {version(r.name)})' for r in map(Requirement, p['dependencies'] + sum(p.get('optional-dependencies', {}).values(), [])) if not r.specifier.contains(version(r.name), prereleases=True)]; stale and exit(f'make install: requirements.lock does not meet pyproject.toml, run make lock: {stale}')"
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolves pyproject.toml (dependencies and all extras) into requirements.lock after a change
+# to its requirements, keeping every pin that still fits (`make lock UPGRADE=1`: the newest
+# releases that fit instead). Only package metadata is downloaded. uv (pinned) runs from a venv
+# of its own under $(VENV), so it is not part of the locked set.
+UV_VERSION := 0.13.9
+UV := $(VENV)/uv/bin/uv
+UPGRADE ?=
+lock:
+	test -x $(UV) && $(UV) --version | cut -d' ' -f2 | grep -qx '$(UV_VERSION)' \
+		|| { $(PYTHON) -m venv $(VENV)/uv && $(VENV)/uv/bin/pip install -q 'uv==$(UV_VERSION)'; }
+	$(UV) pip compile -q pyproject.toml --all-extras --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --generate-hashes $(if $(UPGRADE),--upgrade) \
+		--custom-compile-command 'make lock' -o requirements.lock
 
 demo: install
 	$(PY) -m pipelines sample-data --modality image --out $(DATA) --pairs $(PAIRS)
@@ -92,11 +113,22 @@ demo-video: install
 test: install
 	$(PY) -m pytest -q
 
+# Without Ray and without the slow tests (tests/conftest.py marks every test that starts Ray,
+# and fails one that starts it unmarked): about a minute.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not ray"
 
 lint: install
 	$(PY) -m ruff check components pipelines tests benchmarks
+
+# The documentation site: regenerates docs/reference/configuration.md from components/config.py
+# (tests/test_docs.py fails when the committed page is stale), then builds docs/ into
+# outputs/site/ with --strict, so a broken link or a page missing from the nav fails here.
+.PHONY: docs
+docs: install
+	$(PY) -m components.config_reference > docs/reference/configuration.md.tmp
+	mv docs/reference/configuration.md.tmp docs/reference/configuration.md
+	$(PY) -m mkdocs build --strict --site-dir outputs/site
 
 # Throughput, memory and pinning ratios -> benchmarks/results.json (about 14 minutes on 2 cores).
 bench: install

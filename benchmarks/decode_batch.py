@@ -3,7 +3,7 @@
 For each case (64 px images, 8 x 32 x 32 clips; ``--cases`` adds 224 px images and
 16 x 112 x 112 clips): the pairs/s of a plain single-process decode loop over the encoded
 bytes in memory, and the steady pairs/s of the real Ray Data decode stage
-(``ingest.decode_stage``: read -> canonical rows -> ``PairDecoder`` in a pool of one actor,
+(``decode_graph.decode_stage``: read -> canonical rows -> ``PairDecoder`` in a pool of one actor,
 streamed to the driver) at several batch sizes, among them the one
 ``components.datasets.batching.decode_batch_rows`` picks ("auto"). Same method as
 ``benchmarks/suite.py`` ("decode efficiency, 1 actor"): the stage runs on N/3 and on N pairs
@@ -80,12 +80,14 @@ def plain_rate(train_dir: str, spec: MediaSpec) -> float:
 
 def stage_s(train_dir: str, spec: MediaSpec, batch_size: int) -> tuple[float, int]:
     """Seconds to stream every decoded pair of ``train_dir`` through the decode stage."""
-    from components.datasets.ingest import decode_stage
+    from components.datasets.contract import ReadPlan
+    from components.datasets.decode_graph import DecodeOptions, decode_stage
+    from components.datasets.reading import SplitRule
 
     t0 = time.perf_counter()
-    ds, _ = decode_stage(resolve_shards([train_dir]), layout="canonical", spec=spec,
-                         decode_actors=1, cpus_per_actor=1, batch_size=batch_size,
-                         eval_fraction=None, split="train")
+    ds = decode_stage(ReadPlan.of(resolve_shards([train_dir]), "canonical"),
+                      DecodeOptions(spec, "canonical", batch_size=batch_size),
+                      SplitRule(fixed="train"))
     n = sum(len(b["status"]) for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
     return time.perf_counter() - t0, n
 

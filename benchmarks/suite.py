@@ -1,6 +1,6 @@
 """``make bench``: is the pipeline fast? Every figure is a ratio measured within this one run.
 
-1. Decode efficiency: pairs/s through the Ray Data decode stage (``ingest.decode_stage``:
+1. Decode efficiency: pairs/s through the Ray Data decode stage (``decode_graph.decode_stage``:
    read -> canonical rows -> decode in the preprocessing actor pool, streamed to the driver)
    with k actors, over k times the pairs/s of a single-process decode loop over the same rows
    (the per-core limit); k = 1 and k = 2. Steady state: the stage runs on N/3 and on N pairs
@@ -97,22 +97,25 @@ def single_process_rate(train_dir: str, spec: MediaSpec) -> float:
 
 def stage_s(train_dir: str, spec: MediaSpec, actors: int) -> tuple[float, int]:
     """Seconds to stream every decoded pair of ``train_dir`` through the decode stage."""
-    from components.datasets.ingest import decode_stage
+    from components.datasets.contract import ReadPlan
+    from components.datasets.decode_graph import DecodeOptions, decode_stage
+    from components.datasets.reading import SplitRule
 
     t0 = time.perf_counter()
-    ds, _ = decode_stage(resolve_shards([train_dir]), layout="canonical", spec=spec,
-                         decode_actors=actors, cpus_per_actor=1, batch_size=0,
-                         eval_fraction=None, split="train")
+    ds = decode_stage(ReadPlan.of(resolve_shards([train_dir]), "canonical"),
+                      DecodeOptions(spec, "canonical", actors=actors), SplitRule(fixed="train"))
     n = sum(len(b["status"]) for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
     return time.perf_counter() - t0, n
 
 
 def ray_decode_s(train_dir: str, spec: MediaSpec, actors: int, out: str) -> tuple[float, int]:
-    from components.datasets.ingest import prepare
+    from components.datasets.contract import ReadPlan
+    from components.datasets.decode_graph import DecodeOptions
+    from components.datasets.prepare import prepare
+    from components.datasets.reading import SplitRule
 
-    p = prepare(resolve_shards([train_dir]), out, layout="canonical", spec=spec,
-                decode_actors=actors, cpus_per_actor=1, batch_size=0, eval_fraction=None,
-                split="train")
+    p = prepare(ReadPlan.of(resolve_shards([train_dir]), "canonical"), out,
+                DecodeOptions(spec, "canonical", actors=actors), SplitRule(fixed="train"))
     return p.decode_s, p.counts["train"].used
 
 
@@ -174,7 +177,7 @@ def plain_rate(prepared: str, model: str, batch: int, threads: int, epochs: int)
 
 
 def pipeline_bench(name: str, case: dict, prepared: str, batch: int, epochs: int, tmp: str) -> dict:
-    from components.datasets.ingest import usable_pairs
+    from components.datasets.decode_graph import usable_pairs
     from components.training.trainer import fit
     from components.training.worker import WorkerSpec
 
@@ -245,7 +248,7 @@ def memory_child(pairs: int, tmp: str) -> dict:
 
     ensure_ray()
     t_prep, n = ray_decode_s(train, spec_of(case), 1, os.path.join(tmp, f"mem-{pairs}-p"))
-    from components.datasets.ingest import usable_pairs
+    from components.datasets.decode_graph import usable_pairs
     from components.training.trainer import fit
     from components.training.worker import WorkerSpec
 

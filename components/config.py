@@ -9,28 +9,48 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-LAYOUTS = ("auto", "canonical", "pickapic")
-TIE_POLICIES = ("drop", "soft")
-LOSS_TYPES = ("bt", "dpo", "ipo", "hinge", "robust")
-USE_GPU = ("auto", "true", "false")
-MODALITIES = ("image", "video")
-PAD_POLICIES = ("repeat", "loop", "reject")
+from . import scorer_catalog
+
+# Enumerations: typed fields that loading rejects with the allowed values (``_coerce``). The
+# tuples are for code that lists the values (one definition each: tests/test_architecture.py).
+Layout = Literal["auto", "canonical", "pickapic"]
+TiePolicy = Literal["drop", "soft"]
+LossType = Literal["bt", "dpo", "ipo", "hinge", "robust"]
+UseGpu = Literal["auto", "true", "false"]
+Modality = Literal["image", "video"]
+PadPolicy = Literal["repeat", "loop", "reject"]
 """Clips shorter than ``data.video.frames``: repeat the last frame, loop, or reject."""
-PIN_MODES = ("auto", "off")
-LR_SCHEDULES = ("constant", "cosine")
-CACHE_MODES = ("auto", "decoded", "none")
+PinMode = Literal["auto", "off"]
+LrSchedule = Literal["constant", "cosine"]
+CacheMode = Literal["auto", "decoded", "none"]
 """``data.cache``: ``decoded`` writes every decoded pixel once and trains from that copy;
 ``none`` streams: the decode actors decode every epoch, straight into the trainers;
 ``auto``: ``decoded`` when the decoded training data would fit ``data.cache_max_gb``."""
-SELECT_BY = ("auto", "last", "val/accuracy", "val/loss")
+Strategy = Literal["ddp", "fsdp"]
+"""``train.strategy``: ``ddp`` replicates the model on every worker (DistributedDataParallel);
+``fsdp`` shards parameters, gradients and optimiser state over the workers (FSDP2)."""
+SelectBy = Literal["auto", "last", "val/accuracy", "val/loss"]
 """``train.select_by``: which checkpoint is registered. ``auto``: ``val/accuracy`` when
 ``data.val_fraction`` > 0, else ``last``."""
+
+LAYOUTS = typing.get_args(Layout)
+TIE_POLICIES = typing.get_args(TiePolicy)
+LOSS_TYPES = typing.get_args(LossType)
+USE_GPU = typing.get_args(UseGpu)
+MODALITIES = typing.get_args(Modality)
+PAD_POLICIES = typing.get_args(PadPolicy)
+PIN_MODES = typing.get_args(PinMode)
+LR_SCHEDULES = typing.get_args(LrSchedule)
+CACHE_MODES = typing.get_args(CacheMode)
+SELECT_BY = typing.get_args(SelectBy)
+STRATEGIES = typing.get_args(Strategy)
 # Pillow refuses images over twice its MAX_IMAGE_PIXELS (a decompression-bomb guard, left on);
 # data.max_pixels above that could never be reached.
 PILLOW_MAX_PIXELS = 2 * 89_478_485
@@ -54,11 +74,13 @@ class VideoConfig:
     """T: frames sampled per clip, uniformly over the whole clip (or at ``fps``)."""
     fps: float = 0.0
     """0: sample uniformly over the clip; > 0: take frames at this rate from the start."""
-    pad: str = "repeat"
+    pad: PadPolicy = "repeat"
     """Clips with fewer than ``frames`` frames: ``repeat`` the last, ``loop``, or ``reject``
     (quarantine)."""
     max_bytes: int = 200_000_000
+    """Encoded bytes of one clip (a frame list: the sum of its frames); larger is quarantined."""
     max_duration_s: float = 600.0
+    """Declared duration of one clip, in seconds."""
     max_frames: int = 20_000
     """Limits checked from the container header before a full decode (and while decoding);
     a clip over one is quarantined. Per-frame resolution uses ``data.max_pixels``."""
@@ -70,6 +92,19 @@ class VideoConfig:
     decoder_threads: int = 1
     """FFmpeg threads per preprocessing actor."""
 
+    def problems(self) -> list[str]:
+        p = []
+        if self.frames < 2:
+            p.append(f"data.video.frames: {self.frames} must be >= 2 (consistency needs two frames)")
+        if self.fps < 0:
+            p.append("data.video.fps: must be >= 0 (0 = uniform over the clip)")
+        if min(self.max_bytes, self.max_duration_s, self.max_frames, self.max_decoded_pixels) <= 0:
+            p.append("data.video.max_bytes, max_duration_s, max_frames, max_decoded_pixels: "
+                     "must be > 0")
+        if self.decoder_threads < 1:
+            p.append("data.video.decoder_threads: must be >= 1")
+        return p
+
 
 @dataclass
 class DataConfig:
@@ -77,7 +112,9 @@ class DataConfig:
     """Training shards: files, directories or globs; local paths or pyarrow filesystem URIs."""
     eval: list[str] = field(default_factory=list)
     """Eval shards. Empty: split the training data by a hash of ``pair_id``."""
-    layout: str = "auto"
+    layout: Layout = "auto"
+    """Column layout of the shards: ``canonical`` (pair_id/chosen/rejected), ``pickapic``
+    (jpg_0/jpg_1/label_0/label_1), or ``auto`` (decided per shard from its schema)."""
     image_size: int = 64
     """Decoded images are resized (shorter side) and centre-cropped to image_size x image_size."""
     eval_fraction: float = 0.2
@@ -90,7 +127,7 @@ class DataConfig:
     checked between steps (frames, packets, image strips), so one step can overrun it."""
     max_quarantine_fraction: float = 0.1
     """The run fails when more than this share of a dataset's rows is quarantined."""
-    cache: str = "auto"
+    cache: CacheMode = "auto"
     """``decoded`` | ``none`` (stream, decode every epoch) | ``auto`` (by size, see
     ``cache_max_gb``)."""
     cache_max_gb: float = 20.0
@@ -107,13 +144,43 @@ class DataConfig:
     stop early. Never the eval split: eval stays unbiased for the report and the gate."""
     video: VideoConfig = field(default_factory=VideoConfig)
 
+    def problems(self) -> list[str]:
+        """This section's own rules (``data.video`` is checked for video runs only)."""
+        p = []
+        if not 16 <= self.image_size <= 1024:
+            p.append(f"data.image_size: {self.image_size} must be between 16 and 1024 pixels")
+        if not self.eval and not 0.0 < self.eval_fraction < 1.0:
+            p.append(f"data.eval_fraction: {self.eval_fraction} must be in (0, 1) without --eval")
+        if self.max_pixels < self.image_size**2:
+            p.append(f"data.max_pixels: {self.max_pixels} is below image_size^2 = "
+                     f"{self.image_size**2}")
+        if self.max_pixels > PILLOW_MAX_PIXELS:
+            p.append(f"data.max_pixels: {self.max_pixels} is over Pillow's decompression-bomb "
+                     f"limit {PILLOW_MAX_PIXELS}, which stays on; use at most that")
+        if not self.decode_timeout_s > 0:
+            p.append(f"data.decode_timeout_s: {self.decode_timeout_s} must be > 0 seconds")
+        if self.augment and self.cache == "decoded":
+            p.append("data.augment: augmentation needs streaming (a decoded copy would freeze "
+                     "one view): set data.cache=none (or auto)")
+        if self.cache_max_gb < 0:
+            p.append("data.cache_max_gb: must be >= 0")
+        if not 0.0 < self.augment_min_scale <= 1.0:
+            p.append("data.augment_min_scale: must be in (0, 1]")
+        if not 0.0 <= self.val_fraction < 1.0:
+            p.append(f"data.val_fraction: {self.val_fraction} must be in [0, 1)")
+        if not 0.0 <= self.max_quarantine_fraction <= 1.0:
+            p.append("data.max_quarantine_fraction: must be in [0, 1]")
+        return p
+
 
 @dataclass
 class PreprocessConfig:
     """The CPU preprocessing actor pool that decodes images and clips."""
 
     actors: int = 1
+    """Decode actors in the pool (each pins itself to ``cpus_per_actor`` cores)."""
     cpus_per_actor: int = 1
+    """Whole cores per decode actor (Ray CPUs it reserves; its thread pools are capped to them)."""
     batch_size: int = 0
     """Rows per decode batch. 0 (auto): sized so each batch carries ~0.5 s of decoding and
     at most 64 MiB of decoded pixels (datasets/batching.py); > 0: exactly that many rows."""
@@ -121,17 +188,58 @@ class PreprocessConfig:
     """A custom Ray resource (``ray start --resources='{"cpu_node": 1}'``, a node type's
     ``resources`` in cluster.yaml) that decode actors ask a sliver of, so they run only on
     nodes that have it (e.g. CPU nodes, leaving GPU nodes to the trainers). Empty: anywhere."""
-    pin_cpus: str = "auto"
+    pin_cpus: PinMode = "auto"
     """``auto``: a per-node plan gives each training worker and each preprocessing actor its
     own cores; every process pins itself (``os.sched_setaffinity``) and caps its thread pools
     to its share. ``off``: no pinning (default thread pools)."""
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.actors < 1:
+            p.append("preprocess.actors: need at least one preprocessing actor")
+        if self.cpus_per_actor < 1:
+            p.append("preprocess.cpus_per_actor: must be >= 1 (whole cores, so they can be "
+                     "pinned)")
+        if self.batch_size < 0:
+            p.append("preprocess.batch_size: must be 0 (auto) or >= 1")
+        return p
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (``peft``) instead of training the whole backbone, as VideoAlign
+    trains its language model. The registered model has the adapters merged in: a consumer
+    needs neither peft nor the adapter layout."""
+
+    r: int = 0
+    """Adapter rank; 0: off (train the whole model)."""
+    alpha: float = 16.0
+    """Scaling numerator: adapters are scaled by ``alpha / r``."""
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=list)
+    """Module names (or name suffixes) that get adapters. Empty: every Linear and Conv layer
+    outside ``trainable``."""
+    trainable: list[str] = field(default_factory=lambda: ["head"])
+    """Module-name prefixes trained in full beside the adapters (the head; a vision tower);
+    ``head`` means the scorer's own head, whatever its module is called."""
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.r < 0:
+            p.append(f"model.lora.r: {self.r} must be >= 0 (0 = no adapters)")
+        if self.alpha <= 0:
+            p.append(f"model.lora.alpha: {self.alpha} must be > 0")
+        if not 0.0 <= self.dropout < 1.0:
+            p.append(f"model.lora.dropout: {self.dropout} must be in [0, 1)")
+        return p
 
 
 @dataclass
 class ModelConfig:
     name: str = "bn-cnn"
-    """A scorer of components/training/models.py. Prompt-conditioned: ``prompt-bn-cnn`` and
-    ``clip`` (images), ``prompt-bn-c3d`` (clips)."""
+    """A scorer of the catalogue (``components/scorer_catalog.py``; ``visual-dpo run --help``
+    lists them). Prompt-conditioned: ``prompt-bn-cnn`` and ``clip`` (images),
+    ``prompt-bn-c3d`` (clips)."""
     arch: str = "ViT-B-32"
     """``clip`` only: an open_clip architecture name, or a path to an open_clip model-config
     JSON file."""
@@ -142,13 +250,38 @@ class ModelConfig:
     """torchvision scorers (resnet18, r3d_18, mc3_18, r2plus1d_18): a local path or URI of a
     torchvision state dict (e.g. ImageNet / Kinetics); the 1-output head stays new."""
 
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def problems(self) -> list[str]:
+        """Rules of this section alone; the name is checked per modality in ``validate``."""
+        p = []
+        known = scorer_catalog.entry(self.name)
+        if self.pretrained and self.name != "clip":
+            p.append("model.pretrained: only for model.name=clip; torchvision scorers take "
+                     "model.weights=PATH")
+        if self.weights and known is not None and not known.torchvision_weights:
+            takes = [e.name for e in scorer_catalog.CATALOG if e.torchvision_weights]
+            p.append(f"model.weights: only for the torchvision scorers ({', '.join(takes)}), "
+                     f"not {self.name!r}")
+        p += self.lora.problems()
+        for key, path in (("model.pretrained", self.pretrained), ("model.weights", self.weights)):
+            if path and "://" not in path and not Path(path).is_file():
+                p.append(f"{key}: {path} is not a file here; give a local checkpoint file or "
+                         "a URI (s3://..., gs://...)")
+        return p
+
 
 @dataclass
 class LossConfig:
-    type: str = "bt"
+    type: LossType = "bt"
+    """The objective: ``bt`` (Bradley-Terry), ``dpo`` (against a frozen reference), ``ipo``,
+    ``hinge``, ``robust`` (docs/models.md)."""
     beta: float = 1.0
+    """Scale of the reward gap in the loss (DPO's beta)."""
     label_smoothing: float = 0.0
+    """cDPO / robust-DPO label noise epsilon, in [0, 0.5)."""
     center_rewards_coefficient: float = 0.0
+    """Weight of the penalty on the mean squared reward (keeps scores centred at 0)."""
     temporal_weight: float = 0.0
     """Video only: lambda of the temporal-consistency prior; the reward in the loss (and the
     registered model's score) is ``s(x) + lambda * c(x)``, ``c = -mean_t MSE(f_t, f_t+1)``."""
@@ -156,20 +289,58 @@ class LossConfig:
     """Frozen reference for loss.type=dpo: ``init`` (the initial weights) or an MLflow model
     URI such as ``models:/image-scorer@champion`` (training then starts from its weights)."""
 
+    def problems(self) -> list[str]:
+        p = []
+        if self.beta <= 0:
+            p.append(f"loss.beta: {self.beta} must be > 0")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            p.append(f"loss.label_smoothing: {self.label_smoothing} must be in [0, 0.5)")
+        if self.center_rewards_coefficient < 0:
+            p.append("loss.center_rewards_coefficient: must be >= 0")
+        if (self.reference != "init" and "://" not in self.reference
+                and not self.reference.startswith(("models:/", "runs:/"))):
+            p.append(f"loss.reference: {self.reference!r} is neither 'init' nor a model URI "
+                     "(models:/NAME@ALIAS, runs:/RUN_ID/model)")
+        return p
+
 
 @dataclass
 class TrainConfig:
     epochs: int = 3
+    """Passes over the training pairs."""
     batch_size: int = 32
+    """Pairs per micro-batch on each worker."""
     lr: float = 1e-3
+    """AdamW learning rate (of the head; see ``backbone_lr``)."""
     weight_decay: float = 1e-4
+    """AdamW decoupled weight decay."""
     workers: int = 1
-    use_gpu: str = "auto"
+    """Ray Train workers (data-parallel ranks)."""
+    strategy: Strategy = "ddp"
+    """``ddp``: every worker holds the whole model, its gradients and AdamW state (16 bytes per
+    parameter); ``fsdp``: each worker holds 1/``workers`` of them (FSDP2 ``fully_shard`` per
+    block, then the root; bf16 compute with fp32 reduction on GPU); checkpoints are sharded
+    (``torch.distributed.checkpoint``) and resume on any number of workers. docs/training.md
+    says when to choose which."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass instead of keeping them
+    (less memory, about a third more compute)."""
+    use_gpu: UseGpu = "auto"
+    """``auto``: train on GPUs when the cluster has (or its autoscaler can add) GPU nodes."""
     cpus_per_worker: float = 1.0
+    """Ray CPUs each training worker reserves; ``preprocess.pin_cpus=auto`` pins it to this many
+    whole cores, rounded (at least one, with a warning when not whole)."""
     max_failures: int = 1
+    """Ray Train's ``FailureConfig``: worker-group restarts from the last checkpoint (-1:
+    unlimited)."""
     log_every_steps: int = 10
+    """Rank 0 logs per-step metrics every this many optimiser steps."""
     seed: int = 0
+    """Seeds the initial weights, the per-epoch shuffle of the training data and the
+    augmentation draws."""
     checkpoints_to_keep: int = 2
+    """Checkpoints Ray Train keeps in the run's storage, ranked by ``select_by`` (and always the
+    latest, for resuming)."""
     node_resource: str = ""
     """A custom Ray resource the training workers ask a sliver of (see
     ``preprocess.node_resource``). Empty: anywhere."""
@@ -177,11 +348,12 @@ class TrainConfig:
     """``torch.compile`` the scorer in each worker (worth it on GPU for long runs)."""
     backbone_lr: float = 0.0
     """Learning rate of the backbone (everything but the head); 0: ``lr``."""
-    lr_schedule: str = "constant"
+    lr_schedule: LrSchedule = "constant"
     """``constant`` or ``cosine`` (decay to ``min_lr_ratio * lr`` at the last step)."""
     warmup_steps: int = 0
     """Linear learning-rate warmup over this many optimiser steps."""
     min_lr_ratio: float = 0.0
+    """``cosine``: the last step's learning rate as a share of ``lr``."""
     freeze_backbone_steps: int = 0
     """The backbone is frozen (only the head learns) for the first N optimiser steps."""
     grad_clip: float = 0.0
@@ -191,7 +363,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     """> 0: keep an exponential moving average of the weights; it is what is validated,
     evaluated and registered."""
-    select_by: str = "auto"
+    select_by: SelectBy = "auto"
     """Which epoch's checkpoint is registered: ``last``, ``val/accuracy`` (max) or
     ``val/loss`` (min); ``auto`` = ``val/accuracy`` with a validation split, else ``last``."""
     patience: int = 0
@@ -199,6 +371,38 @@ class TrainConfig:
     deterministic: bool = True
     """Ray Data delivers blocks in a fixed order (``preserve_order``), so the same data,
     config and seed give the same metrics on CPU."""
+
+    def problems(self) -> list[str]:
+        """Rules of this section alone; the ones that need ``data.val_fraction`` or the loss
+        are in ``validate``."""
+        p = []
+        if self.epochs < 1:
+            p.append("train.epochs: must be >= 1")
+        if self.batch_size < 2:
+            p.append("train.batch_size: must be >= 2 (BatchNorm needs more than one sample)")
+        if self.lr <= 0:
+            p.append("train.lr: must be > 0")
+        if self.workers < 1:
+            p.append("train.workers: must be >= 1")
+        if self.max_failures < -1:
+            p.append("train.max_failures: must be >= 0 (or -1 for unlimited)")
+        if self.log_every_steps < 1:
+            p.append("train.log_every_steps: must be >= 1")
+        if self.backbone_lr < 0:
+            p.append("train.backbone_lr: must be >= 0 (0 = train.lr)")
+        if self.warmup_steps < 0 or self.freeze_backbone_steps < 0:
+            p.append("train.warmup_steps, train.freeze_backbone_steps: must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            p.append("train.min_lr_ratio: must be in [0, 1]")
+        if self.grad_clip < 0:
+            p.append("train.grad_clip: must be >= 0 (0 = off)")
+        if self.accumulation < 1:
+            p.append("train.accumulation: must be >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            p.append("train.ema_decay: must be in [0, 1) (0 = off)")
+        if self.patience < 0:
+            p.append("train.patience: must be >= 0 (0 = no early stopping)")
+        return p
 
     def selection(self, val_fraction: float) -> str:
         """``select_by`` with ``auto`` resolved."""
@@ -212,11 +416,16 @@ class TrackingConfig:
     tracking_uri: str = ""
     """Empty: MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db here)."""
     experiment: str = "image-dpo"
+    """MLflow experiment (``video-dpo`` for ``run video``)."""
     model_name: str = "image-scorer"
+    """Registered model name (``video-scorer`` for ``run video``)."""
     run_name: str = ""
     """Names the MLflow parent run and the Ray Train run; running the same name again resumes."""
     resume: str = ""
     """A parent run id to resume: finished steps with the same inputs are skipped."""
+
+    def problems(self) -> list[str]:
+        return [] if self.model_name else ["tracking.model_name: must not be empty"]
 
 
 @dataclass
@@ -233,14 +442,31 @@ class GateConfig:
     of (challenger - champion) accuracy is above -min_delta and the point estimate is > 0."""
 
     min_delta: float = 0.02
+    """Accuracy a challenger may lose against the champion (lower bound of the interval)."""
     confidence: float = 0.95
+    """Confidence level of the paired bootstrap interval."""
     bootstrap_samples: int = 2000
+    """Bootstrap resamples of the eval pairs."""
     min_accuracy: float = 0.55
     """No version below this eval accuracy becomes champion, the first one included (0.5 is
     chance on strict pairs)."""
     wait_s: float = 600.0
     """How long a register step waits for another run's register step (one at a time per
     model name, so the champion it compares with is the one it replaces)."""
+
+    def problems(self) -> list[str]:
+        p = []
+        if not 0.5 < self.confidence < 1:
+            p.append("gate.confidence: must be in (0.5, 1)")
+        if self.min_delta < 0:
+            p.append("gate.min_delta: must be >= 0")
+        if self.bootstrap_samples < 100:
+            p.append("gate.bootstrap_samples: use at least 100")
+        if not 0.0 <= self.min_accuracy <= 1.0:
+            p.append(f"gate.min_accuracy: {self.min_accuracy} must be in [0, 1]")
+        if self.wait_s < 0:
+            p.append("gate.wait_s: must be >= 0 seconds")
+        return p
 
 
 @dataclass
@@ -259,11 +485,11 @@ class StorageConfig:
 
 @dataclass
 class RunConfig:
-    modality: str = "image"
+    modality: Modality = "image"
     """``image`` (2-D scorers, ``python -m pipelines run image``) or ``video`` (3-D scorers)."""
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    ties: str = "drop"
+    ties: TiePolicy = "drop"
     """Pick-a-Pic-style ties: ``drop`` (excluded, counted) or ``soft`` (target 0.5)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -272,6 +498,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     output_dir: str = "outputs"
+    """Local directory of the run's state when ``storage.uri`` is empty."""
     storage: StorageConfig = field(default_factory=StorageConfig)
     incremental: bool = False
     """Train only on shards no finished run of this workflow and model name consumed, warm-
@@ -305,6 +532,16 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _coerce(value: Any, typ: Any, key: str, problems: list[str]) -> Any:
     origin = typing.get_origin(typ)
+    if origin is Literal:
+        allowed = typing.get_args(typ)
+        text = value
+        if isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes/false/true as booleans
+            spellings = ("true", "on", "yes") if value else ("false", "off", "no")
+            text = next((a for a in spellings if a in allowed), None)
+        if isinstance(text, str) and text in allowed:
+            return text
+        problems.append(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+        return None
     if origin is list:
         (inner,) = typing.get_args(typ)
         if isinstance(value, str):
@@ -391,187 +628,53 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+SECTIONS = ("data", "preprocess", "model", "loss", "train", "tracking", "gate")
+"""The sections that check themselves (``problems()``)."""
+
+ConfigCheck = Callable[["RunConfig"], list[str]]
+"""A check a higher layer adds (the model registry's: ``training.models.config_problems``)."""
+
+
 def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
-    p: list[str] = []
+    """Each section's own problems, then the rules that cross sections."""
+    p = [problem for name in SECTIONS for problem in getattr(cfg, name).problems()]
     d, t, lo = cfg.data, cfg.train, cfg.loss
     if require_train and not d.train:
         p.append("data.train: no training data; pass --train PATH (file, directory or glob)")
-    if d.layout not in LAYOUTS:
-        p.append(f"data.layout: {d.layout!r} is not one of {', '.join(LAYOUTS)}")
-    if cfg.ties not in TIE_POLICIES:
-        p.append(f"ties: {cfg.ties!r} is not one of {', '.join(TIE_POLICIES)}")
-    elif cfg.ties == "soft" and cfg.loss.type not in ("bt", "dpo"):
-        p.append(f"ties=soft needs a logistic loss (bt or dpo), not loss.type={cfg.loss.type!r}")
-    if not 16 <= d.image_size <= 1024:
-        p.append(f"data.image_size: {d.image_size} must be between 16 and 1024 pixels")
-    if not d.eval and not 0.0 < d.eval_fraction < 1.0:
-        p.append(f"data.eval_fraction: {d.eval_fraction} must be in (0, 1) without --eval")
-    if d.max_pixels < d.image_size**2:
-        p.append(f"data.max_pixels: {d.max_pixels} is below image_size^2 = {d.image_size**2}")
-    if d.max_pixels > PILLOW_MAX_PIXELS:
-        p.append(f"data.max_pixels: {d.max_pixels} is over Pillow's decompression-bomb limit "
-                 f"{PILLOW_MAX_PIXELS}, which stays on; use at most that")
-    if not d.decode_timeout_s > 0:
-        p.append(f"data.decode_timeout_s: {d.decode_timeout_s} must be > 0 seconds")
-    if d.cache not in CACHE_MODES:
-        p.append(f"data.cache: {d.cache!r} is not one of {', '.join(CACHE_MODES)}")
-    elif d.augment and d.cache == "decoded":
-        p.append("data.augment: augmentation needs streaming (a decoded copy would freeze one "
-                 "view): set data.cache=none (or auto)")
-    if d.cache_max_gb < 0:
-        p.append("data.cache_max_gb: must be >= 0")
-    if not 0.0 < d.augment_min_scale <= 1.0:
-        p.append("data.augment_min_scale: must be in (0, 1]")
-    if not 0.0 <= d.val_fraction < 1.0:
-        p.append(f"data.val_fraction: {d.val_fraction} must be in [0, 1)")
-    if not 0.0 <= d.max_quarantine_fraction <= 1.0:
-        p.append("data.max_quarantine_fraction: must be in [0, 1]")
-    pp = cfg.preprocess
-    if pp.actors < 1:
-        p.append("preprocess.actors: need at least one preprocessing actor")
-    if pp.cpus_per_actor < 1:
-        p.append("preprocess.cpus_per_actor: must be >= 1 (whole cores, so they can be pinned)")
-    if pp.batch_size < 0:
-        p.append("preprocess.batch_size: must be 0 (auto) or >= 1")
-    if pp.pin_cpus not in PIN_MODES:
-        p.append(f"preprocess.pin_cpus: {pp.pin_cpus!r} is not one of {', '.join(PIN_MODES)}")
-    from .training.models import SCORERS, VIDEO_SCORERS  # the registry is the source of truth
-
-    if cfg.modality not in MODALITIES:
-        p.append(f"modality: {cfg.modality!r} is not one of {', '.join(MODALITIES)}")
-    names = VIDEO_SCORERS if cfg.modality == "video" else SCORERS
+    if cfg.ties == "soft" and lo.type not in ("bt", "dpo"):
+        p.append(f"ties=soft needs a logistic loss (bt or dpo), not loss.type={lo.type!r}")
+    names = scorer_catalog.names(cfg.modality)
     if cfg.model.name not in names:
         p.append(f"model.name: {cfg.model.name!r} is not one of the {cfg.modality} scorers "
                  f"{', '.join(names)}")
-    v = d.video
     if cfg.modality == "video":
-        if v.frames < 2:
-            p.append(f"data.video.frames: {v.frames} must be >= 2 (consistency needs two frames)")
-        if v.fps < 0:
-            p.append("data.video.fps: must be >= 0 (0 = uniform over the clip)")
-        if v.pad not in PAD_POLICIES:
-            p.append(f"data.video.pad: {v.pad!r} is not one of {', '.join(PAD_POLICIES)}")
-        if v.max_bytes < 1 or v.max_duration_s <= 0 or v.max_frames < 1 or v.max_decoded_pixels < 1:
-            p.append("data.video.max_bytes, max_duration_s, max_frames, max_decoded_pixels: "
-                     "must be > 0")
-        if v.decoder_threads < 1:
-            p.append("data.video.decoder_threads: must be >= 1")
+        p += d.video.problems()
     elif lo.temporal_weight != 0:
         p.append("loss.temporal_weight: the temporal-consistency prior is for modality=video")
-    if lo.type not in LOSS_TYPES:
-        p.append(f"loss.type: {lo.type!r} is not one of {', '.join(LOSS_TYPES)}")
-    if lo.beta <= 0:
-        p.append(f"loss.beta: {lo.beta} must be > 0")
-    if not 0.0 <= lo.label_smoothing < 0.5:
-        p.append(f"loss.label_smoothing: {lo.label_smoothing} must be in [0, 0.5)")
-    if lo.center_rewards_coefficient < 0:
-        p.append("loss.center_rewards_coefficient: must be >= 0")
-    if t.epochs < 1:
-        p.append("train.epochs: must be >= 1")
-    if t.batch_size < 2:
-        p.append("train.batch_size: must be >= 2 (BatchNorm needs more than one sample)")
-    if t.lr <= 0:
-        p.append("train.lr: must be > 0")
-    if t.workers < 1:
-        p.append("train.workers: must be >= 1")
-    if t.use_gpu not in USE_GPU:
-        p.append(f"train.use_gpu: {t.use_gpu!r} is not one of {', '.join(USE_GPU)}")
-    if t.max_failures < -1:
-        p.append("train.max_failures: must be >= 0 (or -1 for unlimited)")
-    if t.log_every_steps < 1:
-        p.append("train.log_every_steps: must be >= 1")
-    p += _fine_tuning_problems(t, d, lo)
-    p += _model_problems(cfg)
-    if lo.reference != "init" and not lo.reference.startswith(("models:/", "runs:/")) and "://" not in lo.reference:
-        p.append(f"loss.reference: {lo.reference!r} is neither 'init' nor a model URI "
-                 "(models:/NAME@ALIAS, runs:/RUN_ID/model)")
-    g = cfg.gate
-    if not 0.5 < g.confidence < 1:
-        p.append("gate.confidence: must be in (0.5, 1)")
-    if g.min_delta < 0:
-        p.append("gate.min_delta: must be >= 0")
-    if g.bootstrap_samples < 100:
-        p.append("gate.bootstrap_samples: use at least 100")
-    if not 0.0 <= g.min_accuracy <= 1.0:
-        p.append(f"gate.min_accuracy: {g.min_accuracy} must be in [0, 1]")
-    if g.wait_s < 0:
-        p.append("gate.wait_s: must be >= 0 seconds")
-    if cfg.tracking.resume and cfg.incremental:
-        p.append("--resume and --incremental do not go together: resume the incremental run by id")
-    if not cfg.tracking.model_name:
-        p.append("tracking.model_name: must not be empty")
-    return p
-
-
-def _fine_tuning_problems(t: TrainConfig, d: DataConfig, lo: LossConfig) -> list[str]:
-    p: list[str] = []
-    if t.backbone_lr < 0:
-        p.append("train.backbone_lr: must be >= 0 (0 = train.lr)")
-    if t.lr_schedule not in LR_SCHEDULES:
-        p.append(f"train.lr_schedule: {t.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
-    if t.warmup_steps < 0 or t.freeze_backbone_steps < 0:
-        p.append("train.warmup_steps, train.freeze_backbone_steps: must be >= 0")
-    if not 0.0 <= t.min_lr_ratio <= 1.0:
-        p.append("train.min_lr_ratio: must be in [0, 1]")
-    if t.grad_clip < 0:
-        p.append("train.grad_clip: must be >= 0 (0 = off)")
-    if t.accumulation < 1:
-        p.append("train.accumulation: must be >= 1")
-    if not 0.0 <= t.ema_decay < 1.0:
-        p.append("train.ema_decay: must be in [0, 1) (0 = off)")
-    if t.select_by not in SELECT_BY:
-        p.append(f"train.select_by: {t.select_by!r} is not one of {', '.join(SELECT_BY)}")
-    elif t.selection(d.val_fraction) != "last" and d.val_fraction <= 0:
+    selection = t.selection(d.val_fraction)
+    if selection != "last" and d.val_fraction <= 0:
         p.append(f"train.select_by={t.select_by} needs a validation split: set "
                  "data.val_fraction (e.g. 0.1)")
-    elif t.selection(d.val_fraction) == "val/loss" and lo.type == "dpo":
+    elif selection == "val/loss" and lo.type == "dpo":
         p.append("train.select_by=val/loss: the dpo loss needs reference scores that the "
                  "validation split does not have; use val/accuracy")
-    if t.patience < 0:
-        p.append("train.patience: must be >= 0 (0 = no early stopping)")
-    elif t.patience and t.selection(d.val_fraction) == "last":
+    if t.patience > 0 and selection == "last":
         p.append("train.patience: early stopping needs a validation metric: set "
                  "data.val_fraction and train.select_by")
-    return p
-
-
-def _model_problems(cfg: RunConfig) -> list[str]:
-    from .training.models import TORCHVISION_SCORERS  # the registry is the source of truth
-
-    p: list[str] = []
-    m = cfg.model
-    if m.name == "clip":
-        try:
-            from .training.clip import clip_config
-
-            vision = clip_config(m.arch)["vision_cfg"]
-        except (ImportError, ValueError) as e:
-            p.append(f"model.arch: {e}")
-        else:
-            size = vision.get("image_size", 224)
-            size = size[0] if isinstance(size, (list, tuple)) else size
-            if cfg.data.image_size != size:
-                p.append(f"data.image_size: {cfg.data.image_size}, but model.arch={m.arch} "
-                         f"takes {size} px images; set data.image_size={size}")
-    elif m.pretrained:
-        p.append("model.pretrained: only for model.name=clip; torchvision scorers take "
-                 "model.weights=PATH")
-    if m.weights and m.name not in TORCHVISION_SCORERS:
-        p.append(f"model.weights: only for the torchvision scorers "
-                 f"({', '.join(TORCHVISION_SCORERS)}), not {m.name!r}")
-    for key, path in (("model.pretrained", m.pretrained), ("model.weights", m.weights)):
-        if path and "://" not in path and not Path(path).is_file():
-            p.append(f"{key}: {path} is not a file here; give a local checkpoint file or a "
-                     "URI (s3://..., gs://...)")
+    if t.strategy == "fsdp" and t.ema_decay > 0:
+        p.append("train.ema_decay: not with train.strategy=fsdp yet (the average would be a "
+                 "full copy on every worker); set train.ema_decay=0 or use ddp")
+    if t.strategy == "fsdp" and t.compile:
+        p.append("train.compile: not with train.strategy=fsdp yet; set train.compile=false")
+    if cfg.tracking.resume and cfg.incremental:
+        p.append("--resume and --incremental do not go together: resume the incremental run by id")
     return p
 
 
 def modality_defaults(modality: str) -> dict[str, Any]:
     """Defaults that differ by modality (below the YAML file in precedence)."""
     if modality == "video":
-        from .training.models import DEFAULT_VIDEO_SCORER
-
-        return {"modality": "video", "model": {"name": DEFAULT_VIDEO_SCORER},
+        return {"modality": "video", "model": {"name": scorer_catalog.DEFAULT_SCORER["video"]},
                 "data": {"image_size": 64},
                 "tracking": {"experiment": "video-dpo", "model_name": "video-scorer"}}
     return {"modality": modality}
@@ -583,9 +686,10 @@ def load_config(
     extra: dict[str, Any] | None = None,
     require_train: bool = True,
     modality: str = "image",
+    checks: Sequence[ConfigCheck] = (),
 ) -> RunConfig:
     """Modality defaults < YAML file < ``extra`` (from CLI flags) < ``key=value`` overrides;
-    validated."""
+    validated, with ``checks`` from the layers above (all problems reported together)."""
     problems: list[str] = []
     tree: dict[str, Any] = modality_defaults(modality)
     if path:
@@ -607,6 +711,7 @@ def load_config(
     cfg = RunConfig()
     _apply(cfg, tree, "", problems)
     problems += validate(cfg, require_train)
+    problems += [p for check in checks for p in check(cfg)]
     if problems:
         raise ConfigError(problems)
     return cfg

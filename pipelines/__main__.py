@@ -16,7 +16,8 @@ import sys
 import traceback
 from typing import Any
 
-from components.config import ConfigError, load_config
+from components import scorer_catalog
+from components.config import LAYOUTS, LOSS_TYPES, MODALITIES, ConfigError, load_config
 from components.runtime.locks import LeaseHeld
 from components.runtime.resources import ResourcePlanError
 from components.tracking.redaction import RedactingFilter, redact
@@ -29,17 +30,24 @@ from components.tracking.steps import StepFailed
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_NOTHING_NEW = 4  # only with --check: exit 0 means there is new data (like grep)
 
-RUN_EPILOG = """main config keys (key=value anywhere on the line, or a YAML file with --config):
+
+def _run_epilog() -> str:
+    """The main config keys, with the scorers listed from the catalogue (never by hand)."""
+    return f"""main config keys (key=value anywhere on the line, or a YAML file with --config):
   data.image_size=64            decoded size S (images S x S, clip frames too)
   data.video.frames=16          frames per clip (video)
   preprocess.actors=1           CPU decode actors (preprocess.cpus_per_actor cores each)
-  model.name=bn-cnn             image: bn-cnn, seed-cnn, resnet18; video: bn-c3d, seed-c3d,
-                                r3d_18, mc3_18, r2plus1d_18
-  loss.type=bt                  bt, dpo, ipo, hinge, robust (loss.beta, loss.reference)
+  model.name=bn-cnn             the scorer (below)
+  loss.type=bt                  {", ".join(LOSS_TYPES)} (loss.beta, loss.reference)
   train.epochs=3 train.batch_size=32 train.lr=1e-3 train.workers=1 train.use_gpu=auto
   ties=drop                     Pick-a-Pic ties: drop (counted) or soft (target 0.5)
   gate.min_delta=0.02           promotion gate against the champion
-  (every key with its default: README, "The CLI")
+  (every key with its default: docs/reference/configuration.md)
+
+image scorers (model.name):
+{scorer_catalog.describe("image")}
+video scorers (model.name; run video):
+{scorer_catalog.describe("video")}
 
 example:
   visual-dpo run image --train data/sample/train --eval data/sample/eval --epochs 4 \\
@@ -50,22 +58,34 @@ example:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="visual-dpo", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    layouts = ["auto", "canonical", "pickapic"]
-    layout_help = "shard layout: canonical (pair_id/chosen/rejected), pickapic, or auto-detect"
 
-    run = sub.add_parser("run", help="run a training workflow", epilog=RUN_EPILOG,
+    # Options every command that reads a config takes, declared once.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
+                        "MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    common.add_argument("--config", help="YAML config file (keys: docs/reference/configuration.md)")
+    common.add_argument("--summary", help="also write the JSON summary to this file")
+    # ... and the ones of the commands that read preference shards.
+    shards = argparse.ArgumentParser(add_help=False)
+    shards.add_argument("--layout", choices=LAYOUTS, help="shard layout: canonical "
+                        "(pair_id/chosen/rejected), pickapic, or auto-detect")
+    shards.add_argument("--experiment", help="MLflow experiment (default image-dpo / video-dpo)")
+    shards.add_argument("--run-name", help="MLflow run name; in `run`, the same name again "
+                        "resumes that run")
+    shards.add_argument("--output-dir", help="local directory for prepared data, quarantine "
+                        "and checkpoints (default outputs/); see --storage")
+
+    run = sub.add_parser("run", help="run a training workflow", epilog=_run_epilog(),
+                         parents=[shards, common],
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("modality", choices=["image", "video"], help="what the scorer scores")
+    run.add_argument("modality", choices=MODALITIES, help="what the scorer scores")
     run.add_argument("--train", action="append", default=[], metavar="PATH",
                      help="training shards: file, directory or glob (local or s3://, gs://); repeatable")
     run.add_argument("--eval", action="append", default=[], metavar="PATH",
                      help="eval shards; default: a hash split of the training pairs")
-    run.add_argument("--layout", choices=layouts, help=layout_help)
     run.add_argument("--epochs", type=int, help="passes over the training pairs (train.epochs)")
     run.add_argument("--workers", type=int, help="Ray Train workers (data-parallel)")
     run.add_argument("--model-name", help="registered model name (default image-scorer / video-scorer)")
-    run.add_argument("--experiment", help="MLflow experiment (default image-dpo / video-dpo)")
-    run.add_argument("--run-name", help="MLflow run name; the same name again resumes that run")
     run.add_argument("--resume", metavar="RUN_ID", help="resume this parent run: skip finished steps")
     run.add_argument("--incremental", action="store_true", default=None,
                      help="train on new shards only, warm-started from the champion")
@@ -73,34 +93,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="with --incremental: only tell whether there are new shards (no Ray, "
                      "no training); exit 0 if there are, 4 if not, e.g. "
                      "'visual-dpo run ... --incremental --check && ray job submit ...'")
-    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
-                     "else sqlite:///mlflow.db)")
-    run.add_argument("--output-dir", help="local directory for prepared data, quarantine and "
-                     "checkpoints (default outputs/); see --storage")
     run.add_argument("--storage", help="where all run state goes instead: s3://bucket/prefix, "
                      "gs://..., or a path every node mounts (with storage.shared=true); "
                      "required on a cluster of more than one node")
-    run.add_argument("--config", help="YAML config file (keys as below)")
-    run.add_argument("--summary", help="also write the JSON summary to this file")
-    run.add_argument("overrides", nargs="*", metavar="key=value",
-                     help="config overrides anywhere on the line, e.g. train.lr=3e-4 model.name=seed-cnn")
 
-    ev = sub.add_parser("evaluate", help="evaluate a registered scorer on preference data")
+    ev = sub.add_parser("evaluate", help="evaluate a registered scorer on preference data",
+                        parents=[shards, common])
     ev.add_argument("--model", required=True, help="model URI, e.g. models:/image-scorer@champion")
     ev.add_argument("--data", action="append", required=True, metavar="PATH",
                     help="preference shards to evaluate on (file, directory or glob); repeatable")
-    ev.add_argument("--layout", choices=layouts, help=layout_help)
-    ev.add_argument("--experiment", help="MLflow experiment for the evaluation run (default image-dpo)")
-    ev.add_argument("--run-name", help="MLflow run name of the evaluation run")
-    ev.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
-                    "else sqlite:///mlflow.db)")
-    ev.add_argument("--output-dir", help="where the decoded eval pairs and quarantine go")
-    ev.add_argument("--config", help="YAML config file")
-    ev.add_argument("--summary", help="also write the JSON summary to this file")
-    ev.add_argument("overrides", nargs="*", metavar="key=value",
-                    help="config overrides, e.g. eval.slices=model_0 preprocess.actors=2")
 
-    sc = sub.add_parser("score", help="score candidate images or clips with a registered scorer")
+    sc = sub.add_parser("score", help="score candidate images or clips with a registered scorer",
+                        parents=[common])
     sc.add_argument("--model", required=True, help="model URI, e.g. models:/image-scorer@champion")
     sc.add_argument("--input", required=True,
                     help="candidate Parquet: binary 'image' (or 'video') column + ids")
@@ -113,15 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--prompt-column",
                     help="column with each candidate's prompt (required by a prompt-conditioned "
                          "scorer, e.g. prompt or caption)")
-    sc.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
-                    "else sqlite:///mlflow.db)")
-    sc.add_argument("--config", help="YAML config file")
-    sc.add_argument("--summary", help="also write the JSON summary to this file")
-    sc.add_argument("overrides", nargs="*", metavar="key=value",
-                    help="config overrides, e.g. preprocess.actors=2")
 
     sd = sub.add_parser("sample-data", help="write sample preference pairs from scikit-image photos")
-    sd.add_argument("--modality", choices=["image", "video"], default="image",
+    sd.add_argument("--modality", choices=MODALITIES, default="image",
                     help="image pairs or clip pairs (default image)")
     sd.add_argument("--out", required=True, help="directory; gets train/ and eval/ subfolders")
     sd.add_argument("--pairs", type=int, default=600, help="pairs in all (a quarter go to eval/)")
@@ -134,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="the prompt-dependent set: the caption names one photo; the chosen side "
                          "shows it, the rejected side another photo, equally degraded")
     sd.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    for command in (run, ev, sc):  # after each command's own positionals (run's modality)
+        command.add_argument("overrides", nargs="*", metavar="key=value",
+                             help="config overrides anywhere on the line, e.g. train.lr=3e-4")
     return p
 
 
@@ -223,9 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
     try:
+        from components.training.models import config_problems  # checks that need the models
+
         cfg = load_config(a.config, a.overrides, _cli_overrides(a),
                           require_train=a.command == "run",
-                          modality=a.modality if a.command == "run" else "image")
+                          modality=a.modality if a.command == "run" else "image",
+                          checks=[config_problems])
         if a.command == "run" and cfg.modality != a.modality:
             raise ConfigError([f"modality: the config says {cfg.modality!r} but the command is "
                                f"'run {a.modality}'; drop the key or run {cfg.modality}"])

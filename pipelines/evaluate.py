@@ -12,12 +12,14 @@ from typing import Any
 import mlflow
 
 from components.config import RunConfig, run_root
-from components.datasets.contract import plan_reads, resolve_shards
+from components.datasets.contract import ReadPlan, resolve_shards
+from components.datasets.decode_graph import DecodeOptions
 from components.runtime import resources, storage
 from components.runtime.cluster import check_storage, cluster_resources, ensure_ray
 from components.runtime.pinning import plan_for_run
 from components.tracking import models, runs
 from pipelines import stages
+from pipelines.stages import RunInputs
 
 
 def run_evaluate(cfg: RunConfig, model_uri: str) -> dict[str, Any]:
@@ -27,8 +29,12 @@ def run_evaluate(cfg: RunConfig, model_uri: str) -> dict[str, Any]:
     shards = resolve_shards(cfg.data.eval)
     runs.setup(uri, cfg.tracking.experiment)
     scorer = models.load_scorer(models.pin_model_uri(model_uri))
-    plan_reads(shards, cfg.data.layout, scorer.spec.modality)  # footers: fails before Ray
+    # Decode as the model was trained (its own spec: size, frames, limits). Footers are
+    # read here, once: a bad shard fails before Ray starts.
+    read = ReadPlan.of(shards, cfg.data.layout, scorer.spec.modality)
     plan = plan_for_run(cfg.preprocess, cfg.train)
+    inputs = RunInputs(None, read, scorer.spec, plan, DecodeOptions.from_config(
+        cfg.data, cfg.preprocess, cfg.ties, scorer.spec, plan.to_dict()))
     storage.check_writable(run_root(cfg))
     ensure_ray()
     check_storage(run_root(cfg), cfg.storage.shared)
@@ -38,8 +44,7 @@ def run_evaluate(cfg: RunConfig, model_uri: str) -> dict[str, Any]:
         mlflow.set_tags({"workflow": "evaluate", "model_uri": model_uri,
                          "model_uri.pinned": scorer.source})
         run_dir = storage.join(run_root(cfg), run.info.run_id)
-        # Decode as the model was trained (its own spec: size, frames, limits).
-        data = stages.prepare(cfg, scorer.spec, plan, [], shards, run_dir)
+        data = stages.prepare(cfg, inputs, run_dir)
         report = stages.evaluate(cfg.loss, cfg.eval, scorer, data.eval_path)
         return {
             "status": "ok",

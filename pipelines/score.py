@@ -11,7 +11,12 @@ from typing import Any
 
 from components.config import RunConfig
 from components.datasets.contract import resolve_shards
-from components.evaluation.batch_scoring import check_candidates, check_output, score_candidates
+from components.evaluation.batch_scoring import (
+    ScoringOptions,
+    check_candidates,
+    check_output,
+    score_candidates,
+)
 from components.runtime import resources
 from components.runtime.cluster import cluster_resources, ensure_ray
 from components.tracking import models, runs
@@ -35,11 +40,9 @@ def run_score(cfg: RunConfig, model_uri: str, input_path: str, output: str,
     use_gpu = cluster.get("GPU", 0) >= 1
     resources.check(resources.score_phases(cfg.preprocess, use_gpu), cluster)
     quarantine = output.rstrip("/") + ".quarantine.parquet"
-    counts = score_candidates(
-        shards, output, quarantine, scorer=scorer, total_rows=total_rows,
-        decode_actors=cfg.preprocess.actors, cpus_per_actor=cfg.preprocess.cpus_per_actor,
-        use_gpu=use_gpu, group_by=group_by, top_k=top_k, prompt_column=prompt_column,
-    )
+    opts = ScoringOptions(cfg.preprocess.actors, cfg.preprocess.cpus_per_actor, use_gpu,
+                          group_by, top_k, prompt_column)
+    counts = score_candidates(shards, output, quarantine, scorer, total_rows, opts)
     return {"status": "ok", "model_uri": model_uri, "output": output,
             "quarantine": quarantine, "rows": counts,
             "wall_s": round(time.perf_counter() - t0, 1)}

@@ -1,8 +1,14 @@
-"""Shared fixtures: one real local Ray cluster per session, real sample data, real MLflow."""
+"""Shared fixtures: one real local Ray cluster per session, real sample data, real MLflow.
+
+Tests that start Ray are marked `ray` here, from the fixtures they use (RAY_FIXTURES), so
+`pytest -m "not slow and not ray"` (`make test-fast`) runs without Ray. A session that selects
+no `ray` test enforces that: `ray.init` raises, and a test phase after which Ray is initialised
+or a raylet runs under this process fails, naming the test to mark. Media helpers (`encode`,
+`photo_bytes`) are in tests/media_bytes.py.
+"""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
@@ -12,9 +18,104 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+# Fixtures that start a Ray cluster or connect to one: ray_cluster (here, ray.init in this
+# process), ray_head (tests/test_job.py, `ray start --head`), two_node_cluster
+# (tests/two_nodes.py). Every test that runs the workflow (`main(["run" | "evaluate" |
+# "score", ...])` past its up-front checks, which call ensure_ray) uses ray_cluster.
+RAY_FIXTURES = frozenset({"ray_cluster", "ray_head", "two_node_cluster"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if RAY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+
+
+def pytest_collection_finish(session):
+    """No selected test is marked `ray`: starting Ray in this session is an error."""
+    if session.items and not any(i.get_closest_marker("ray") for i in session.items):
+        _forbid_ray(session.config)
+
+
+_RAY_FORBIDDEN = pytest.StashKey[dict]()
+
+
+def _forbid_ray(config) -> None:
+    """`ray.init` raises, and records the call: code under test may catch the error (the
+    workflow turns it into a failed run), the check after the test phase still reports it."""
+    import ray
+
+    state = {"calls": [], "reported": set()}
+
+    def refuse(*args, **kwargs):
+        state["calls"].append("ray.init was called")
+        raise RuntimeError("ray.init in a session that selected no `ray` test (make test-fast): "
+                           "a test that starts Ray must use ray_cluster (tests/conftest.py)")
+
+    config.stash[_RAY_FORBIDDEN] = state
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ray, "init", refuse)
+    config.add_cleanup(mp.undo)
+
+
+def _ray_nodes() -> dict[int, str]:
+    """Ray node processes (raylet, gcs_server) among this process's descendants, by pid."""
+    import psutil
+
+    found = {}
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.name() in ("raylet", "gcs_server"):
+                found[p.pid] = f"{p.name()} (pid {p.pid})"
+        except psutil.Error:
+            pass
+    return found
+
+
+def _check_ray_free(item, phase: str) -> None:
+    state = item.config.stash.get(_RAY_FORBIDDEN, None)
+    if state is None:
+        return
+    started, state["calls"][:] = list(state["calls"]), []
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        started.append("ray.is_initialized() is True")
+        ray.shutdown()
+    nodes = {pid: what for pid, what in _ray_nodes().items() if pid not in state["reported"]}
+    state["reported"].update(nodes)  # reported once, not again by every later test
+    started += nodes.values()
+    if started:
+        pytest.fail(f"{item.nodeid} ({phase}) started Ray in a session that selected no `ray` "
+                    f"test: {'; '.join(started)}. A test that starts Ray must use ray_cluster "
+                    "(or another of RAY_FIXTURES in tests/conftest.py), which marks it `ray`.",
+                    pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    try:
+        return (yield)
+    finally:
+        _check_ray_free(item, "setup")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    try:
+        return (yield)
+    finally:
+        _check_ray_free(item, "call")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    try:
+        return (yield)
+    finally:
+        _check_ray_free(item, "teardown")
 
 
 @pytest.fixture(scope="session")
@@ -71,18 +172,6 @@ def sample_dir(tmp_path_factory):
 @pytest.fixture
 def tracking_uri(tmp_path):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
-def encode(arr: np.ndarray, fmt: str, mode: str | None = None, **kw) -> bytes:
-    img = Image.fromarray(arr, mode=mode) if mode else Image.fromarray(arr)
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def photo_bytes(size: int = 64, fmt: str = "PNG", seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    return encode(rng.integers(0, 255, (size, size, 3), dtype=np.uint8), fmt)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,8 @@ COMPONENTS = ROOT / "components"
 PURE = ["config.py", "media/", "training/models.py", "training/losses.py", "training/step.py",
         "training/optim.py", "training/clip.py",
         "evaluation/metrics.py", "registry/gate.py", "registry/scorer_files.py",
-        "datasets/contract.py", "runtime/pinning.py", "sample/"]
+        "datasets/contract.py", "datasets/reading.py", "datasets/policy.py",
+        "scorer_catalog.py", "runtime/pinning/", "sample/"]
 # MLflow lives in pipelines/ and the tracking layer; the pyfunc class subclasses PythonModel.
 MLFLOW_ALLOWED = ["tracking/", "registry/pyfunc.py"]
 
@@ -80,7 +81,7 @@ state = lambda: (Image.MAX_IMAGE_PIXELS, dict(os.environ), list(logging.root.han
                  logging.root.level, sorted(k for k in sys.modules if k.startswith("matplotlib")))
 before = state()
 import components.media.spec, components.media.video, components.registry.pyfunc
-import components.evaluation.figures, components.datasets.ingest, components.training.worker
+import components.evaluation.figures, components.datasets.prepare, components.training.worker
 assert state() == before, (before, state())
 print("ok")
 """
@@ -110,13 +111,38 @@ def test_media_spec_carries_every_decode_setting_of_the_config():
 
 
 def test_an_enumeration_is_defined_once():
+    """Each enumeration has one owner, the config, except ``PIN_MODES``: the pinning planner
+    owns it (a child process imports the planner before torch, so it cannot import the config
+    and its yaml). A copy the config keeps for validation must stay equal to the owner's."""
+    owners = {"PIN_MODES": "components/runtime/pinning/plan.py"}
     for name in ("PAD_POLICIES", "PIN_MODES", "LOSS_TYPES", "LAYOUTS", "LR_SCHEDULES",
                  "SELECT_BY"):
         defining = [p.relative_to(ROOT).as_posix() for p in _modules()
                     if any(isinstance(n, ast.Assign) and any(
                         isinstance(t, ast.Name) and t.id == name for t in n.targets)
                         for n in ast.parse(p.read_text()).body)]
-        assert defining == ["components/config.py"], (name, defining)
+        owner = owners.get(name, "components/config.py")
+        assert owner in defining and set(defining) <= {owner, "components/config.py"}, (
+            name, defining)
+    from components import config
+    from components.runtime.pinning import plan
+
+    assert tuple(getattr(config, "PIN_MODES", plan.PIN_MODES)) == plan.PIN_MODES
+
+
+def test_importing_pinning_imports_only_the_standard_library():
+    """A child process imports the pinning package to pin itself before torch is imported
+    (docs/cpu-pinning.md), so nothing but the standard library may come with it."""
+    code = """
+import sys
+before = set(sys.modules)
+import components.runtime.pinning
+new = {m.split(".")[0] for m in set(sys.modules) - before}
+print(sorted(new - set(sys.stdlib_module_names) - {"components"}))
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", (res.stdout, res.stderr[-2000:])
 
 
 def test_failure_injection_is_not_a_user_setting():
@@ -156,3 +182,41 @@ def test_no_source_file_is_left_out_of_git_or_a_job_upload():
     spec = PathSpec.from_lines("gitwildmatch", patterns)
     assert [s for s in sources if spec.match_file(s)] == []
     assert len(sources) > 30
+
+
+def _relative_imports(path: Path) -> set[str]:
+    """Modules a file imports relatively, resolved to paths under components/ ("training")."""
+    rel = path.relative_to(COMPONENTS).parent.parts
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(rel[: len(rel) - (node.level - 1)]) if node.level > 1 else list(rel)
+            if node.module:
+                out.add("/".join([*base, *node.module.split(".")]))
+            else:  # from . import x
+                out |= {"/".join([*base, a.name]) for a in node.names}
+    return out
+
+
+def test_the_config_layer_imports_nothing_above_it():
+    """config.py is the bottom layer: model names come from the plain-data catalogue, and the
+    checks that need the models are handed in by the CLI (``load_config(checks=...)``)."""
+    imported = _relative_imports(COMPONENTS / "config.py")
+    assert imported == {"scorer_catalog"}, imported
+    assert "torch" not in _imports(COMPONENTS / "config.py")
+
+
+def test_no_function_takes_a_keyword_list_nobody_can_hold():
+    """One options object per stage instead of long parameter lists (the old decode_stage
+    took 18): no function of components/ or pipelines/ takes more than 10 parameters.
+    ``preference_loss`` is the exception: a formula whose keyword-only options (each with a
+    default, as TRL's DPO losses) are its equation's symbols; ``configured_loss`` wraps it."""
+    exempt = {"components/training/losses.py:preference_loss"}
+    long = []
+    for path in [*_modules(), *sorted((ROOT / "pipelines").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = len(node.args.args) + len(node.args.kwonlyargs) + len(node.args.posonlyargs)
+                if n > 10 and f"{path.relative_to(ROOT)}:{node.name}" not in exempt:
+                    long.append(f"{path.relative_to(ROOT)}:{node.name} ({n})")
+    assert long == []

@@ -11,8 +11,9 @@ import sys
 import tomllib
 from pathlib import Path
 
+from components import scorer_catalog
 from components.config import load_config
-from pipelines.__main__ import RUN_EPILOG, _parser, main
+from pipelines.__main__ import _parser, _run_epilog, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def test_every_option_of_every_command_has_help():
 def test_run_help_ends_with_config_keys_that_exist_and_an_example():
     help_text = _subparsers()["run"].format_help()
     assert help_text.rstrip().endswith("model.name=seed-cnn")
-    keys = re.findall(r"\b([a-z_]+(?:\.[a-z_]+)+)=(\S+)", RUN_EPILOG)
+    keys = re.findall(r"\b([a-z_]+(?:\.[a-z_]+)+)=(\S+)", _run_epilog())
     assert len(keys) >= 10
     overrides = [f"{k}={v}" for k, v in keys if not k.startswith("data.video")]
     cfg = load_config(None, [*overrides, "data.train=x"], modality="image")  # all real keys
@@ -63,3 +64,20 @@ def test_top_k_without_group_by_is_a_usage_error_before_loading_anything(capsys,
     else:
         raise AssertionError("expected a usage error")
     assert "--top-k needs --group-by" in capsys.readouterr().err
+
+
+def test_run_help_lists_every_scorer_of_the_catalogue():
+    """The model list comes from the catalogue, so a new scorer shows up without an edit
+    here (the old hand-written list omitted prompt-bn-cnn and clip)."""
+    help_text = _subparsers()["run"].format_help()
+    for entry in scorer_catalog.CATALOG:
+        assert re.search(rf"^  {re.escape(entry.name)}\s", help_text, re.M), entry.name
+
+
+def test_shared_options_are_declared_once_for_every_command():
+    subs = _subparsers()
+    for name in ("run", "evaluate", "score"):
+        options = {o for a in subs[name]._actions for o in a.option_strings}
+        assert {"--tracking-uri", "--config", "--summary"} <= options, name
+    source = (ROOT / "pipelines" / "__main__.py").read_text()
+    assert source.count('"--tracking-uri"') == 1 and source.count('"--summary"') == 1

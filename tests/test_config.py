@@ -40,3 +40,51 @@ def test_soft_ties_need_a_logistic_loss():
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: file not found"):
         load_config(str(tmp_path / "nope.yaml"), ["data.train=x"])
+
+
+def test_an_enumeration_is_a_typed_field_that_loading_checks_with_the_allowed_values():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.train=x", "train.use_gpu=maybe", "data.cache=ram",
+                           "preprocess.pin_cpus=on", "train.lr_schedule=linear"])
+    text = "\n".join(e.value.problems)
+    assert "train.use_gpu: 'maybe' is not one of auto, true, false" in text
+    assert "data.cache: 'ram' is not one of auto, decoded, none" in text
+    assert "preprocess.pin_cpus: True is not one of auto, off" in text  # YAML reads on as True
+    assert "train.lr_schedule: 'linear' is not one of constant, cosine" in text
+    # YAML reads true/false as booleans: an enumeration of strings still takes them.
+    assert load_config(None, ["data.train=x", "train.use_gpu=false"]).train.use_gpu == "false"
+    assert load_config(None, ["data.train=x", "preprocess.pin_cpus=off"]).preprocess.pin_cpus == "off"
+
+
+def test_each_section_reports_its_own_problems():
+    from components.config import GateConfig, PreprocessConfig, TrainConfig
+
+    assert TrainConfig().problems() == [] and GateConfig().problems() == []
+    assert TrainConfig(epochs=0, accumulation=0).problems() == [
+        "train.epochs: must be >= 1", "train.accumulation: must be >= 1"]
+    assert PreprocessConfig(actors=0).problems() == [
+        "preprocess.actors: need at least one preprocessing actor"]
+
+
+def test_checks_from_higher_layers_are_reported_with_the_rest():
+    """``checks`` (the model registry's, handed in by the CLI) add to the same error."""
+    def no_clips(cfg):
+        return ["model.name: no clips today"] if cfg.modality == "video" else []
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.train=x", "train.lr=0"], modality="video", checks=[no_clips])
+    assert e.value.problems == ["train.lr: must be > 0", "model.name: no clips today"]
+
+
+def test_incremental_dpo_records_the_loss_it_really_uses():
+    """An incremental DPO run anchored to the champion carries that reference in its config
+    (what lineage logs), not a separate loss object beside an unchanged cfg."""
+    from pipelines.stages import for_incremental
+
+    cfg = load_config(None, ["data.train=x", "loss.type=dpo"])
+    warm = "models:/image-scorer@champion"
+    assert for_incremental(cfg, warm).loss.reference == warm
+    assert cfg.loss.reference == "init"  # the validated config itself is never changed
+    assert for_incremental(cfg, None) is cfg
+    bt = load_config(None, ["data.train=x"])
+    assert for_incremental(bt, warm).loss.reference == "init"  # bt has no reference

@@ -14,7 +14,7 @@ from components.datasets.contract import (
     resolve_shards,
     split_of,
 )
-from tests.conftest import photo_bytes
+from tests.media_bytes import photo_bytes
 
 A, B = photo_bytes(seed=1), photo_bytes(seed=2)
 

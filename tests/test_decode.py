@@ -11,7 +11,7 @@ from PIL import ExifTags, Image, ImageOps
 
 from components.media.image import Deadline, DecodeError, decode_image
 from components.media.spec import MediaSpec
-from tests.conftest import encode
+from tests.media_bytes import encode
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 255, (40, 60, 3), dtype=np.uint8)  # H=40, W=60: not square

@@ -27,8 +27,8 @@ from components.datasets.contract import (
     plan_reads,
     resolve_shards,
 )
-from components.datasets.ingest import canonical_tables
-from tests.conftest import photo_bytes
+from components.datasets.reading import canonical_tables
+from tests.media_bytes import photo_bytes
 
 A, B = photo_bytes(8, "PNG", seed=1), photo_bytes(8, "JPEG", seed=2)
 MAX_BYTES = max(len(A), len(B)) + 16

@@ -5,11 +5,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.datasets.contract import DataError, resolve_shards
-from components.datasets.ingest import prepare, usable_pairs
+from components.datasets.contract import DataError, ReadPlan, resolve_shards
+from components.datasets.decode_graph import DecodeOptions, usable_pairs
+from components.datasets.prepare import prepare
 from components.datasets.quarantine import RowCounts, check_quarantine, write_quarantine
+from components.datasets.reading import SplitRule
 from components.media.spec import MediaSpec
-from tests.conftest import photo_bytes
+from tests.media_bytes import photo_bytes
+
+TRAIN = SplitRule(fixed="train")
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +41,10 @@ def messy_shards(tmp_path_factory):
 
 def test_bad_rows_are_quarantined_and_every_row_is_counted(ray_cluster, messy_shards, tmp_path):
     shards = resolve_shards([str(messy_shards)])
-    prepared = prepare(
-        # Two actors of 0.5 CPU: with the read and write tasks they fit the 2-CPU test cluster.
-        shards, str(tmp_path / "prepared"), layout="auto", spec=MediaSpec("image", 32, 10_000),
-        decode_actors=2, cpus_per_actor=0.5, batch_size=4, eval_fraction=None, split="train",
-    )
+    # Two actors of 0.5 CPU: with the read and write tasks they fit the 2-CPU test cluster.
+    prepared = prepare(ReadPlan.of(shards, "auto"), str(tmp_path / "prepared"),
+                       DecodeOptions(MediaSpec("image", 32, 10_000), actors=2,
+                                     cpus_per_actor=0.5, batch_size=4), TRAIN)
     c = prepared.counts["train"]
     assert c.read == 14 + 3
     assert c.read == c.used + c.quarantined + c.excluded
@@ -65,8 +68,9 @@ def test_bad_rows_are_quarantined_and_every_row_is_counted(ray_cluster, messy_sh
 
 def test_hash_split_assigns_every_row_once(ray_cluster, sample_dir, tmp_path):
     shards = resolve_shards([str(sample_dir / "train")])
-    p = prepare(shards, str(tmp_path / "p"), layout="canonical", spec=MediaSpec("image", 32, 10**6),
-                decode_actors=1, cpus_per_actor=1, batch_size=16, eval_fraction=0.3)
+    p = prepare(ReadPlan.of(shards, "canonical"), str(tmp_path / "p"),
+                DecodeOptions(MediaSpec("image", 32, 10**6), layout="canonical", batch_size=16),
+                SplitRule(eval_fraction=0.3))
     total = sum(pq.ParquetFile(s.path).metadata.num_rows for s in shards)
     assert p.counts["train"].read + p.counts["eval"].read == total
     assert 0.15 < p.counts["eval"].read / total < 0.45
@@ -108,8 +112,8 @@ def test_video_frame_lists_are_decoded_and_bad_clips_quarantined(ray_cluster, tm
     pq.write_table(pa.Table.from_pylist(rows), d / "a.parquet")
     # Encoded containers (binary columns) in a run of their own: one run's shards use one form.
     spec = MediaSpec("video", 32, 10**7, frames=6)
-    p = prepare(resolve_shards([str(d)]), str(tmp_path / "p"), layout="auto", spec=spec,
-                decode_actors=1, cpus_per_actor=1, batch_size=4, eval_fraction=None, split="train")
+    p = prepare(ReadPlan.of(resolve_shards([str(d)]), "auto"), str(tmp_path / "p"),
+                DecodeOptions(spec, batch_size=4), TRAIN)
     c = p.counts["train"]
     assert (c.read, c.used, c.quarantined) == (7, 6, 1)
     assert p.consistency["train"]["chosen_more_consistent"] == 1.0  # smooth pan vs shuffled
@@ -123,8 +127,8 @@ def test_video_frame_lists_are_decoded_and_bad_clips_quarantined(ray_cluster, tm
     d2.mkdir()
     pq.write_table(pa.table({"pair_id": ["c0"], "chosen": [clip], "rejected": [b"\x00" * 64]}),
                    d2 / "b.parquet")
-    p2 = prepare(resolve_shards([str(d2)]), str(tmp_path / "p2"), layout="auto", spec=spec,
-                 decode_actors=1, cpus_per_actor=1, batch_size=4, eval_fraction=None, split="train")
+    p2 = prepare(ReadPlan.of(resolve_shards([str(d2)]), "auto"), str(tmp_path / "p2"),
+                 DecodeOptions(spec, batch_size=4), TRAIN)
     assert (p2.counts["train"].used, p2.counts["train"].quarantined) == (0, 1)
 
 
@@ -148,14 +152,13 @@ def test_empty_shards_count_as_zero_rows_and_no_rows_at_all_says_so(ray_cluster,
     _pairs(d / "b-empty.parquet", [])
     _pairs(d / "c-empty.parquet", [])
     spec = MediaSpec("image", 16, 10**6)
-    kw = dict(layout="auto", spec=spec, decode_actors=1, cpus_per_actor=1, batch_size=4,
-              eval_fraction=None, split="train")
-    p = prepare(resolve_shards([str(d)]), str(tmp_path / "p"), **kw)
+    p = prepare(ReadPlan.of(resolve_shards([str(d)]), "auto"), str(tmp_path / "p"),
+                DecodeOptions(spec, batch_size=4), TRAIN)
     c = p.counts["train"]
     assert (c.read, c.used, c.quarantined, c.excluded) == (3, 3, 0, 0)
     empties = resolve_shards([str(d / "*-empty.parquet")])
     with pytest.raises(DataError) as e:
-        prepare(empties, str(tmp_path / "p2"), **kw)
+        ReadPlan.of(empties, "auto")  # the footers say it, before any Ray work
     assert str(e.value).startswith(f"no rows to read: 2 shard(s), 0 rows in all "
                                    f"({d / 'b-empty.parquet'}, {d / 'c-empty.parquet'})")
 
@@ -170,9 +173,8 @@ def test_an_item_over_max_bytes_is_quarantined_and_counted(ray_cluster, tmp_path
            chosen=[photo_bytes(16, "JPEG", seed=0), photo_bytes(16, "JPEG", seed=1), big],
            rejected=[photo_bytes(16, "JPEG", seed=2)] * 3)
     spec = MediaSpec("image", 16, 10**6, max_bytes=4000)
-    p = prepare(resolve_shards([str(d)]), str(tmp_path / "p"), layout="auto", spec=spec,
-                decode_actors=1, cpus_per_actor=1, batch_size=4, eval_fraction=None,
-                split="train")
+    p = prepare(ReadPlan.of(resolve_shards([str(d)]), "auto"), str(tmp_path / "p"),
+                DecodeOptions(spec, batch_size=4), TRAIN)
     c = p.counts["train"]
     assert (c.read, c.used, c.quarantined) == (3, 2, 1)
     assert c.reasons == {"chosen: over max_bytes=4000": 1}
@@ -184,13 +186,13 @@ def test_an_item_over_max_bytes_is_quarantined_and_counted(ray_cluster, tmp_path
 def test_read_blocks_are_bounded_in_bytes_so_arrow_offsets_cannot_overflow(monkeypatch):
     """A block holds at most READ_SLICE_BYTES of encoded bytes, or a single row: the binary
     columns stay under Arrow's 2 GiB per array whatever the clip sizes."""
-    from components.datasets import ingest
+    from components.datasets import reading
 
-    monkeypatch.setattr(ingest, "READ_SLICE_BYTES", 1000)
+    monkeypatch.setattr(reading, "READ_SLICE_BYTES", 1000)
     sizes = [300, 300, 300, 300, 2500, 10, 990]
     rows = [{"pair_id": str(i), "chosen": b"c" * n, "rejected": b"r" * 5, "content_hash": ""}
             for i, n in enumerate(sizes)]
-    blocks = list(ingest.canonical_tables(iter(rows), frame_lists=False))
+    blocks = list(reading.canonical_tables(iter(rows), frame_lists=False))
     assert [b.num_rows for b in blocks] == [3, 1, 1, 1, 1]
     for b in blocks:
         nbytes = sum(len(x) for col in ("chosen", "rejected") for x in b[col].to_pylist())
@@ -202,7 +204,7 @@ def test_eval_pairs_that_are_also_in_train_are_excluded_from_eval(ray_cluster, t
     order) a usable training pair has is excluded as "also in train" and counted; a pair
     whose training copy was quarantined (never trained on) stays in eval."""
     from components.config import DataConfig, PreprocessConfig
-    from components.datasets.ingest import prepare_splits
+    from components.datasets.prepare import prepare_splits
 
     img = [photo_bytes(16, "JPEG", seed=i) for i in range(12)]
     (tmp_path / "train").mkdir()
@@ -212,10 +214,11 @@ def test_eval_pairs_that_are_also_in_train_are_excluded_from_eval(ray_cluster, t
     _pairs(tmp_path / "eval" / "e.parquet", ["t0", "renamed", "t3", "e0", "e1"],
            chosen=[img[8], img[5], img[3], img[9], img[10]],
            rejected=[img[9], img[1], img[7], img[10], img[11]])
-    out = prepare_splits(resolve_shards([str(tmp_path / "train")]),
-                         resolve_shards([str(tmp_path / "eval")]), str(tmp_path / "run"),
-                         data=DataConfig(), preprocess=PreprocessConfig(batch_size=4),
-                         ties="drop", spec=MediaSpec("image", 16, 10**6), pinning=None)
+    opts = DecodeOptions.from_config(DataConfig(), PreprocessConfig(batch_size=4), "drop",
+                                     MediaSpec("image", 16, 10**6))
+    out = prepare_splits(ReadPlan.of(resolve_shards([str(tmp_path / "train")]), "auto"),
+                         ReadPlan.of(resolve_shards([str(tmp_path / "eval")]), "auto"),
+                         str(tmp_path / "run"), opts, DataConfig())
     tr, ev = out.counts["train"], out.counts["eval"]
     assert (tr.read, tr.used, tr.quarantined) == (4, 3, 1)
     assert (ev.read, ev.used, ev.quarantined, ev.excluded) == (5, 3, 0, 2)
@@ -227,7 +230,7 @@ def test_eval_pairs_that_are_also_in_train_are_excluded_from_eval(ray_cluster, t
 
 
 def test_an_empty_hash_split_fails_in_plain_words():
-    from components.datasets.ingest import PreparedSplits
+    from components.datasets.prepare import PreparedSplits
 
     counts = {"train": RowCounts(read=3, used=3), "eval": RowCounts()}
     with pytest.raises(DataError, match="eval data is empty: the hash split of pair_id put none "
@@ -246,9 +249,8 @@ def test_a_row_that_kills_its_decode_actor_is_quarantined_and_the_run_goes_on(ra
     _pairs(d / "a.parquet", ["a0", "poison", "a2", "a3", "a4"])
     fault_plan_path.write_text(json.dumps({"decode_crash_pair_id": "poison"}))
     try:
-        p = prepare(resolve_shards([str(d)]), str(tmp_path / "p"), layout="auto",
-                    spec=MediaSpec("image", 16, 10**6), decode_actors=1, cpus_per_actor=1,
-                    batch_size=4, eval_fraction=None, split="train")
+        p = prepare(ReadPlan.of(resolve_shards([str(d)]), "auto"), str(tmp_path / "p"),
+                    DecodeOptions(MediaSpec("image", 16, 10**6), batch_size=4), TRAIN)
     finally:
         fault_plan_path.unlink()
     c = p.counts["train"]

@@ -20,20 +20,18 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
-from two_nodes import free_ports  # tests/two_nodes.py
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-# What a job must not upload: the virtualenv, run outputs, generated data, git history.
-EXCLUDES = [".venv", ".git", "outputs", "data", "mlflow.db", "mlruns", "*.egg-info",
-            ".pytest_cache", ".ruff_cache", "__pycache__", "benchmarks/out"]
-
-
 
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
+    # tests/two_nodes.py, imported here: at module level it would be imported before
+    # test_two_nodes.py loads it as a plugin, and so not assertion-rewritten.
+    from two_nodes import free_ports
+
     tmp_path = tmp_path_factory.mktemp("head")
     # Ray's socket paths must stay under 107 bytes: a short temp dir of its own.
     ray_tmp = tempfile.mkdtemp(prefix="vdpo-", dir="/tmp")
@@ -90,6 +88,7 @@ def test_workflow_runs_as_a_ray_job_logging_to_a_tracking_server(ray_head, mlflo
     """Submit with --working-dir; the job logs over HTTP to a real `mlflow server`, and a
     consumer loads the registered champion through the server."""
     from ray.job_submission import JobStatus
+    from two_nodes import job_excludes  # the Makefile's, as `make submit` uploads
 
     client, _, _ = ray_head
     # Basic-auth credentials in the tracking URI (the server ignores them): the run works and
@@ -105,7 +104,7 @@ def test_workflow_runs_as_a_ray_job_logging_to_a_tracking_server(ray_head, mlflo
     commit = "0123456789abcdef0123456789abcdef01234567"  # what `make submit` passes in
     job_id = client.submit_job(
         entrypoint=entrypoint,
-        runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES,
+        runtime_env={"working_dir": str(REPO), "excludes": job_excludes(),
                      "env_vars": {"VISUAL_DPO_GIT_COMMIT": commit}},
     )
     deadline = time.time() + 600
@@ -149,6 +148,7 @@ def test_workflow_runs_as_a_ray_job_logging_to_a_tracking_server(ray_head, mlflo
 
 def test_stopping_a_running_job_moves_no_alias(ray_head, sample_dir, tmp_path):
     from ray.job_submission import JobStatus
+    from two_nodes import job_excludes
 
     client, _, _ = ray_head
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -157,7 +157,7 @@ def test_stopping_a_running_job_moves_no_alias(ray_head, sample_dir, tmp_path):
                     f"--eval {sample_dir / 'eval'} --epochs 50 --tracking-uri {uri} "
                     f"--output-dir {tmp_path / 'out'} --model-name stopped-scorer "
                     "data.image_size=32"),
-        runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES},
+        runtime_env={"working_dir": str(REPO), "excludes": job_excludes()},
     )
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until training has started

@@ -26,7 +26,7 @@ from components.registry.scorer_files import TrainedScorer
 from components.runtime import locks
 from components.tracking import models, runs
 from components.training.models import build_scorer
-from tests.conftest import photo_bytes
+from tests.media_bytes import photo_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 

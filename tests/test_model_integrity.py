@@ -13,7 +13,7 @@ from components.media.spec import MediaSpec
 from components.registry.scorer_files import META, WEIGHTS, TrainedScorer, read_scorer, write_scorer
 from components.tracking import models, runs
 from components.training.models import build_scorer
-from tests.conftest import photo_bytes
+from tests.media_bytes import photo_bytes
 
 
 def _scorer() -> TrainedScorer:

@@ -18,17 +18,19 @@ import pytest
 from components.config import PreprocessConfig, TrainConfig
 from components.runtime import pinning
 from components.runtime.pinning import (
-    CpuPlan,
-    NodePlan,
     claim_slot,
-    format_cpus,
-    parse_cpus,
-    plan_cpus,
-    plan_for_run,
     process_report,
     read_reports,
     release_slot,
     thread_env,
+)
+from components.runtime.pinning.plan import (
+    CpuPlan,
+    NodePlan,
+    format_cpus,
+    parse_cpus,
+    plan_cpus,
+    plan_for_run,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +210,7 @@ def test_pin_without_sched_setaffinity_is_a_noop(monkeypatch, caplog):
     before = os.sched_getaffinity(0)
     from components.runtime.pinning import pin_current_process
 
-    with caplog.at_level("WARNING", logger="components.pinning"):
+    with caplog.at_level("WARNING", logger="components.runtime.pinning"):
         report = pin_current_process([min(before)], threads=0)  # threads=0: no thread caps
     assert os.sched_getaffinity(0) == before
     assert set(report["affinity"]) == before
@@ -298,11 +300,11 @@ def test_node_plan_uses_the_node_cpu_list_and_ray_cpus():
 
 
 def _fake_node(monkeypatch, node: str, cpus, ray_cpus):
-    monkeypatch.setattr(pinning, "node_info", lambda resources=True: {
+    monkeypatch.setattr(pinning.role, "node_info", lambda resources=True: {
         "node": node, "node_id": node, "hostname": f"host-{node}", "ray_cpus": ray_cpus,
         "ray_gpus": 0.0,
         "cluster_gpus": 0.0})
-    monkeypatch.setattr(pinning, "node_cpus", lambda: tuple(cpus))
+    monkeypatch.setattr(pinning.role, "node_cpus", lambda: tuple(cpus))
 
 
 def test_pin_role_plans_its_own_node_and_the_report_names_it(monkeypatch, tmp_path):
@@ -312,7 +314,7 @@ def test_pin_role_plans_its_own_node_and_the_report_names_it(monkeypatch, tmp_pa
         pinned.append(tuple(cpus))
         return process_report()
 
-    monkeypatch.setattr(pinning, "pin_current_process", fake_pin)
+    monkeypatch.setattr(pinning.role, "pin_current_process", fake_pin)  # where pin_role looks
     shape = _shape(actors=16).to_dict()
     reports = tmp_path / "pinning"
     _fake_node(monkeypatch, "node-a", range(4), 4.0)

@@ -28,7 +28,7 @@ from components.registry.gate import decide
 from components.registry.scorer_files import TrainedScorer
 from components.tracking import models, runs
 from components.training.models import build_scorer
-from tests.conftest import photo_bytes
+from tests.media_bytes import photo_bytes
 
 pytestmark = pytest.mark.slow
 

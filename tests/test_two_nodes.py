@@ -145,11 +145,6 @@ def test_two_nodes_have_separate_disks_and_share_s3(no_leaks, two_node_cluster, 
     assert "shared/probe.txt" in s3_server.keys("shared/")
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-JOB_EXCLUDES = [".venv", ".git", "outputs", "data", "mlflow.db", "mlruns", "*.egg-info",
-                "__pycache__", ".pytest_cache", "benchmarks/out"]
-
-
 def _upload_sample(s3_server, tmp_path) -> tuple[str, str]:
     """Sample shards into the bucket: the second node cannot see pytest's temp dir."""
     from components.sample.images import write_image_pairs
@@ -181,7 +176,11 @@ def test_run_image_as_a_job_on_two_nodes_with_s3_storage(no_leaks, two_node_clus
             "--model-name two-node-scorer data.image_size=32 train.batch_size=16 "
             # Decode actors on the second node, the training worker on the head.
             "preprocess.node_resource=worker_node train.node_resource=head")
-    env = {"working_dir": REPO, "excludes": JOB_EXCLUDES, "env_vars": dict(s3_server.env)}
+    from two_nodes import REPO, job_excludes
+
+    # Uploaded as `make submit` uploads it: without the Makefile's JOB_EXCLUDES.
+    env = {"working_dir": str(REPO), "excludes": job_excludes(),
+           "env_vars": dict(s3_server.env)}
     t0 = time.time()
     job_id, status, logs = c.run_job(f"{base} --storage {run_root} --run-name two-nodes",
                                      runtime_env=env, timeout=900)
@@ -215,7 +214,7 @@ def test_run_image_as_a_job_on_two_nodes_with_s3_storage(no_leaks, two_node_clus
     mlflow.set_tracking_uri(s3_mlflow_server.uri)
     mlflow.set_registry_uri(s3_mlflow_server.uri)
     model = mlflow.pyfunc.load_model("models:/two-node-scorer@champion")
-    from conftest import photo_bytes
+    from tests.media_bytes import photo_bytes
 
     assert model.predict(pd.DataFrame({"image": [photo_bytes(32)]})).shape == (1,)
     client = MlflowClient(s3_mlflow_server.uri)

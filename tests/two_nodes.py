@@ -19,12 +19,16 @@ its descendants, at teardown, also when the test fails. Nothing here runs `ray s
 would kill every Ray process on the machine, including the test session's own cluster).
 The Ray nodes use their own temp dirs and explicit ports, so they do not collide with
 conftest's `ray_cluster` (`ray.init(num_cpus=2)`) or test_job.py's head in the same session.
+
+Without root, unshare(1) or moto these tests skip, naming what is missing; where CI is set or
+VISUAL_DPO_REQUIRE_TWO_NODES=1 (.ci/run sets it) they fail instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import json
 import os
 import random
@@ -40,12 +44,44 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import psutil
 import pytest
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 BUCKET = "vdpo-test"
+REQUIRED_ENV = "VISUAL_DPO_REQUIRE_TWO_NODES"
+
+
+# -- prerequisites and the job upload -------------------------------------------------------
+
+
+def two_nodes_required() -> bool:
+    """CI (`CI` set, as CI services do) or VISUAL_DPO_REQUIRE_TWO_NODES=1 (.ci/run): these
+    tests must run, so a missing prerequisite is a failure, not a skip."""
+    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+    return ci or os.environ.get(REQUIRED_ENV) == "1"
+
+
+def missing_prerequisite(what: str) -> NoReturn:
+    """Skip the test, naming what is missing; fail instead where two_nodes_required()."""
+    if two_nodes_required():
+        pytest.fail(f"two-node tests cannot run: {what}. They are required here (CI or "
+                    f"{REQUIRED_ENV}=1 is set), so this is a failure, not a skip.",
+                    pytrace=False)
+    pytest.skip(what)
+
+
+def job_excludes(makefile: Path = REPO / "Makefile") -> list[str]:
+    """What `make submit` leaves out of a job's upload: the Makefile's JOB_EXCLUDES (a JSON
+    list on one line), so a job test uploads what a user's submission uploads."""
+    for line in makefile.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == "JOB_EXCLUDES":
+            return json.loads(value)
+    raise AssertionError(f"no `JOB_EXCLUDES = [...]` line in {makefile}")
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -261,8 +297,11 @@ def s3_env(endpoint_url: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A moto S3 server on 127.0.0.1 with one bucket (`vdpo-test`)."""
-    pytest.importorskip("moto", reason="the test extra's moto[server] is not installed")
-    pytest.importorskip("boto3")
+    missing = [m for m in ("moto", "boto3") if importlib.util.find_spec(m) is None]
+    if missing or not (BIN / "moto_server").exists():
+        missing_prerequisite(f"needs the test extra's moto[server] and boto3 (missing: "
+                             f"{', '.join(missing or [str(BIN / 'moto_server')])}): "
+                             "pip install -e '.[test]'")
     d = tmp_path_factory.mktemp("s3")
     (port,) = free_ports(1)
     proc = Managed([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
@@ -429,8 +468,12 @@ def two_node_cluster(tmp_path_factory):
     tmpfs on `node_local_dir` and another over pytest's base temp dir. Object store 256 MB per
     node. For other sizes, use
     `start_two_node_cluster(...)` in a fixture of your own."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare(1) for the second node's mount namespace")
+    missing = [what for what, ok in [
+        (f"root (running as uid {os.geteuid()})", os.geteuid() == 0),
+        ("unshare(1) (util-linux; not on PATH)", shutil.which("unshare") is not None)] if not ok]
+    if missing:
+        missing_prerequisite(f"needs {' and '.join(missing)} for the second node's mount "
+                             "namespace")
     # The second node sees pytest's base temp dir empty: what tests write there (sample data,
     # tmp_path) is on the head only, as on a real cluster.
     with start_two_node_cluster(tmp_path_factory.mktemp("two-nodes"),

@@ -42,7 +42,7 @@ steady pairs/s over a plain single-process loop; see its JSON for the medians):
 * ``MAX_BATCH_ROWS = 4096``: a bound on per-row Python objects (ids, prompts, reasons) of
   one batch when items are tiny and fast.
 
-A batch larger than the read stage's blocks (``ingest.READ_SLICE_ROWS`` rows) makes Ray
+A batch larger than the read stage's blocks (``reading.READ_SLICE_ROWS`` rows) makes Ray
 Data bundle several read blocks into one actor task, which is what removes the per-task
 cost; the read blocks themselves can stay small (they bound the read tasks' memory).
 """

@@ -157,7 +157,7 @@ def detect_layout(schema: pa.Schema, uri: str, requested: str = "auto") -> str:
     raise DataError(
         f"{uri}: matches no known layout. Canonical needs {list(CANONICAL_REQUIRED)} "
         f"(missing {missing_c}); Pick-a-Pic needs {list(PICKAPIC_REQUIRED)} (missing "
-        f"{missing_p}). See 'The data contract' in README.md."
+        f"{missing_p}). See docs/data-contract.md."
     )
 
 
@@ -308,6 +308,24 @@ class ReadUnit:
     row_offset: int  # index of the row group's first row within the shard
     duplicate_rows: tuple[int, ...]  # shard row indices whose pair_id was already seen
     frame_lists: bool = False  # canonical video: each side is list<binary> of encoded frames
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """One dataset's shards as read units, planned from their footers once per run: every
+    stage that reads the dataset (prepare, streaming epochs, evaluation) reuses it, so
+    thousands of object-store footers are read once."""
+
+    shards: tuple[Shard, ...]
+    units: tuple[ReadUnit, ...]
+    rows: int
+    """Rows the footers declare: the counting invariant is checked against this."""
+
+    @classmethod
+    def of(cls, shards: list[Shard], layout: str, modality: str | None = None) -> ReadPlan:
+        """``plan_reads``: raises one ``DataError`` for every problem of every shard."""
+        units, rows = plan_reads(shards, layout, modality)
+        return cls(tuple(shards), tuple(units), rows)
 
 
 def plan_reads(shards: list[Shard], layout: str,

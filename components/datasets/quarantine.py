@@ -14,7 +14,7 @@ from ..runtime import storage
 from .contract import QUARANTINED, DataError
 
 if TYPE_CHECKING:
-    from .ingest import PreparedData
+    from .prepare import PreparedData
 
 
 @dataclass

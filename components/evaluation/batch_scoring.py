@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -143,18 +144,35 @@ def check_candidates(shards: list[Shard], spec: MediaSpec, group_by: str | None,
     return total
 
 
-def score_candidates(shards: list[Shard], output: str, quarantine_path: str, *,
-                     scorer: TrainedScorer, total_rows: int, decode_actors: int,
-                     cpus_per_actor: float, use_gpu: bool, group_by: str | None,
-                     top_k: int | None, batch_size: int = 64,
-                     prompt_column: str | None = None) -> dict[str, int]:
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How ``score`` runs: the decode pool, the model actor's device, and the ranking."""
+
+    decode_actors: int = 1
+    cpus_per_actor: float = 1.0
+    use_gpu: bool = False
+    group_by: str | None = None
+    """Rank within groups of this column (1 = best)."""
+    top_k: int | None = None
+    """With ``group_by``: keep the best K per group."""
+    prompt_column: str | None = None
+    """The column holding each candidate's prompt (prompt-conditioned scorers)."""
+    batch_size: int = 64
+
+
+def score_candidates(shards: list[Shard], output: str, quarantine_path: str,
+                     scorer: TrainedScorer, total_rows: int,
+                     opts: ScoringOptions) -> dict[str, int]:
     """Score ``shards`` (``total_rows`` rows, as ``check_candidates`` counted them before Ray
-    started); one model actor, on a GPU when ``use_gpu``."""
+    started); one model actor, on a GPU when ``opts.use_gpu``."""
     import ray
     from ray.data import ActorPoolStrategy
     from ray.data.expressions import col
 
     spec = scorer.spec
+    decode_actors, cpus_per_actor, use_gpu = opts.decode_actors, opts.cpus_per_actor, opts.use_gpu
+    group_by, top_k, batch_size = opts.group_by, opts.top_k, opts.batch_size
+    prompt_column = opts.prompt_column
     units = row_group_units(shards)
     total = total_rows
     ds = ray.data.from_items([{"unit": i} for i in range(len(units))])

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import scorer_catalog
+
 
 class SeedCNN(nn.Module):
     """The seed post's ``ImageDPO``: two 3x3 convs and a linear head.
@@ -231,9 +233,12 @@ VIDEO_SCORERS: dict[str, Callable[..., nn.Module]] = {
     "r2plus1d_18": _torchvision_video("r2plus1d_18"),
     "prompt-bn-c3d": _prompt_bn_c3d,
 }
-DEFAULT_VIDEO_SCORER = "bn-c3d"
-PROMPT_SCORERS = ("prompt-bn-cnn", "prompt-bn-c3d", "clip")
-TORCHVISION_SCORERS = ("resnet18", "r3d_18", "mc3_18", "r2plus1d_18")
+DEFAULT_VIDEO_SCORER = scorer_catalog.DEFAULT_SCORER["video"]
+PROMPT_SCORERS = tuple(e.name for e in scorer_catalog.CATALOG if e.takes_prompt)
+TORCHVISION_SCORERS = tuple(e.name for e in scorer_catalog.CATALOG if e.torchvision_weights)
+# The catalogue (plain data the config and the CLI read) and the builders list the same names.
+assert tuple(SCORERS) == scorer_catalog.names("image"), "scorer_catalog.py and SCORERS differ"
+assert tuple(VIDEO_SCORERS) == scorer_catalog.names("video"), "scorer_catalog.py and VIDEO_SCORERS differ"
 
 # ImageNet statistics: the usual normalisation, applied on the training device.
 MEAN = (0.485, 0.456, 0.406)
@@ -317,3 +322,23 @@ def to_model_input(images: Tensor, device: torch.device, channels_last: bool) ->
         fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
         x = x.contiguous(memory_format=fmt)
     return x
+
+
+def config_problems(cfg: Any) -> list[str]:
+    """The checks of a run config that need the models themselves (``load_config(checks=...)``):
+    ``clip``'s architecture must exist and take ``data.image_size`` pixels."""
+    m = cfg.model
+    if m.name != "clip":
+        return []
+    try:
+        from .clip import clip_config
+
+        vision = clip_config(m.arch)["vision_cfg"]
+    except (ImportError, ValueError) as e:
+        return [f"model.arch: {e}"]
+    size = vision.get("image_size", 224)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    if cfg.data.image_size != size:
+        return [f"data.image_size: {cfg.data.image_size}, but model.arch={m.arch} takes {size} "
+                f"px images; set data.image_size={size}"]
+    return []

@@ -208,6 +208,12 @@ class Updater:
         src = self.ema.module if self.ema is not None else unwrap(self.model)
         return _cpu(src.state_dict())
 
+    def progress_state(self) -> dict:
+        """Where the schedule stands, without tensors: what a sharded checkpoint keeps beside
+        the optimiser state and gradients that DCP writes per rank."""
+        return {"groups": list(self.group_names), "scheduler": self.scheduler.state_dict(),
+                "steps": self.steps, "micro": self.micro}
+
     def state_dict(self) -> dict:
         pending = None
         if self.micro:
@@ -215,27 +221,28 @@ class Updater:
             pending = {names[id(p)]: p.grad.detach().clone()
                        for p in self._params if p.grad is not None}
         return {
-            "groups": list(self.group_names),
+            **self.progress_state(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "steps": self.steps,
-            "micro": self.micro,
             "pending_grads": pending,
         }
 
-    def load_state_dict(self, d: dict) -> None:
+    def load_progress_state(self, d: dict) -> None:
         if list(d["groups"]) != self.group_names:
             raise ValueError(f"optimiser state has parameter groups {d['groups']}, "
                              f"this model has {self.group_names}")
-        if self.ema is not None and d.get("ema") is None:
-            raise ValueError("train.ema_decay is on but the saved state has no EMA")
-        self.optimizer.load_state_dict(d["optimizer"])
         self.scheduler.load_state_dict(d["scheduler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(d["ema"])
         self.steps = int(d["steps"])
         self.micro = int(d["micro"])
+
+    def load_state_dict(self, d: dict) -> None:
+        if self.ema is not None and d.get("ema") is None:
+            raise ValueError("train.ema_decay is on but the saved state has no EMA")
+        self.load_progress_state(d)
+        self.optimizer.load_state_dict(d["optimizer"])
+        self.scheduler.load_state_dict(d["scheduler"])  # after the optimiser's: its lrs win
+        if self.ema is not None:
+            self.ema.load_state_dict(d["ema"])
         self.optimizer.zero_grad(set_to_none=True)
         if d.get("pending_grads"):
             params = dict(unwrap(self.model).named_parameters())

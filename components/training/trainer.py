@@ -9,16 +9,25 @@ outcome is the best checkpoint by ``spec.select_by`` (Ray Train keeps the best
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..config import TrainConfig
 from ..runtime import storage
-from .worker import CHECKPOINT_FILE, WorkerSpec, load_checkpoint, train_loop_per_worker
+from .worker import (
+    CHECKPOINT_FILE,
+    WorkerSpec,
+    checkpoint_weights,
+    load_checkpoint,
+    train_loop_per_worker,
+)
 
 log = logging.getLogger(__name__)
+WEIGHTS_FILE = "weights.pt"
+"""The plain scorer's weights, written next to a checkpoint that does not hold them as such
+(sharded by ``fsdp``, or with ``model.lora`` adapters not yet merged)."""
 
 
 @dataclass
@@ -27,6 +36,7 @@ class TrainOutcome:
     metrics: dict[str, float]  # last epoch's reported metrics
     epochs: int
     checkpoint_path: str
+    loss_history: list[float] = field(default_factory=list)  # train/loss of each epoch
 
     def to_record(self) -> dict[str, Any]:
         return {"checkpoint_path": self.checkpoint_path, "metrics": self.metrics,
@@ -34,8 +44,12 @@ class TrainOutcome:
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> TrainOutcome:
-        state = storage.torch_load(storage.join(r["checkpoint_path"], CHECKPOINT_FILE))
-        return cls(state["model"], r["metrics"], r["epochs"], r["checkpoint_path"])
+        path = r["checkpoint_path"]
+        weights = storage.join(path, WEIGHTS_FILE)
+        if storage.exists(weights):
+            return cls(storage.torch_load(weights), r["metrics"], r["epochs"], path)
+        state = storage.torch_load(storage.join(path, CHECKPOINT_FILE))
+        return cls(state["model"], r["metrics"], r["epochs"], path)
 
 
 def resolve_use_gpu(train: TrainConfig) -> bool:
@@ -104,18 +118,27 @@ def fit(spec: WorkerSpec, train_ds, storage_path: str, run_name: str,
     if spec.select_by != "last":
         checkpoint = result.get_best_checkpoint(spec.select_by, _order(spec.select_by))
         metrics = next(m for c, m in result.best_checkpoints if c.path == checkpoint.path)
+    checkpoint_uri = storage.uri_of(fs, checkpoint.path, storage_path)
     with checkpoint.as_directory() as d:
         state = load_checkpoint(d)
+        weights = checkpoint_weights(d, spec)
+    if state.get("sharded") or spec.lora.r > 0:  # the registered model is a plain scorer
+        import io
+
+        buf = io.BytesIO()
+        torch.save(weights, buf)
+        storage.write_bytes(storage.join(checkpoint_uri, WEIGHTS_FILE), buf.getvalue())
     numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     numbers["train/selected_epoch"] = float(state["progress"]["epoch"])
     numbers["train/epochs_run"] = float(result.metrics.get("epoch", state["progress"]["epoch"]))
     log.info("registered weights: epoch %d (select_by=%s)", state["progress"]["epoch"],
              spec.select_by)
     return TrainOutcome(
-        state_dict=state["model"],
+        state_dict=weights,
         metrics=numbers,
         epochs=int(state["progress"]["epoch"]),
-        checkpoint_path=storage.uri_of(fs, checkpoint.path, storage_path),
+        checkpoint_path=checkpoint_uri,
+        loss_history=list(state["progress"].get("losses", [])),
     )
 
 

@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
-from ..config import LossConfig, TrainConfig
+from ..config import LoraConfig, LossConfig, TrainConfig
 from ..runtime.test_faults import fault_plan
+from . import sharding
 from .models import build_scorer, initial_weights
 from .optim import Schedule, Updater
 from .step import eval_scores, per_pair, train_step
@@ -59,10 +60,11 @@ class WorkerSpec:
     train_pairs: int = 0  # usable training pairs (sizes the cosine schedule)
     select_by: str = "last"  # resolved train.select_by
     validate: bool = False  # the run has a validation split (dataset "val")
+    lora: LoraConfig = field(default_factory=LoraConfig)  # model.lora; r=0: off
     reference: Any = None
     """loss.type=dpo: the frozen reference (a ``TrainedScorer``), scored on the fly in the
     worker on the same (augmented) batch: no pass over the data, no stored copy."""
-    pinning: dict | None = None  # a CpuPlan dict (components/runtime/pinning.py)
+    pinning: dict | None = None  # a CpuPlan dict (components/runtime/pinning/plan.py)
     pinning_report_dir: str | None = None
     mlflow_run_id: str | None = None  # rank 0 logs metrics to this run
     tracking_uri: str | None = None
@@ -70,7 +72,17 @@ class WorkerSpec:
     def resolved_config(self) -> dict[str, Any]:
         return {"train": asdict(self.train), "loss": asdict(self.loss),
                 "model": self.model_name, "modality": self.modality,
-                "select_by": self.select_by}
+                "select_by": self.select_by, "lora": asdict(self.lora)}
+
+    def build_model(self) -> torch.nn.Module:
+        """The scorer as the workers train it (adapters injected with ``model.lora``), before
+        any wrapping for data parallelism; random weights."""
+        model = build_scorer(self.model_name, self.model_options)
+        if self.lora.r > 0:
+            from .lora import apply_lora
+
+            model = apply_lora(model, self.lora)
+        return model
 
     def schedule(self, world: int) -> Schedule:
         """The updater's settings: ``train.*`` keys, with the run's total optimiser steps."""
@@ -94,6 +106,7 @@ class Progress:
     best: float | None = None
     best_epoch: int = 0
     stale: int = 0  # epochs since the best
+    losses: list[float] = field(default_factory=list)  # train/loss of each finished epoch
 
 
 @dataclass
@@ -262,9 +275,20 @@ def progress_line(metrics: dict[str, float], done: int, epochs: int) -> str:
 
 
 def save_checkpoint(directory: str, model: torch.nn.Module, updater: Updater,
-                    progress: Progress, spec: WorkerSpec) -> str:
+                    progress: Progress, spec: WorkerSpec, rank: int = 0) -> str:
     """Write the weights to use (the EMA's when on; then also the live ``train_model``), the
-    updater's state, progress and the resolved config to ``directory``."""
+    updater's state, progress and the resolved config to ``directory``.
+
+    ``train.strategy=fsdp``: every rank writes its shard of the weights, optimiser state and
+    pending gradients (``sharding.save_sharded``, a collective) and rank 0 the rest, without
+    tensors; ``ddp``: rank 0 writes everything (the caller calls it on rank 0 only)."""
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    if spec.train.strategy == "fsdp":
+        sharding.save_sharded(directory, model, updater.optimizer, pending_grads=updater.micro > 0)
+        if rank == 0:
+            torch.save({"updater": updater.progress_state(), "progress": asdict(progress),
+                        "config": spec.resolved_config(), "sharded": True}, path)
+        return path
     raw = model.module if hasattr(model, "module") else model  # DDP
     raw = getattr(raw, "_orig_mod", raw)  # torch.compile wraps the module
     live = {k: v.detach().cpu() for k, v in raw.state_dict().items()}
@@ -273,9 +297,28 @@ def save_checkpoint(directory: str, model: torch.nn.Module, updater: Updater,
              "config": spec.resolved_config()}
     if spec.train.ema_decay > 0:
         state["train_model"] = live
-    path = os.path.join(directory, CHECKPOINT_FILE)
     torch.save(state, path)
     return path
+
+
+def checkpoint_weights(directory: str, spec: WorkerSpec) -> dict[str, torch.Tensor]:
+    """The plain scorer's weights in a checkpoint directory, whatever wrote it: read from the
+    shards of an ``fsdp`` run, with ``model.lora``'s adapters merged in; the keys are those of
+    ``build_scorer``'s model, what registering and serving load."""
+    state = load_checkpoint(directory)
+    if state.get("sharded"):
+        model = spec.build_model()
+        model.load_state_dict(sharding.full_model_state(directory, model))
+    elif spec.lora.r > 0:
+        model = spec.build_model()
+        model.load_state_dict(state["model"])
+    else:
+        return state["model"]
+    if spec.lora.r > 0:
+        from .lora import merge_lora
+
+        model = merge_lora(model)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def _reference_model(spec: WorkerSpec, device: torch.device) -> torch.nn.Module | None:
@@ -292,7 +335,7 @@ def _validate(model, updater: Updater, val_shard, spec: WorkerSpec,
     """``val/*`` of the weights that would be registered (the EMA's when on)."""
     target = model
     if spec.train.ema_decay > 0:
-        target = build_scorer(spec.model_name, spec.model_options).to(device)
+        target = spec.build_model().to(device)
         target.load_state_dict(updater.weights())
     batches = val_shard.iter_torch_batches(batch_size=spec.train.batch_size,
                                            dtypes=BATCH_DTYPES, device="cpu")
@@ -305,19 +348,28 @@ def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def _fail_once_for_tests(epoch: int, rank: int) -> None:
-    """Test-only (runtime/test_faults.py): fail once at the start of the planned epoch; the
-    marker file makes the retry go through."""
-    plan = fault_plan() if rank == 0 else {}
-    if plan.get("epoch") == epoch and not os.path.exists(plan["marker"]):
+def _fail_once_for_tests(epoch: int, rank: int, step: int | None = None) -> None:
+    """Test-only (runtime/test_faults.py): fail once where the plan says; the marker file
+    makes the retry go through. ``{"epoch": e}``: rank 0 raises at the start of epoch ``e``;
+    ``{"epoch": e, "kill_after_steps": k, "rank": r}``: rank ``r``'s process exits after ``k``
+    optimiser steps of epoch ``e`` (a worker killed mid-epoch)."""
+    plan = fault_plan()
+    if plan.get("epoch") != epoch or os.path.exists(plan.get("marker", "")):
+        return
+    kill_after = plan.get("kill_after_steps")
+    if kill_after is None and step is None and rank == 0:
         with open(plan["marker"], "w") as f:
             f.write(f"injected failure at epoch {epoch}, rank {rank}\n")
         raise RuntimeError(f"injected failure at epoch {epoch} (test fault hook)")
+    if kill_after is not None and step == kill_after and rank == plan.get("rank", 0):
+        with open(plan["marker"], "w") as f:
+            f.write(f"worker killed at epoch {epoch}, step {step}, rank {rank}\n")
+        os._exit(137)
 
 
 def _setup(spec: WorkerSpec, device: torch.device, world: int):
-    """Model (restored, compiled, wrapped in DDP, channels_last on CUDA), updater and
-    progress of this worker."""
+    """Model (initial weights, adapters, activation checkpointing, restored, then wrapped:
+    DDP or FSDP2; channels_last on CUDA), updater and progress of this worker."""
     import ray.train
     import ray.train.torch
 
@@ -327,12 +379,31 @@ def _setup(spec: WorkerSpec, device: torch.device, world: int):
     if init is None and (spec.pretrained or spec.weights):  # read here, not shipped to workers
         init = initial_weights(spec.model_name, spec.model_options, t.seed, spec.pretrained,
                                spec.weights)
+    if init is not None:  # plain keys: before the adapters change the module tree
+        model.load_state_dict(init)
+    if spec.lora.r > 0:
+        from .lora import apply_lora
+
+        model = apply_lora(model, spec.lora)
+    if t.activation_checkpointing:
+        sharding.checkpoint_activations(sharding.shard_units(model))
     checkpoint = ray.train.get_checkpoint()
+    if t.strategy == "fsdp":
+        model = sharding.fully_shard_model(model.to(device), device)
+        updater, progress = make_updater(model, spec, None, world), Progress()
+        if checkpoint:
+            with checkpoint.as_directory() as d:
+                state = load_checkpoint(d)
+                sharding.load_sharded(d, model, updater.optimizer,
+                                      pending_grads=state["updater"]["micro"] > 0)
+                updater.load_progress_state(state["updater"])
+                progress = Progress(**state["progress"])
+        return model, updater, progress
     if checkpoint:
         with checkpoint.as_directory() as d:
-            updater_state, progress = restore(model, d, init)
+            updater_state, progress = restore(model, d, None)
     else:
-        updater_state, progress = restore(model, None, init)
+        updater_state, progress = restore(model, None, None)
     if t.compile:
         model = torch.compile(model)
     model = ray.train.torch.prepare_model(model)
@@ -344,15 +415,42 @@ def _setup(spec: WorkerSpec, device: torch.device, world: int):
 
 def _report(metrics: dict[str, float], model, updater: Updater, progress: Progress,
             spec: WorkerSpec, rank: int, world: int) -> None:
-    """Report the epoch to Ray Train, with a checkpoint written by rank 0."""
+    """Report the epoch to Ray Train with a checkpoint: written by rank 0 (``ddp``) or by
+    every rank, each its shard (``fsdp``), and uploaded in the background (Ray Train's
+    asynchronous upload) so training goes on while the files travel. The time this took
+    from training (writing, not uploading) is reported as ``train/checkpoint_wait_s``."""
     import ray.train
+    from ray.train import CheckpointUploadMode
 
-    with tempfile.TemporaryDirectory() as d:
-        ckpt = None
-        if rank == 0:
-            save_checkpoint(d, model, updater, progress, spec)
-            ckpt = ray.train.Checkpoint.from_directory(d)
-        ray.train.report({**metrics, "step": progress.step, "world_size": world}, checkpoint=ckpt)
+    t0 = time.perf_counter()
+    d = tempfile.mkdtemp(prefix="visual-dpo-ckpt-")  # Ray deletes it after the upload
+    ckpt = None
+    if rank == 0 or spec.train.strategy == "fsdp":
+        save_checkpoint(d, model, updater, progress, spec, rank)
+        ckpt = ray.train.Checkpoint.from_directory(d)
+    metrics = {**metrics, "step": progress.step, "world_size": world,
+               "train/checkpoint_wait_s": time.perf_counter() - t0}
+    ray.train.report(metrics, checkpoint=ckpt, checkpoint_upload_mode=CheckpointUploadMode.ASYNC
+                     if ckpt is not None else CheckpointUploadMode.SYNC)
+    if ckpt is None:
+        os.rmdir(d)
+
+
+def _memory_by_rank(model, updater: Updater, device: torch.device, world: int) -> dict[str, float]:
+    """Each rank's parameter and optimiser-state elements (``sharding.memory_report``),
+    gathered so rank 0's report names every rank: ``memory/rank{r}/params_local`` ..."""
+    mine = sharding.memory_report(model, updater.optimizer)
+    keys = sorted(mine)
+    values = torch.tensor([mine[k] for k in keys], dtype=torch.float64, device=device)
+    gathered = [torch.zeros_like(values) for _ in range(world)]
+    if world > 1:
+        torch.distributed.all_gather(gathered, values)
+    else:
+        gathered = [values]
+    out = {f"memory/rank{r}/{k.split('/', 1)[1]}": float(v)
+           for r, row in enumerate(gathered) for k, v in zip(keys, row.tolist(), strict=True)}
+    out["memory/params_total"] = mine["memory/params_total"]
+    return out
 
 
 def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
@@ -385,7 +483,10 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
 
         metrics_log = MetricsLogger(spec.tracking_uri, spec.mlflow_run_id)
 
+    epoch_start_step = progress.step
+
     def on_step(step: int, m: dict[str, torch.Tensor]) -> None:
+        _fail_once_for_tests(progress.epoch, rank, step - epoch_start_step)
         if metrics_log is not None and step % t.log_every_steps == 0:
             metrics_log.log({**{f"train/{k}": v.item() for k, v in m.items()},
                              **{f"train/{k}": v for k, v in updater.lrs().items()}}, step)
@@ -395,6 +496,7 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
     try:
         for epoch in range(progress.epoch, t.epochs):
             _fail_once_for_tests(epoch, rank)
+            epoch_start_step = progress.step
             batches = shard.iter_torch_batches(
                 batch_size=t.batch_size, dtypes=BATCH_DTYPES,
                 device="cpu",  # uint8 stays uint8 until train_step copies it (non_blocking)
@@ -406,7 +508,9 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
             sums = run_epoch(model, updater, batches, spec.loss, device, progress, on_step,
                              reference)
             metrics = epoch_metrics(sums, _all_reduce_sum(sums.values.clone()).cpu(), world, epoch)
+            metrics.update(_memory_by_rank(model, updater, device, world))
             progress.epoch = epoch + 1
+            progress.losses.append(metrics["train/loss"])
             if val_shard is not None:
                 metrics.update(_validate(model, updater, val_shard, spec, device))
             best = track_best(progress, metrics, spec.select_by)

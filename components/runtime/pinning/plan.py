@@ -1,74 +1,23 @@
-"""CPU pinning and thread caps for the processes that share a node.
+"""Pure CPU planning: which cores each training worker and preprocessing actor of a node gets.
 
-Why: on a GPU node the training worker's main thread (launching kernels, stepping the
-optimizer) and its data-iteration threads compete with the preprocessing actors that decode
-images and clips. Every one of those processes starts its thread pools sized to *all* cores
-of the node (torch intra/inter-op pools, OpenMP, MKL/OpenBLAS, codec threads), so a node with
-``C`` cores and ``P`` processes runs ``~P*C`` busy threads: they preempt each other, thrash
-caches and make step times jittery. Ray reserves *logical* CPUs for scheduling only; it never
-pins a process to cores or caps its thread pools (it sets ``OMP_NUM_THREADS=1`` in workers by
-default, which starves a training worker instead).
-
-So the cores are planned *per node*, by the processes that run there. The driver only fixes
-the shape of the run (:func:`plan_for_run` -> :class:`CpuPlan`: how many training workers and
-preprocessing actors, how many cores each, whether to pin); it never computes core ids, because
-its node (often a small head) is not where the actors and workers run. Each process, at start
-(:func:`pin_role`), reads its own node's CPU list (its affinity before pinning) and the Ray
-resources of its node, plans that node (:meth:`CpuPlan.for_node` -> :class:`NodePlan`, built
-by :func:`plan_cpus`) and pins itself to its slot's set (:func:`pin_current_process`:
-``os.sched_setaffinity`` plus thread caps sized to its share).
-
-The per-node rule, identical in every process of a node so that they agree without talking:
-
-* ``W`` = the training workers that can run on this node: ``min(train.workers,
-  floor(node Ray CPUs / train.cpus_per_worker))``, further capped by the node's GPUs when
-  training uses GPUs (one GPU per worker; a node without GPUs then gets none);
-* ``A`` = the preprocessing actors that can run beside them: ``min(preprocess.actors,
-  floor((node Ray CPUs - W * train.cpus_per_worker) / preprocess.cpus_per_actor))`` (>= 1);
-* of the node's allowed CPU list (sorted), training workers take the first ``W`` blocks of
-  their core count, by Ray Train's *local* rank; the actors take the following ``A`` blocks,
-  by a node-local slot (:func:`claim_slot`: the lowest free slot of the run on this node, an
-  ``flock`` held for the life of the process, so a dead or restarted actor's slot frees
-  itself). Slot ``k`` gets ``cpus[W*cw + k*ca : W*cw + (k+1)*ca]``; cores left over stay spare.
-  A slot beyond ``A`` (only while Ray packs more actors on the node than the rule expects,
-  e.g. a restarted actor whose predecessor is still exiting) shares slot ``k mod A``'s cores.
-
-Without Ray (tests, benchmarks) "node Ray CPUs" is the length of the CPU list and GPUs are not
-counted. Each process writes what it got, with its node id and hostname, to the run's pinning
-report directory (:func:`read_reports`).
-
-The thread-count environment variables from :func:`thread_env` belong in Ray's
-``runtime_env["env_vars"]`` so they apply before a worker imports torch/numpy. Libraries that
-size their pools from the affinity mask (libgomp, FFmpeg's automatic ``thread_count=0``,
-Pillow's AVIF codec) follow the pinning by themselves; PyAV has no process-wide pool: its
-``stream.thread_count`` comes from ``data.video.decoder_threads``.
-
-With ``pin_cpus=auto`` a node with fewer cores than requested degrades gracefully: sets shrink,
-then overlap (``shared=True``), and the node plan carries a warning saying what to change,
-instead of failing the run. Plans are plain JSON-safe dicts on the wire (``to_dict``) and flat
-strings for MLflow params (``to_params``).
-
-Only the standard library is imported at module level: a child process can import this module,
-pin itself and set the thread variables before torch is imported. Ray is never imported here
-(the module is pure): a process that runs under Ray already has it in ``sys.modules``.
+The driver fixes the run's shape (:func:`plan_for_run` -> :class:`CpuPlan`); every process
+plans its own node from it (:meth:`CpuPlan.for_node` -> :class:`NodePlan`, via
+:func:`plan_cpus`). Standard library only: no Ray, no I/O, no OS side effects. The per-node
+rule and why it exists: docs/cpu-pinning.md.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import socket
-import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import PIN_MODES, PreprocessConfig, TrainConfig
+if TYPE_CHECKING:  # only for type hints: importing the config would import yaml
+    from ...config import PreprocessConfig, TrainConfig
 
-log = logging.getLogger(__name__)
-
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+PIN_MODES = ("auto", "off")  # preprocess.pin_cpus
+ROLES = ("train", "preprocess")  # the processes pin_role pins
 
 CpuSet = tuple[int, ...]
 
@@ -270,7 +219,9 @@ def plan_cpus(mode: str, train_workers: int, cpus_per_worker: int, actors: int,
     a = _check_count("preprocess.actors", actors, 0)
     ca = _check_count("preprocess.cpus_per_actor", cpus_per_actor, 1)
     if node_cpus is None:
-        node_cpus = _current_affinity()
+        from .apply import current_affinity  # the only OS read; callers with a list skip it
+
+        node_cpus = current_affinity()
     try:
         cpus = tuple(sorted({int(c) for c in node_cpus}))
     except (TypeError, ValueError) as e:
@@ -281,14 +232,19 @@ def plan_cpus(mode: str, train_workers: int, cpus_per_worker: int, actors: int,
     if mode == "off":
         return NodePlan("off", cpus, ((),) * w, ((),) * a, node=node)
 
-    n = len(cpus)
     t_req, p_req = w * cw, a * ca
-    if t_req + p_req <= n:
+    if t_req + p_req <= len(cpus):
         train = _split_pool(cpus[:t_req], w, cw)
         prep = _split_pool(cpus[t_req:t_req + p_req], a, ca)
         return NodePlan("auto", cpus, tuple(train), tuple(prep), node=node)
+    return _degraded(cpus, w, cw, a, ca, node)
 
-    # Too few cores: pick the pool sizes, then split each pool.
+
+def _degraded(cpus: CpuSet, w: int, cw: int, a: int, ca: int, node: str | None) -> NodePlan:
+    """:func:`plan_cpus` when ``w`` workers x ``cw`` + ``a`` actors x ``ca`` cores do not fit
+    in ``cpus``: pick the pool sizes, then split each pool; the plan carries a warning."""
+    n = len(cpus)
+    t_req, p_req = w * cw, a * ca
     if a == 0:
         t_pool, p_pool = cpus, ()
     elif w == 0:
@@ -322,91 +278,6 @@ def plan_cpus(mode: str, train_workers: int, cpus_per_worker: int, actors: int,
     return NodePlan("auto", cpus, train, prep, shared=shared, warnings=(warning,), node=node)
 
 
-# --------------------------------------------------------------------------- in the process
-
-
-def _current_affinity() -> CpuSet:
-    if hasattr(os, "sched_getaffinity"):
-        return tuple(sorted(os.sched_getaffinity(0)))
-    return tuple(range(os.cpu_count() or 1))
-
-
-def thread_env(n: int) -> dict[str, str]:
-    """Thread-count variables for ``n`` threads, e.g. for Ray ``runtime_env["env_vars"]`` so
-    they hold before a worker imports torch/numpy (OpenMP/MKL/OpenBLAS read them at load)."""
-    n = _check_count("threads", n, 1)
-    return {k: str(n) for k in THREAD_ENV_VARS}
-
-
-def process_report() -> dict[str, Any]:
-    """What this process runs with: pid, affinity, torch threads, OMP_NUM_THREADS, OS threads."""
-    torch_threads = None
-    if "torch" in sys.modules:  # don't import torch just to report
-        torch_threads = sys.modules["torch"].get_num_threads()
-    try:
-        os_threads: int | None = len(os.listdir("/proc/self/task"))
-    except OSError:
-        os_threads = None
-    return {
-        "pid": os.getpid(),
-        "affinity": list(_current_affinity()),
-        "torch_threads": torch_threads,
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "os_threads": os_threads,
-    }
-
-
-def pin_current_process(cpus: Sequence[int], threads: int | None = None, *,
-                        import_torch: bool = True) -> dict[str, Any]:
-    """Pin this process to ``cpus`` and cap its thread pools to ``threads`` (default
-    ``len(cpus)``); returns :func:`process_report`.
-
-    Order matters: affinity first (libgomp and FFmpeg size their pools from it), then the
-    thread variables (read by OpenMP/MKL/OpenBLAS when they initialise, and inherited by child
-    processes), then torch gets ``set_num_threads`` (torch is imported here if it was not yet;
-    ``import_torch=False``: only when something already imported it, for a process that never
-    uses torch). The inter-op pool can only be sized before any parallel work; later it stays
-    as it is. Empty ``cpus`` and no ``threads`` (or ``threads=0``): no thread caps. Without
-    ``os.sched_setaffinity`` (macOS) the pinning is skipped with a warning; thread caps still
-    apply.
-    """
-    cpus = sorted({int(c) for c in cpus})
-    if cpus:
-        if not hasattr(os, "sched_setaffinity"):
-            log.warning("cpu pinning: os.sched_setaffinity is not available on %s; not pinning"
-                        " to %s", sys.platform, format_cpus(cpus))
-        else:
-            try:
-                os.sched_setaffinity(0, cpus)
-            except OSError as e:
-                log.warning("cpu pinning: cannot pin pid %d to %s (%s); not pinned",
-                            os.getpid(), format_cpus(cpus), e)
-    n = threads if threads is not None else len(cpus)
-    if n:
-        n = _check_count("threads", n, 1)
-        os.environ.update(thread_env(n))
-        torch = sys.modules.get("torch")
-        if torch is None and import_torch:
-            try:
-                import torch
-            except ImportError:
-                torch = None
-        if torch is not None:
-            torch.set_num_threads(n)
-            try:
-                torch.set_num_interop_threads(n)
-            except RuntimeError:
-                pass  # already set, or parallel work already started: keep it
-        avif = sys.modules.get("PIL.AvifImagePlugin")
-        if avif is not None and hasattr(avif, "DEFAULT_MAX_THREADS"):
-            avif.DEFAULT_MAX_THREADS = n
-    report = process_report()
-    log.info("cpu pinning: pid %d affinity %s, torch threads %s, %s OS threads",
-             report["pid"], format_cpus(report["affinity"]), report["torch_threads"],
-             report["os_threads"])
-    return report
-
-
 # --------------------------------------------------------------------------- the run's shape
 
 
@@ -416,7 +287,7 @@ class CpuPlan:
     on the driver and what travels to each actor and training worker (:meth:`to_dict`).
 
     It names no cores: each process plans its own node with :meth:`for_node` (the rule is in
-    the module docstring). ``train_workers``/``actors``: the run's totals (an upper bound for
+    docs/cpu-pinning.md). ``train_workers``/``actors``: the run's totals (an upper bound for
     any one node); ``cpus_per_worker``/``cpus_per_actor``: pinned cores per process;
     ``worker_cpus``: the Ray CPUs a training worker reserves (``train.cpus_per_worker``, may be
     fractional); ``train_gpu``: ``train.use_gpu`` (``auto``/``true``/``false``; with GPUs a
@@ -544,7 +415,7 @@ class CpuPlan:
 
 
 def _role(role: str) -> str:
-    if role not in ("train", "preprocess"):
+    if role not in ROLES:
         raise ValueError(f"pinning role: must be 'train' or 'preprocess', got {role!r}")
     return role
 
@@ -561,176 +432,3 @@ def plan_for_run(preprocess: PreprocessConfig, train: TrainConfig) -> CpuPlan:
                    preprocess.cpus_per_actor, worker_cpus=float(train.cpus_per_worker),
                    train_gpu=str(train.use_gpu), warnings=warnings, key=uuid.uuid4().hex[:16])
 
-
-# --------------------------------------------------------------------------- on the node
-
-_held_slots: dict[tuple[str, str], tuple[int, Any]] = {}  # (dir, key) -> (slot, open lock file)
-_node_cpus: CpuSet | None = None  # this process's CPU list before it pinned itself
-SLOT_LIMIT = 4096
-
-
-def slot_dir(key: str, base_dir: str | None = None) -> str:
-    """The node-local directory of ``key``'s slot lock files (under ``base_dir``, default the
-    temp dir: never shared between nodes)."""
-    import hashlib
-    import tempfile
-
-    base = base_dir or os.path.join(tempfile.gettempdir(), f"visual-dpo-slots-{os.getuid()}")
-    return os.path.join(base, hashlib.sha1(key.encode()).hexdigest()[:16])
-
-
-def claim_slot(key: str, slots: int = SLOT_LIMIT, *, base_dir: str | None = None) -> int:
-    """The lowest node-local index in ``[0, slots)`` that no live process holds for ``key``:
-    an ``flock`` on ``slot-<i>.lock``, kept for the life of this process (the kernel drops it
-    when the process dies, so a restarted actor re-claims a free slot). A process that already
-    holds a slot for ``key`` gets the same one back. All held: ``pid % slots`` (shared).
-
-    Ray Data does not tell an actor its index in the pool, let alone its index among the
-    actors on its node; this does."""
-    import fcntl
-
-    d = slot_dir(key, base_dir)
-    held = _held_slots.get((d, key))
-    if held is not None:
-        return held[0]
-    os.makedirs(d, exist_ok=True)
-    for i in range(slots):
-        f = open(os.path.join(d, f"slot-{i}.lock"), "a")  # noqa: SIM115 (held for life)
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            continue
-        _held_slots[(d, key)] = (i, f)
-        return i
-    return os.getpid() % max(1, slots)
-
-
-def release_slot(key: str, *, base_dir: str | None = None) -> None:
-    """Give back this process's slot for ``key`` (it is released at exit anyway)."""
-    held = _held_slots.pop((slot_dir(key, base_dir), key), None)
-    if held is not None:
-        held[1].close()
-
-
-def node_cpus() -> CpuSet:
-    """This node's CPU list as this process was given it: its affinity the first time this is
-    called (before :func:`pin_role` narrows it)."""
-    global _node_cpus
-    if _node_cpus is None:
-        _node_cpus = _current_affinity()
-    return _node_cpus
-
-
-def node_info(resources: bool = True) -> dict[str, Any]:
-    """Where this process runs: ``node`` (the Ray node id when Ray is initialised in this
-    process, else the hostname), ``node_id`` (the Ray node id, else ``None``), ``hostname``, and under Ray (and ``resources``) the node's
-    ``ray_cpus`` and ``ray_gpus`` and the cluster's ``cluster_gpus`` (``None`` when unknown).
-    Ray is used only if this process already imported it."""
-    host = socket.gethostname()
-    info: dict[str, Any] = {"node": host, "node_id": None, "hostname": host, "ray_cpus": None,
-                            "ray_gpus": None, "cluster_gpus": None}
-    ray = sys.modules.get("ray")
-    if ray is None or not hasattr(ray, "is_initialized"):
-        return info
-    try:
-        if not ray.is_initialized():
-            return info
-        node_id = ray.get_runtime_context().get_node_id()
-        info["node"] = info["node_id"] = node_id
-        if not resources:
-            return info
-        for n in ray.nodes():
-            if n.get("NodeID") == node_id:
-                res = n.get("Resources") or {}
-                info["ray_cpus"] = res.get("CPU")
-                info["ray_gpus"] = res.get("GPU", 0.0)
-                break
-        info["cluster_gpus"] = ray.cluster_resources().get("GPU", 0.0)
-    except Exception as e:  # noqa: BLE001 - a report without Ray details beats a failed actor
-        log.warning("cpu pinning: cannot read this node's Ray resources (%s); planning from"
-                    " its CPU list alone", e)
-    return info
-
-
-def pin_role(plan: dict[str, Any] | None, role: str, index: int | None = None,
-             report_dir: str | None = None, *, import_torch: bool = True,
-             slot_base_dir: str | None = None) -> dict[str, Any]:
-    """Pin this process as training worker with local rank ``index`` (``role="train"``) or as
-    a preprocessing actor (``role="preprocess"``; ``index=None`` claims a node-local slot,
-    :func:`claim_slot`) of the run shape ``plan`` (:meth:`CpuPlan.to_dict`), planning from this
-    node's own CPUs and Ray resources; write what it got to
-    ``report_dir/<role>-<node>-<index>-<pid>.json`` (a local path or a pyarrow-filesystem URI
-    such as ``s3://``, see ``runtime/storage.py``). ``plan`` None or mode off: report only.
-
-    The report (returned too): :func:`process_report` plus ``role``, ``index`` (the slot),
-    ``planned`` (the cores; ``[]``: not pinned), ``mode``, ``node`` (Ray node id, else the
-    hostname), ``node_id`` (Ray node id, else ``None``), ``hostname``,
-    ``node_cpus`` (the node's CPU list), ``node_plan`` (:meth:`NodePlan.describe`), ``slots``
-    (processes of this role the node plan expects) and ``warnings``."""
-    import json
-
-    _role(role)
-    shape = CpuPlan.from_dict(plan) if plan else None
-    info = node_info(resources=shape is not None and shape.mode != "off")
-    own = node_cpus()
-    cpus: CpuSet = ()
-    warnings: list[str] = []
-    node_plan: NodePlan | None = None
-    if shape is not None and shape.mode != "off":
-        node_plan = shape.for_node(own, ray_cpus=info["ray_cpus"], ray_gpus=info["ray_gpus"],
-                                   cluster_gpus=info["cluster_gpus"], node=info["node"])
-        sets = node_plan.train if role == "train" else node_plan.preprocess
-        if index is None:
-            key = f"{shape.key or report_dir or 'default'}:{role}"
-            index = claim_slot(key, base_dir=slot_base_dir)
-        cpus = node_plan.train_set(index) if role == "train" else node_plan.preprocess_set(index)
-        warnings.extend(node_plan.warnings)
-        if index >= len(sets):
-            warnings.append(
-                f"cpu pinning: {role} slot {index} is beyond the {len(sets)} this node's plan"
-                f" expects ({node_plan.describe()}); sharing the cores of slot"
-                f" {index % max(1, len(sets))}")
-        for w in warnings:
-            log.warning("%s", w)
-    report = pin_current_process(cpus, import_torch=import_torch) if cpus else process_report()
-    report.update(role=role, index=index, planned=list(cpus),
-                  mode=shape.mode if shape else "off", node=info["node"],
-                  node_id=info.get("node_id"), hostname=info["hostname"], node_cpus=list(own),
-                  node_plan=node_plan.describe() if node_plan else None,
-                  slots=(len(node_plan.train if role == "train" else node_plan.preprocess)
-                         if node_plan else None),
-                  warnings=warnings)
-    if report_dir:
-        node_tag = "".join(c for c in str(info["node"]) if c.isalnum() or c in "-_.")[:16]
-        name = f"{role}-{node_tag}-{index}-{os.getpid()}.json"
-        if "://" in report_dir and not report_dir.startswith("file://"):
-            from . import storage  # pyarrow filesystems (s3://...): shared run state
-
-            storage.write_json(storage.join(report_dir, name), report)
-        else:
-            local = report_dir.removeprefix("file://")
-            os.makedirs(local, exist_ok=True)
-            with open(os.path.join(local, name), "w") as f:
-                json.dump(report, f)
-    return report
-
-
-def read_reports(report_dir: str) -> list[dict[str, Any]]:
-    """The reports :func:`pin_role` wrote to ``report_dir`` (a local path: oldest first; a URI:
-    by name); each names its ``node``, ``node_id`` and ``hostname``."""
-    import glob
-    import json
-
-    if "://" in report_dir and not report_dir.startswith("file://"):
-        from . import storage
-
-        return [storage.read_json(f) for f in storage.list_files(report_dir)
-                if f.endswith(".json")]
-    local = report_dir.removeprefix("file://")
-    paths = sorted(glob.glob(os.path.join(local, "*.json")), key=os.path.getmtime)
-    out = []
-    for path in paths:
-        with open(path) as f:
-            out.append(json.load(f))
-    return out

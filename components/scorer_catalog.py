@@ -1,0 +1,56 @@
+"""The scorer catalogue: every model name, its modality and what it takes, as plain data.
+
+The configuration checks ``model.name`` against this list and the CLI help and the docs list
+it, without importing torch or ``components/training``; ``training/models.py`` maps each name
+to the module that builds it and checks at import time that both list the same names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class ScorerEntry:
+    name: str
+    modality: Literal["image", "video"]
+    summary: str
+    takes_prompt: bool = False
+    """Prompt-conditioned: scores (prompt, image) or (prompt, clip)."""
+    torchvision_weights: bool = False
+    """Takes a torchvision state dict through ``model.weights``."""
+
+
+CATALOG: tuple[ScorerEntry, ...] = (
+    ScorerEntry("bn-cnn", "image", "small BatchNorm CNN with global pooling (the default image scorer)"),
+    ScorerEntry("seed-cnn", "image", "the seed post's ImageDPO: two 3x3 convs and a linear head (baseline)"),
+    ScorerEntry("resnet18", "image", "torchvision ResNet-18 with a 1-output head",
+                torchvision_weights=True),
+    ScorerEntry("prompt-bn-cnn", "image", "bn-cnn features + prompt agreement (hashed-word embeddings)",
+                takes_prompt=True),
+    ScorerEntry("clip", "image", "open_clip CLIP: logit_scale * cos(image, prompt)",
+                takes_prompt=True),
+    ScorerEntry("bn-c3d", "video", "small BatchNorm 3-D CNN with global pooling (the default video scorer)"),
+    ScorerEntry("seed-c3d", "video", "the seed post's VideoDPO: two Conv3d blocks and an MLP head (baseline)"),
+    ScorerEntry("r3d_18", "video", "torchvision R3D-18", torchvision_weights=True),
+    ScorerEntry("mc3_18", "video", "torchvision MC3-18", torchvision_weights=True),
+    ScorerEntry("r2plus1d_18", "video", "torchvision R(2+1)D-18", torchvision_weights=True),
+    ScorerEntry("prompt-bn-c3d", "video", "bn-c3d features + prompt agreement (hashed-word embeddings)",
+                takes_prompt=True),
+)
+DEFAULT_SCORER = {"image": "bn-cnn", "video": "bn-c3d"}
+
+
+def names(modality: str) -> tuple[str, ...]:
+    """The scorers of one modality, in catalogue order."""
+    return tuple(e.name for e in CATALOG if e.modality == modality)
+
+
+def entry(name: str) -> ScorerEntry | None:
+    return next((e for e in CATALOG if e.name == name), None)
+
+
+def describe(modality: str) -> str:
+    """One line per scorer of ``modality``, for ``--help``."""
+    return "\n".join(f"  {e.name:<14}{e.summary}" for e in CATALOG if e.modality == modality)
