@@ -414,7 +414,7 @@ def _setup(spec: WorkerSpec, device: torch.device, world: int):
 
 
 def _report(metrics: dict[str, float], model, updater: Updater, progress: Progress,
-            spec: WorkerSpec, rank: int, world: int) -> None:
+            spec: WorkerSpec, rank: int, world: int) -> float:
     """Report the epoch to Ray Train with a checkpoint: written by rank 0 (``ddp``) or by
     every rank, each its shard (``fsdp``), and uploaded in the background (Ray Train's
     asynchronous upload) so training goes on while the files travel. The time this took
@@ -428,12 +428,14 @@ def _report(metrics: dict[str, float], model, updater: Updater, progress: Progre
     if rank == 0 or spec.train.strategy == "fsdp":
         save_checkpoint(d, model, updater, progress, spec, rank)
         ckpt = ray.train.Checkpoint.from_directory(d)
+    wait = time.perf_counter() - t0
     metrics = {**metrics, "step": progress.step, "world_size": world,
-               "train/checkpoint_wait_s": time.perf_counter() - t0}
+               "train/checkpoint_wait_s": wait}
     ray.train.report(metrics, checkpoint=ckpt, checkpoint_upload_mode=CheckpointUploadMode.ASYNC
                      if ckpt is not None else CheckpointUploadMode.SYNC)
     if ckpt is None:
         os.rmdir(d)
+    return wait
 
 
 def _memory_by_rank(model, updater: Updater, device: torch.device, world: int) -> dict[str, float]:
@@ -516,13 +518,16 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
             best = track_best(progress, metrics, spec.select_by)
             metrics["train/optimizer_steps"] = float(updater.steps)
             metrics["train/on_gpu"] = float(device.type == "cuda")  # the device actually used
+            metrics["train/world_size"] = float(world)
             if rank == 0:  # one line per epoch on the driver's terminal (Ray forwards worker logs)
                 log.info("%s%s", progress_line(metrics, progress.epoch, t.epochs),
                          f"  val acc {metrics['val/accuracy']:.3f}{' (best)' if best else ''}"
                          if "val/accuracy" in metrics else "")
             if metrics_log is not None:
                 metrics_log.log(metrics, progress.step)
-            _report(metrics, model, updater, progress, spec, rank, world)
+            wait = _report(metrics, model, updater, progress, spec, rank, world)
+            if metrics_log is not None:
+                metrics_log.log({"train/checkpoint_wait_s": wait}, progress.step)
             if t.patience and progress.stale >= t.patience:  # same all-reduced value everywhere
                 if rank == 0:
                     log.info("early stop after epoch %d: %s has not improved for %d epochs "
