@@ -110,13 +110,16 @@ demo-video: install
 		--epochs $(EPOCHS) data.image_size=32 data.video.frames=8 train.batch_size=16 train.lr=3e-3 \
 		--summary outputs/demo-video-summary.json
 
+# Two pytest-xdist workers (2 cores): one runs every test on the session's 2-CPU Ray cluster, the
+# other the tests that start servers and clusters of their own, then the rest (tests/conftest.py,
+# XDIST_GROUPS). Each test has 10 minutes (pytest-timeout, pyproject.toml).
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 # Without Ray and without the slow tests (tests/conftest.py marks every test that starts Ray,
-# and fails one that starts it unmarked): about a minute.
+# and fails one that starts it unmarked): under two minutes on 2 cores.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not ray"
+	$(PY) -m pytest -q -n 2 -m "not slow and not ray"
 
 lint: install
 	$(PY) -m ruff check components pipelines tests benchmarks

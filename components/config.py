@@ -7,6 +7,7 @@ work starts, so a user fixes a bad command line in one go.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -22,7 +23,13 @@ from . import scorer_catalog
 # tuples are for code that lists the values (one definition each: tests/test_architecture.py).
 Layout = Literal["auto", "canonical", "pickapic"]
 TiePolicy = Literal["drop", "soft"]
-LossType = Literal["bt", "dpo", "ipo", "hinge", "robust"]
+LossType = Literal["bt", "dpo", "ipo", "hinge", "robust", "btt", "uncertainty"]
+HeadKind = Literal["score", "mu_sigma", "named"]
+"""``model.head``: the scorer's output layer. ``score``: one output, the score. ``mu_sigma``:
+two, ``(mu, log sigma)`` as HPSv3: the score is ``mu``, ``sigma`` its uncertainty (trained by
+``loss.type=uncertainty``). ``named``: one output per ``model.head_names`` as VideoAlign's
+visual quality / motion quality / text alignment; the score is their ``model.head_weights``
+total."""
 UseGpu = Literal["auto", "true", "false"]
 Modality = Literal["image", "video"]
 PadPolicy = Literal["repeat", "loop", "reject"]
@@ -36,6 +43,10 @@ CacheMode = Literal["auto", "decoded", "none"]
 Strategy = Literal["ddp", "fsdp"]
 """``train.strategy``: ``ddp`` replicates the model on every worker (DistributedDataParallel);
 ``fsdp`` shards parameters, gradients and optimiser state over the workers (FSDP2)."""
+ScoreScale = Literal["logit_scale", "none"]
+"""``model.score_scale`` of the CLIP-family scorers: ``logit_scale`` scores
+``logit_scale.exp() * cos(image, prompt)`` (PickScore; SigLIP adds its ``logit_bias``),
+``none`` the plain cosine (HPSv2, tgxs002/HPSv2 ``hpsv2/img_score.py``)."""
 SelectBy = Literal["auto", "last", "val/accuracy", "val/loss"]
 """``train.select_by``: which checkpoint is registered. ``auto``: ``val/accuracy`` when
 ``data.val_fraction`` > 0, else ``last``."""
@@ -43,6 +54,7 @@ SelectBy = Literal["auto", "last", "val/accuracy", "val/loss"]
 LAYOUTS = typing.get_args(Layout)
 TIE_POLICIES = typing.get_args(TiePolicy)
 LOSS_TYPES = typing.get_args(LossType)
+HEAD_KINDS = typing.get_args(HeadKind)
 USE_GPU = typing.get_args(UseGpu)
 MODALITIES = typing.get_args(Modality)
 PAD_POLICIES = typing.get_args(PadPolicy)
@@ -50,6 +62,7 @@ PIN_MODES = typing.get_args(PinMode)
 LR_SCHEDULES = typing.get_args(LrSchedule)
 CACHE_MODES = typing.get_args(CacheMode)
 SELECT_BY = typing.get_args(SelectBy)
+SCORE_SCALES = typing.get_args(ScoreScale)
 STRATEGIES = typing.get_args(Strategy)
 # Pillow refuses images over twice its MAX_IMAGE_PIXELS (a decompression-bomb guard, left on);
 # data.max_pixels above that could never be reached.
@@ -238,17 +251,36 @@ class LoraConfig:
 class ModelConfig:
     name: str = "bn-cnn"
     """A scorer of the catalogue (``components/scorer_catalog.py``; ``visual-dpo run --help``
-    lists them). Prompt-conditioned: ``prompt-bn-cnn`` and ``clip`` (images),
+    lists them). Prompt-conditioned: ``prompt-bn-cnn``, ``clip`` and ``hf-clip`` (images),
     ``prompt-bn-c3d`` (clips)."""
     arch: str = "ViT-B-32"
     """``clip`` only: an open_clip architecture name, or a path to an open_clip model-config
     JSON file."""
     pretrained: str = ""
-    """``clip`` only: a local path or URI of an open_clip checkpoint (e.g. OpenAI / LAION CLIP,
-    HPSv2) for ``model.arch``. Empty: random init. Never downloaded."""
+    """``clip``: a local path or URI of an open_clip checkpoint (e.g. OpenAI / LAION CLIP,
+    HPSv2) for ``model.arch``; empty: random init. ``hf-clip`` (required): a local Hugging
+    Face model directory (``config.json``, ``model.safetensors``, tokenizer and processor
+    files; e.g. PickScore) or a URI of one, copied here first. Never a hub id: nothing
+    downloads from the Hub."""
+    score_scale: ScoreScale = "logit_scale"
+    """``clip``, ``hf-clip``: ``logit_scale`` (``logit_scale.exp() * cos``, PickScore) or
+    ``none`` (the plain cosine, HPSv2)."""
     weights: str = ""
     """torchvision scorers (resnet18, r3d_18, mc3_18, r2plus1d_18): a local path or URI of a
     torchvision state dict (e.g. ImageNet / Kinetics); the 1-output head stays new."""
+
+    head: HeadKind = "score"
+    """The output layer (docs/models.md): ``score`` (one output), ``mu_sigma`` (``(mu, log
+    sigma)`` as HPSv3; the score is ``mu``; with ``loss.type=uncertainty``) or ``named`` (one
+    output per ``head_names`` as VideoAlign; the score is the ``head_weights`` total). Not for
+    the CLIP-family scorers, whose score is a cosine."""
+    head_names: list[str] = field(default_factory=list)
+    """``model.head=named``: the heads' names (a letter, then letters, digits or ``_``), e.g.
+    ``vq,mq,ta``. Each head is trained as a scorer of its own on the pair's label and served
+    as a column of its own."""
+    head_weights: list[float] = field(default_factory=list)
+    """``model.head=named``: each head's weight (>= 0) in the score, the total that is served,
+    ranked and gated; empty: 1 each (VideoAlign's Overall = VQ + MQ + TA)."""
 
     lora: LoraConfig = field(default_factory=LoraConfig)
 
@@ -256,26 +288,89 @@ class ModelConfig:
         """Rules of this section alone; the name is checked per modality in ``validate``."""
         p = []
         known = scorer_catalog.entry(self.name)
-        if self.pretrained and self.name != "clip":
-            p.append("model.pretrained: only for model.name=clip; torchvision scorers take "
-                     "model.weights=PATH")
+        takes = known.pretrained if known is not None else ""
+        clips = ", ".join(e.name for e in scorer_catalog.CATALOG if e.pretrained)
+        if self.pretrained and known is not None and not takes:
+            p.append(f"model.pretrained: only for the CLIP-family scorers ({clips}); "
+                     "torchvision scorers take model.weights=PATH")
+        if takes == "hf" and not self.pretrained:
+            p.append(f"model.pretrained: model.name={self.name} needs {_HF_DIRECTORY}")
+        if self.score_scale != "logit_scale" and known is not None and not takes:
+            p.append(f"model.score_scale: only for the CLIP-family scorers ({clips}), not "
+                     f"{self.name!r}")
         if self.weights and known is not None and not known.torchvision_weights:
             takes = [e.name for e in scorer_catalog.CATALOG if e.torchvision_weights]
             p.append(f"model.weights: only for the torchvision scorers ({', '.join(takes)}), "
                      f"not {self.name!r}")
         p += self.lora.problems()
+        p += _head_problems(self)
         for key, path in (("model.pretrained", self.pretrained), ("model.weights", self.weights)):
-            if path and "://" not in path and not Path(path).is_file():
+            if not path or "://" in path:
+                continue
+            if key == "model.pretrained" and takes == "hf":
+                p += _hf_directory_problems(path)
+            elif not Path(path).is_file():
                 p.append(f"{key}: {path} is not a file here; give a local checkpoint file or "
                          "a URI (s3://..., gs://...)")
         return p
+
+
+_HF_DIRECTORY = ("a local Hugging Face model directory (config.json, model.safetensors, "
+                 "tokenizer and processor files) or a URI of one (s3://..., gs://...)")
+
+
+def _hf_directory_problems(path: str) -> list[str]:
+    """``model.pretrained`` of ``hf-clip``: a directory here, never a Hub id (it would
+    download; nothing does)."""
+    owner_slash_name = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path) is not None
+    if path.startswith("hf-hub:") or (owner_slash_name and not Path(path).exists()):
+        repo = path.removeprefix("hf-hub:")
+        return [f"model.pretrained: {path!r} is not a directory here; if it is a Hugging Face "
+                f"Hub id, nothing downloads at run time: download it first (hf download {repo} "
+                f"--local-dir DIR) and pass model.pretrained=DIR, {_HF_DIRECTORY}"]
+    if not Path(path).is_dir():
+        return [f"model.pretrained: {path} is not a directory here; give {_HF_DIRECTORY}"]
+    if not (Path(path) / "config.json").is_file():
+        return [f"model.pretrained: {path} has no config.json; give {_HF_DIRECTORY}"]
+    return []
+
+
+
+HEAD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+"""A head name: a metric-name part, a DataFrame column and a ``key=value`` list item alike."""
+
+
+def _head_problems(m: ModelConfig) -> list[str]:
+    """``model.head``, ``head_names`` and ``head_weights`` together."""
+    if m.head != "named":
+        if m.head_names or m.head_weights:
+            return [f"model.head_names, model.head_weights: only for model.head=named, not "
+                    f"{m.head}"]
+        return []
+    names, weights = m.head_names, m.head_weights
+    if not names:
+        return ["model.head=named needs model.head_names, e.g. model.head_names=vq,mq,ta"]
+    p = []
+    bad = [n for n in names if not HEAD_NAME.fullmatch(n) or n == "score"]
+    if bad:
+        p.append(f"model.head_names: {bad} are not head names: a letter, then letters, digits "
+                 "or _ ('score' is the total's column)")
+    if len(set(names)) != len(names):
+        p.append(f"model.head_names: {names} names a head twice")
+    if weights and len(weights) != len(names):
+        p.append(f"model.head_weights: {len(weights)} weights for {len(names)} heads "
+                 f"({','.join(names)}); give one each, or none for 1 each")
+    elif weights and (min(weights) < 0 or sum(weights) <= 0):
+        p.append(f"model.head_weights: {weights} must be >= 0 with a positive sum")
+    return p
 
 
 @dataclass
 class LossConfig:
     type: LossType = "bt"
     """The objective: ``bt`` (Bradley-Terry), ``dpo`` (against a frozen reference), ``ipo``,
-    ``hinge``, ``robust`` (docs/models.md)."""
+    ``hinge``, ``robust``, ``btt`` (Bradley-Terry with ties, VideoAlign), ``uncertainty``
+    (HPSv3; needs ``model.head=mu_sigma``) (docs/models.md)."""
     beta: float = 1.0
     """Scale of the reward gap in the loss (DPO's beta)."""
     label_smoothing: float = 0.0
@@ -285,6 +380,10 @@ class LossConfig:
     temporal_weight: float = 0.0
     """Video only: lambda of the temporal-consistency prior; the reward in the loss (and the
     registered model's score) is ``s(x) + lambda * c(x)``, ``c = -mean_t MSE(f_t, f_t+1)``."""
+    tie_theta: float = 5.0
+    """``loss.type=btt``: the Rao-Kupper tie parameter theta > 1, fixed (VideoAlign's k = 5):
+    a pair with reward gap h is won with probability sigmoid(h - log theta), lost with
+    sigmoid(-h - log theta), and tied with the rest; ties are ``target=0.5`` rows."""
     reference: str = "init"
     """Frozen reference for loss.type=dpo: ``init`` (the initial weights) or an MLflow model
     URI such as ``models:/image-scorer@champion`` (training then starts from its weights)."""
@@ -297,6 +396,9 @@ class LossConfig:
             p.append(f"loss.label_smoothing: {self.label_smoothing} must be in [0, 0.5)")
         if self.center_rewards_coefficient < 0:
             p.append("loss.center_rewards_coefficient: must be >= 0")
+        if not self.tie_theta > 1:
+            p.append(f"loss.tie_theta: {self.tie_theta} must be > 1 (1 gives ties no "
+                     "probability)")
         if (self.reference != "init" and "://" not in self.reference
                 and not self.reference.startswith(("models:/", "runs:/"))):
             p.append(f"loss.reference: {self.reference!r} is neither 'init' nor a model URI "
@@ -546,6 +648,8 @@ def _coerce(value: Any, typ: Any, key: str, problems: list[str]) -> Any:
         (inner,) = typing.get_args(typ)
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # key=2 on the command line: a list of one number
         if not isinstance(value, list):
             problems.append(f"{key}: expected a list, got {value!r}")
             return None
@@ -641,8 +745,10 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
     d, t, lo = cfg.data, cfg.train, cfg.loss
     if require_train and not d.train:
         p.append("data.train: no training data; pass --train PATH (file, directory or glob)")
-    if cfg.ties == "soft" and lo.type not in ("bt", "dpo"):
-        p.append(f"ties=soft needs a logistic loss (bt or dpo), not loss.type={lo.type!r}")
+    if cfg.ties == "soft" and lo.type not in ("bt", "dpo", "btt", "uncertainty"):
+        p.append(f"ties=soft needs a logistic loss (bt, dpo, btt or uncertainty), not "
+                 f"loss.type={lo.type!r}")
+    p += _head_loss_problems(cfg.model, lo)
     names = scorer_catalog.names(cfg.modality)
     if cfg.model.name not in names:
         p.append(f"model.name: {cfg.model.name!r} is not one of the {cfg.modality} scorers "
@@ -668,6 +774,24 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
         p.append("train.compile: not with train.strategy=fsdp yet; set train.compile=false")
     if cfg.tracking.resume and cfg.incremental:
         p.append("--resume and --incremental do not go together: resume the incremental run by id")
+    return p
+
+
+def _head_loss_problems(m: ModelConfig, lo: LossConfig) -> list[str]:
+    """The objectives each ``model.head`` trains with."""
+    p = []
+    if lo.type == "uncertainty" and m.head != "mu_sigma":
+        p.append("loss.type=uncertainty needs model.head=mu_sigma (it reads each item's sigma)")
+    if m.head == "mu_sigma" and lo.type != "uncertainty":
+        p.append(f"model.head=mu_sigma: only loss.type=uncertainty trains sigma; with "
+                 f"loss.type={lo.type} it would stay at its initial value. Set "
+                 "loss.type=uncertainty, or model.head=score")
+    if m.head == "named" and lo.type == "dpo":
+        p.append("model.head=named: loss.type=dpo would need the reference's score per head; "
+                 "use bt or btt")
+    if m.head == "named" and lo.temporal_weight:
+        p.append("loss.temporal_weight: not with model.head=named (which heads would the prior "
+                 "join?); set loss.temporal_weight=0 or model.head=score")
     return p
 
 

@@ -20,6 +20,10 @@ class ScorerEntry:
     """Prompt-conditioned: scores (prompt, image) or (prompt, clip)."""
     torchvision_weights: bool = False
     """Takes a torchvision state dict through ``model.weights``."""
+    pretrained: Literal["", "open_clip", "hf"] = ""
+    """A CLIP-family scorer: what ``model.pretrained`` takes, an open_clip checkpoint file
+    (``open_clip``) or a Hugging Face model directory (``hf``); it scores
+    ``model.score_scale`` x cos(image, prompt)."""
 
 
 CATALOG: tuple[ScorerEntry, ...] = (
@@ -30,7 +34,9 @@ CATALOG: tuple[ScorerEntry, ...] = (
     ScorerEntry("prompt-bn-cnn", "image", "bn-cnn features + prompt agreement (hashed-word embeddings)",
                 takes_prompt=True),
     ScorerEntry("clip", "image", "open_clip CLIP: logit_scale * cos(image, prompt)",
-                takes_prompt=True),
+                takes_prompt=True, pretrained="open_clip"),
+    ScorerEntry("hf-clip", "image", "transformers CLIP/SigLIP directory (PickScore): "
+                "logit_scale * cos(image, prompt)", takes_prompt=True, pretrained="hf"),
     ScorerEntry("bn-c3d", "video", "small BatchNorm 3-D CNN with global pooling (the default video scorer)"),
     ScorerEntry("seed-c3d", "video", "the seed post's VideoDPO: two Conv3d blocks and an MLP head (baseline)"),
     ScorerEntry("r3d_18", "video", "torchvision R3D-18", torchvision_weights=True),

@@ -58,7 +58,9 @@ def prepare_key(cfg: RunConfig, inputs: RunInputs) -> dict[str, Any]:
     return {"data": data, "ties": cfg.ties,
             "train": fingerprint(list(inputs.train.shards)) if inputs.train else "",
             "eval": fingerprint(list(inputs.eval.shards)) if inputs.eval else "",
-            "tokenizer": [inputs.spec.text, inputs.spec.context_length, inputs.spec.vocab_size],
+            "tokenizer": [inputs.spec.text, inputs.spec.context_length, inputs.spec.vocab_size]
+            # an hf-clip checkpoint's own tokenizer: by its content (unchanged keys otherwise)
+            + ([digest({"tokenizer": inputs.spec.tokenizer})] if inputs.spec.tokenizer else []),
             "cache": inputs.cache}
 
 

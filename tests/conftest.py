@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -26,12 +27,69 @@ import pytest
 # "score", ...])` past its up-front checks, which call ensure_ray) uses ray_cluster.
 RAY_FIXTURES = frozenset({"ray_cluster", "ray_head", "two_node_cluster"})
 
+# `make test` runs two pytest-xdist workers with `--dist loadgroup`; a group runs in one worker.
+# All tests on the session's ray_cluster share one worker, so the suite starts one 2-CPU
+# cluster, sized like the machine, not one per worker. The tests that start servers and
+# clusters of their own (test_job.py, test_two_nodes.py: mostly waiting for them to start,
+# stop and run jobs) share the other, which also takes the rest as it comes free.
+XDIST_GROUPS = {"ray_cluster": "ray_cluster", "ray_head": "own_clusters",
+                "two_node_cluster": "own_clusters", "s3_server": "own_clusters"}
+# pytest-xdist 3.8 on pytest 9.2 ignores `xdist_group` (pytest-dev/pytest-xdist#1386: the
+# worker appends the group to the node id, which pytest 9.2 no longer lets it change). Until
+# that is fixed, each worker writes every test's group to a file and the controller schedules
+# by it, as `--dist loadgroup` would.
+_GROUPS_FILE = "visual_dpo_xdist_groups"  # the worker input naming that file
+_GROUPS_PATH = pytest.StashKey[str]()
+
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
+    groups = {}
     for item in items:
-        if RAY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        fixtures = getattr(item, "fixturenames", ())
+        if RAY_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.ray)
+        group = next((g for f, g in XDIST_GROUPS.items() if f in fixtures), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+            groups[item.nodeid] = group
+    path = getattr(config, "workerinput", {}).get(_GROUPS_FILE)
+    if path:  # an xdist worker (each writes the same, whole)
+        tmp = f"{path}.{os.getpid()}"
+        Path(tmp).write_text(json.dumps(groups))
+        os.replace(tmp, path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist controller, per worker: the file that worker writes the groups to."""
+    config = node.config
+    if _GROUPS_PATH not in config.stash:
+        fd, path = tempfile.mkstemp(prefix="xdist-groups-", suffix=".json")
+        os.close(fd)
+        config.stash[_GROUPS_PATH] = path
+        config.add_cleanup(lambda: Path(path).unlink(missing_ok=True))
+    node.workerinput[_GROUPS_FILE] = config.stash[_GROUPS_PATH]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class MarkedGroupScheduling(LoadGroupScheduling):
+        """`--dist loadgroup` with the groups the workers wrote, read when the controller
+        first splits the tests into units (every worker has collected by then)."""
+
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                self.groups = json.loads(Path(config.stash[_GROUPS_PATH]).read_text() or "{}")
+            return self.groups.get(nodeid) or super()._split_scope(nodeid)
+
+    return MarkedGroupScheduling(config, log)
 
 
 def pytest_collection_finish(session):

@@ -105,7 +105,8 @@ def test_media_spec_carries_every_decode_setting_of_the_config():
     assert dataclasses.asdict(spec) == {"modality": "video", "size": 40, "max_pixels": 5000,
                                         "decode_timeout_s": d.decode_timeout_s,
                                         **dataclasses.asdict(d.video),
-                                        "text": "", "context_length": 0, "vocab_size": 0}
+                                        "text": "", "context_length": 0, "vocab_size": 0,
+                                        "tokenizer": ""}
     assert MediaSpec.from_config("image", d) == MediaSpec("image", 40, 5000,
                                                           decode_timeout_s=d.decode_timeout_s)
 
@@ -116,7 +117,7 @@ def test_an_enumeration_is_defined_once():
     and its yaml). A copy the config keeps for validation must stay equal to the owner's."""
     owners = {"PIN_MODES": "components/runtime/pinning/plan.py"}
     for name in ("PAD_POLICIES", "PIN_MODES", "LOSS_TYPES", "LAYOUTS", "LR_SCHEDULES",
-                 "SELECT_BY"):
+                 "SELECT_BY", "SCORE_SCALES"):
         defining = [p.relative_to(ROOT).as_posix() for p in _modules()
                     if any(isinstance(n, ast.Assign) and any(
                         isinstance(t, ast.Name) and t.id == name for t in n.targets)

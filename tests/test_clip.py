@@ -185,6 +185,7 @@ def test_load_backbone_weights_refuses_a_mismatched_backbone(imagenet_like, tmp_
 
 def test_s3_uris_honour_aws_endpoint_url(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)  # it would win (another test's S3)
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     from components.runtime.storage import filesystem  # what clip.py reads weights through
 

@@ -88,3 +88,44 @@ def test_incremental_dpo_records_the_loss_it_really_uses():
     assert for_incremental(cfg, None) is cfg
     bt = load_config(None, ["data.train=x"])
     assert for_incremental(bt, warm).loss.reference == "init"  # bt has no reference
+
+
+def test_reward_heads_and_their_objectives_are_checked_up_front():
+    from components.training.models import config_problems
+
+    ok = load_config(None, ["data.train=x", "model.head=mu_sigma", "loss.type=uncertainty"])
+    assert ok.model.head == "mu_sigma"
+    named = load_config(None, ["data.train=x", "model.head=named", "model.head_names=vq,mq,ta",
+                               "model.head_weights=1,0.5,2", "loss.type=btt", "ties=soft"])
+    assert named.model.head_names == ["vq", "mq", "ta"]
+    assert named.model.head_weights == [1.0, 0.5, 2.0]
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.train=x", "model.head=sigma"])
+    assert "model.head: 'sigma' is not one of score, mu_sigma, named" in e.value.problems
+    cases = {
+        ("loss.type=uncertainty",): "loss.type=uncertainty needs model.head=mu_sigma",
+        ("model.head=mu_sigma",): "model.head=mu_sigma: only loss.type=uncertainty trains sigma",
+        ("model.head=named",): "model.head=named needs model.head_names",
+        ("model.head=named", "model.head_names=vq,score,2x"): "['score', '2x'] are not head names",
+        ("model.head=named", "model.head_names=vq,vq"): "names a head twice",
+        ("model.head=named", "model.head_names=vq,mq", "model.head_weights=1"):
+            "model.head_weights: 1 weights for 2 heads",
+        ("model.head=named", "model.head_names=vq,mq", "model.head_weights=1,-1"):
+            "must be >= 0 with a positive sum",
+        ("model.head_names=vq",): "only for model.head=named, not score",
+        ("model.head=named", "model.head_names=vq", "loss.type=dpo"): "loss.type=dpo would need",
+        ("loss.type=btt", "loss.tie_theta=1"): "loss.tie_theta: 1.0 must be > 1",
+        ("ties=soft", "loss.type=ipo"): "ties=soft needs a logistic loss (bt, dpo, btt",
+    }
+    for overrides, needle in cases.items():
+        with pytest.raises(ConfigError) as e:
+            load_config(None, ["data.train=x", *overrides])
+        assert needle in "\n".join(e.value.problems), (overrides, e.value.problems)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.train=x", "model.name=clip", "data.image_size=224",
+                           "model.head=mu_sigma", "loss.type=uncertainty"],
+                    checks=[config_problems])
+    assert "model.head=mu_sigma: clip scores with a cosine" in "\n".join(e.value.problems)
+    with pytest.raises(ConfigError, match="not with model.head=named"):
+        load_config(None, ["data.train=x", "model.head=named", "model.head_names=vq",
+                           "loss.temporal_weight=0.5"], modality="video")

@@ -78,13 +78,15 @@ def test_a_killed_fsdp_worker_resumes_from_the_sharded_checkpoint_and_matches_dd
     assert len(scores) == 2
 
 
-def test_an_fsdp_run_resumes_on_a_different_number_of_workers(
+def test_an_fsdp_lora_run_resumes_on_a_different_number_of_workers_and_registers_merged(
         ray_cluster, data, tmp_path, tracking_uri, capsys, fail_training_once):
+    """FSDP with LoRA adapters and activation checkpointing (VideoAlign's recipe at CNN scale):
+    stopped after epoch 1 on two workers, resumed on one, registered as a plain scorer."""
     marker = fail_training_once(epoch=1)
     args = ["--train", str(data / "train"), "--eval", str(data / "eval"), "--epochs", "2",
             "--tracking-uri", tracking_uri, "--output-dir", str(tmp_path / "out"),
             *TWO_WORKERS, "train.strategy=fsdp", "train.max_failures=0",
-            "train.activation_checkpointing=true"]
+            "train.activation_checkpointing=true", "model.lora.r=4", "model.lora.alpha=8"]
     rc, first = _run(args, tmp_path, "first", capsys)
     assert rc == 1 and first["failed_step"] == "train", first
     assert marker.exists()
@@ -99,3 +101,19 @@ def test_an_fsdp_run_resumes_on_a_different_number_of_workers(
     metrics = client.get_run(first["run_id"]).data.metrics
     assert metrics["memory/rank0/params_local"] == metrics["memory/params_total"]  # one holds all
     assert len(resumed["train_loss_by_epoch"]) == 2
+    assert resumed["model_version"] == "1"
+
+    # The registered weights are bn-cnn's own keys (adapters merged): no peft to load them.
+    import mlflow.pyfunc
+    import pandas as pd
+    import torch
+
+    from components.training.models import build_scorer
+    from components.training.trainer import WEIGHTS_FILE
+    from tests.media_bytes import photo_bytes
+
+    assert client.get_run(first["run_id"]).data.params["model.lora.r"] == "4"
+    weights = torch.load(next((tmp_path / "out").rglob(WEIGHTS_FILE)), weights_only=True)
+    assert list(weights) == list(build_scorer("bn-cnn").state_dict())
+    model = mlflow.pyfunc.load_model(f"models:/image-scorer/{resumed['model_version']}")
+    assert len(model.predict(pd.DataFrame({"image": [photo_bytes(32, seed=3)]}))) == 1

@@ -55,7 +55,6 @@ def test_activation_checkpointing_gives_the_same_gradients_and_batchnorm_statist
 
 
 def test_lora_trains_adapters_and_merges_into_a_plain_scorer():
-    pytest.importorskip("peft")
     from components.training.lora import apply_lora, merge_lora, trainable_share
 
     torch.manual_seed(0)
@@ -83,7 +82,6 @@ def test_lora_trains_adapters_and_merges_into_a_plain_scorer():
 
 
 def test_lora_names_an_unknown_target():
-    pytest.importorskip("peft")
     from components.training.lora import apply_lora
 
     with pytest.raises(ValueError, match="matches no Linear or Conv layer"):

@@ -30,6 +30,8 @@ def no_leaks():
     yield seen
     after = count_raylets()
     print(f"\nraylets on the machine: before {before}, after {after}")
+    if "temp_root" not in seen:  # the cluster failed to start; its own teardown checked it
+        return
     root, tmpfs = seen["temp_root"], seen["tmpfs_source"]
     assert count_raylets(str(root)) == 0
     assert mounts_named(tmpfs) == []
@@ -159,8 +161,9 @@ def _upload_sample(s3_server, tmp_path) -> tuple[str, str]:
     return s3_server.uri("data/train"), s3_server.uri("data/eval")
 
 
+@pytest.mark.timeout(1500)  # above the two jobs' own deadlines (900 s + 300 s), which report logs
 def test_run_image_as_a_job_on_two_nodes_with_s3_storage(no_leaks, two_node_cluster, s3_server,
-                                                         s3_mlflow_server, tmp_path):
+                                                         s3_mlflow_server, tmp_path, monkeypatch):
     import mlflow
     import pandas as pd
     from mlflow import MlflowClient
@@ -175,7 +178,9 @@ def test_run_image_as_a_job_on_two_nodes_with_s3_storage(no_leaks, two_node_clus
             f"--epochs 2 --tracking-uri {s3_mlflow_server.uri} --experiment two-nodes "
             "--model-name two-node-scorer data.image_size=32 train.batch_size=16 "
             # Decode actors on the second node, the training worker on the head.
-            "preprocess.node_resource=worker_node train.node_resource=head")
+            "preprocess.node_resource=worker_node train.node_resource=head "
+            # Sharded training state: DCP shards written to, and read back from, the bucket.
+            "train.strategy=fsdp")
     from two_nodes import REPO, job_excludes
 
     # Uploaded as `make submit` uploads it: without the Makefile's JOB_EXCLUDES.
@@ -195,10 +200,13 @@ def test_run_image_as_a_job_on_two_nodes_with_s3_storage(no_leaks, two_node_clus
 
     run_dir = summary["output_dir"]
     assert run_dir == f"{run_root}/two-nodes"
-    for k, v in s3_server.env.items():
-        os.environ.setdefault(k, v)
+    for k, v in s3_server.env.items():  # for this test only: later tests set their own
+        monkeypatch.setenv(k, v)
     files = storage.list_files(run_dir)
     assert any("/ray_results/" in f and f.endswith("/state.pt") for f in files), files[:20]
+    assert any("/ray_results/" in f and f.endswith("/sharded/.metadata") for f in files)
+    assert any("/ray_results/" in f and f.endswith("/sharded/__0_0.distcp") for f in files)
+    assert any("/ray_results/" in f and f.endswith("/weights.pt") for f in files)  # merged
     assert f"{run_dir}/quarantine.parquet" in files
     assert any(f.startswith(f"{run_dir}/prepared/train/") for f in files)
 

@@ -237,20 +237,8 @@ def prepare_splits(train: ReadPlan | None, evals: ReadPlan | None, run_dir: str,
 
     quarantine_path = storage.join(run_dir, "quarantine.parquet")
     n_quarantined = write_quarantine(prepared, quarantine_path)
-    metrics: dict[str, float] = {}
-    for split, c in counts.items():
-        for k in ("read", "used", "quarantined", "excluded"):
-            metrics[f"rows/{split}/{k}"] = getattr(c, k)
-    metrics["data/decode_s"] = sum(p.decode_s for p in prepared + pixel_copies)
-    metrics["data/streaming"] = float(streaming)
-    metrics["data/bytes_written"] = float(sum(
-        storage.total_size(p.path) for p in prepared + pixel_copies))
-    consistency: dict[str, dict[str, float]] = {}
-    for p in prepared:
-        consistency.update(p.consistency)
-    for split, st in consistency.items():
-        for k in ("chosen_mean_c", "rejected_mean_c", "chosen_more_consistent"):
-            metrics[f"data/{split}/{k}"] = st[k]
+    written = prepared + pixel_copies
+    metrics, consistency = _metrics(counts, prepared, written, streaming)
     sizes: Counter[str] = Counter()
     for p in prepared:
         sizes.update(p.image_sizes)
@@ -259,7 +247,9 @@ def prepare_splits(train: ReadPlan | None, evals: ReadPlan | None, run_dir: str,
         "quarantined_total": n_quarantined,
         "source_image_sizes": dict(sizes.most_common(50)),
         "decoded_shape": list(opts.spec.shape),
-        "media": opts.spec.to_dict(),
+        # The tokenizer itself (megabytes for a real CLIP) is in the registered model, not here.
+        "media": {k: (f"<{len(v)} characters>" if k == "tokenizer" and v else v)
+                  for k, v in opts.spec.to_dict().items()},
         "temporal_consistency": consistency,
         "split": "separate eval data" if has_eval
         else f"hash of pair_id, eval_fraction={data.eval_fraction}",
@@ -277,3 +267,24 @@ def prepare_splits(train: ReadPlan | None, evals: ReadPlan | None, run_dir: str,
                           report, cache, val_path)
 
 
+
+
+def _metrics(counts: dict[str, RowCounts], prepared: list[PreparedData],
+             written: list[PreparedData], streaming: bool
+             ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The prepare step's MLflow metrics (``rows/<split>/<count>``, ``data/*``) and the clips'
+    temporal consistency by split."""
+    metrics: dict[str, float] = {}
+    for split, c in counts.items():
+        for k in ("read", "used", "quarantined", "excluded"):
+            metrics[f"rows/{split}/{k}"] = getattr(c, k)
+    metrics["data/decode_s"] = sum(p.decode_s for p in written)
+    metrics["data/streaming"] = float(streaming)
+    metrics["data/bytes_written"] = float(sum(storage.total_size(p.path) for p in written))
+    consistency: dict[str, dict[str, float]] = {}
+    for p in prepared:
+        consistency.update(p.consistency)
+    for split, st in consistency.items():
+        for k in ("chosen_mean_c", "rejected_mean_c", "chosen_more_consistent"):
+            metrics[f"data/{split}/{k}"] = st[k]
+    return metrics, consistency

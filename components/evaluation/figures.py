@@ -34,7 +34,8 @@ def score_histograms(s_chosen: np.ndarray, s_rejected: np.ndarray) -> Figure:
     return fig
 
 
-def reliability_diagram(table: list[dict], ece: float) -> Figure:
+def reliability_diagram(table: list[dict], ece: float,
+                        p: str = "sigmoid(beta * (s_c - s_r))") -> Figure:
     fig = _figure((5, 5))
     ax = fig.subplots()
     ax.plot([0.5, 1.0], [0.5, 1.0], "k--", lw=1, label="perfect calibration")
@@ -46,7 +47,7 @@ def reliability_diagram(table: list[dict], ece: float) -> Figure:
             ax.annotate(str(b["n"]), (b["confidence"], b["accuracy"]), fontsize=7)
     ax.set_xlim(0.5, 1.0)
     ax.set_ylim(0.0, 1.0)
-    ax.set_xlabel("confidence max(p, 1-p), p = sigmoid(beta * (s_c - s_r))")
+    ax.set_xlabel(f"confidence max(p, 1-p), p = {p}")
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability (ECE = {ece:.3f}; labels: pairs per bin)")
     ax.legend(loc="lower right")
@@ -85,7 +86,8 @@ def _strip(item: np.ndarray) -> np.ndarray:
 
 
 def report_figures(report, prepared_path: str, worst: int) -> dict[str, Figure]:
-    """The three pictures of an EvalReport, by file name (``eval/<name>`` in MLflow)."""
+    """The pictures of an EvalReport (a fourth for a ``mu_sigma`` head), by file name
+    (``eval/<name>`` in MLflow)."""
     import pyarrow.dataset as pads
     import ray.data  # noqa: F401  (registers Ray's tensor extension type with pyarrow)
 
@@ -110,8 +112,13 @@ def report_figures(report, prepared_path: str, worst: int) -> dict[str, Figure]:
             k = by_id[pid]
             pixels.append((chosen[k], rejected[k]))
             captions.append(f"{s_c[i]:.2f}|{s_r[i]:.2f}")
-    return {
+    figures = {
         "score_histograms.png": score_histograms(s_c, s_r),
         "reliability.png": reliability_diagram(report.reliability, ece),
         "most_confidently_wrong.png": worst_pairs_grid(pixels, captions),
     }
+    if report.uncertainty_reliability:  # a mu_sigma head: the probability it predicts itself
+        figures["reliability_uncertainty.png"] = reliability_diagram(
+            report.uncertainty_reliability, report.metrics.get("eval/uncertainty/ece", float("nan")),
+            "E[sigmoid(Z)], Z ~ N(beta mu_z, beta^2 sigma_z^2)")
+    return figures

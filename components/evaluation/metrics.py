@@ -10,6 +10,10 @@ Metrics (``eval/`` prefix):
   ``sigmoid(beta * (s_c - s_r))`` over 10 bins), ``slice/<column>/<value>/accuracy``
   (the value made a valid MLflow metric name: characters other than letters, digits, ``_-. /``
   become ``_``).
+- ``mu_sigma`` heads: ``uncertainty/ece`` (and its reliability table) of the probability the
+  scorer itself predicts, ``P(c > r) = E[sigmoid(Z)]``, ``Z ~ N(beta (mu_c - mu_r), beta^2
+  sigma_z^2)``, and ``uncertainty/sigma``, the mean ``beta * sigma_z``.
+- ``named`` heads: ``head/<name>/accuracy``, each head's accuracy next to the total's.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from ..config import LossConfig
 from ..datasets.contract import split_of
 from ..training.losses import configured_loss
+from ..training.models import Rewards
 
 ECE_BINS = 10
 MAX_SLICE_VALUES = 20
@@ -34,7 +39,21 @@ MAX_SLICE_VALUES = 20
 def expected_calibration_error(delta: np.ndarray, beta: float, bins: int = ECE_BINS) -> tuple[float, list[dict]]:
     """ECE of ``p = sigmoid(beta * delta)`` as the probability that chosen wins, on pairs
     where chosen did win. Folded: confidence ``max(p, 1 - p)``, correct when ``p > 0.5``."""
-    p = 1.0 / (1.0 + np.exp(-np.clip(beta * delta, -50, 50)))
+    return calibration(1.0 / (1.0 + np.exp(-np.clip(beta * delta, -50, 50))), bins)
+
+
+def uncertain_preference(delta: np.ndarray, sigma_z: np.ndarray, beta: float) -> np.ndarray:
+    """``P(c > r) = E[sigmoid(Z)]``, ``Z ~ N(beta * delta, (beta * sigma_z)^2)``, by the probit
+    approximation ``sigmoid(m / sqrt(1 + pi s^2 / 8))`` (MacKay 1992; sigmoid(x) ~ Phi(x
+    sqrt(pi / 8)) makes the expectation a Gaussian integral); within 0.02 of the expectation
+    (tests/test_objectives.py), a tenth of a calibration bin."""
+    m, s = beta * delta, beta * sigma_z
+    return 1.0 / (1.0 + np.exp(-np.clip(m / np.sqrt(1 + np.pi * s * s / 8), -50, 50)))
+
+
+def calibration(p: np.ndarray, bins: int = ECE_BINS) -> tuple[float, list[dict]]:
+    """ECE and reliability table of ``p``, the predicted probability that chosen wins, on
+    pairs where chosen did win (folded as ``expected_calibration_error``)."""
     conf = np.maximum(p, 1 - p)
     correct = (p > 0.5).astype(float)
     edges = np.linspace(0.5, 1.0, bins + 1)
@@ -90,11 +109,45 @@ def _slices(df: pd.DataFrame, columns: list[str], correct: np.ndarray, hard: np.
     return out
 
 
+def reward_columns(chosen: Rewards, rejected: Rewards) -> dict[str, np.ndarray]:
+    """The eval-scores columns of what a head outputs beyond the score:
+    ``chosen_log_sigma``/``rejected_log_sigma`` (``mu_sigma``) and
+    ``chosen_head_<name>``/``rejected_head_<name>`` (``named``)."""
+    out = {}
+    for side, r in (("chosen", chosen), ("rejected", rejected)):
+        if r.log_sigma is not None:
+            out[f"{side}_log_sigma"] = r.log_sigma.cpu().numpy().astype(np.float64)
+        if r.heads is not None:
+            heads = r.heads.cpu().numpy().astype(np.float64)
+            out.update({f"{side}_head_{n}": heads[:, k] for k, n in enumerate(r.names)})
+    return out
+
+
+def head_names(df: pd.DataFrame) -> tuple[str, ...]:
+    """The ``named`` heads whose columns ``df`` has (``reward_columns``), in order."""
+    return tuple(c.removeprefix("chosen_head_") for c in df.columns
+                 if c.startswith("chosen_head_"))
+
+
+def _rewards(df: pd.DataFrame, side: str) -> Rewards:
+    """One side's ``Rewards`` from the eval-scores columns (float32, as training has them)."""
+    def col(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.array(df[name], dtype=np.float64)).float()
+
+    names = head_names(df)
+    return Rewards(col(f"s_{side}"),
+                   col(f"{side}_log_sigma") if f"{side}_log_sigma" in df else None,
+                   torch.stack([col(f"{side}_head_{n}") for n in names], 1) if names else None,
+                   names)
+
+
 @dataclass
 class EvalReport:
     metrics: dict[str, float]
     scores: pd.DataFrame  # pair_id, s_chosen, s_rejected, target (sorted by pair_id)
     reliability: list[dict] = field(default_factory=list)
+    uncertainty_reliability: list[dict] = field(default_factory=list)
+    """``mu_sigma`` heads: the reliability table of ``eval/uncertainty/ece``."""
 
     def to_record(self, path: str) -> dict[str, Any]:
         """Write the per-pair scores to ``path`` (a local path or a storage URI)."""
@@ -105,14 +158,15 @@ class EvalReport:
         table = pa.Table.from_pandas(self.scores.drop(columns=["meta"], errors="ignore"),
                                      preserve_index=False)
         storage.write_table(table, path)
-        return {"scores_path": path, "metrics": self.metrics, "reliability": self.reliability}
+        return {"scores_path": path, "metrics": self.metrics, "reliability": self.reliability,
+                "uncertainty_reliability": self.uncertainty_reliability}
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> EvalReport:
         from ..runtime import storage
 
         return cls(r["metrics"], storage.read_table(r["scores_path"]).to_pandas(),
-                   r["reliability"])
+                   r["reliability"], r.get("uncertainty_reliability", []))
 
 
 def evaluation_report(df: pd.DataFrame, loss_cfg: LossConfig, slices: list[str] | None = None,
@@ -132,8 +186,8 @@ def evaluation_report(df: pd.DataFrame, loss_cfg: LossConfig, slices: list[str] 
         kwargs["ref_chosen"] = torch.from_numpy(np.array(ref["s_chosen"], dtype=np.float64)).float()
         kwargs["ref_rejected"] = torch.from_numpy(np.array(ref["s_rejected"], dtype=np.float64)).float()
     # s_* already hold the full reward (PairScorer adds the temporal prior), so lambda = 0 here.
-    loss, m = configured_loss(torch.from_numpy(s_c).float(), torch.from_numpy(s_r).float(),
-                              loss_cfg, with_prior=False, **kwargs)
+    loss, m = configured_loss(_rewards(df, "chosen"), _rewards(df, "rejected"), loss_cfg,
+                              with_prior=False, **kwargs)
     metrics: dict[str, float] = {
         "accuracy": float(correct[hard].mean()) if hard.any() else float("nan"),
         "loss": float(loss),
@@ -152,10 +206,23 @@ def evaluation_report(df: pd.DataFrame, loss_cfg: LossConfig, slices: list[str] 
             metrics["scorer_accuracy"] = float((m_delta[hard] > 0).mean())
     ece, table = expected_calibration_error(delta[hard], loss_cfg.beta)
     metrics["ece"] = ece
+    uncertainty_table: list[dict] = []
+    if "chosen_log_sigma" in df:  # sigma_z = sqrt(sigma_c^2 + sigma_r^2)
+        sigma_z = np.sqrt(np.exp(2 * np.array(df["chosen_log_sigma"], dtype=np.float64))
+                          + np.exp(2 * np.array(df["rejected_log_sigma"], dtype=np.float64)))
+        p = uncertain_preference(delta[hard], sigma_z[hard], loss_cfg.beta)
+        metrics["uncertainty/ece"], uncertainty_table = calibration(p)
+        metrics["uncertainty/sigma"] = (float(loss_cfg.beta * sigma_z[hard].mean())
+                                        if hard.any() else float("nan"))
+    for name in head_names(df):
+        head_delta = (np.array(df[f"chosen_head_{name}"], dtype=np.float64)
+                      - np.array(df[f"rejected_head_{name}"], dtype=np.float64))
+        metrics[f"head/{metric_name_part(name)}/accuracy"] = (
+            float((head_delta[hard] > 0).mean()) if hard.any() else float("nan"))
     if is_tie.any():
         metrics.update(tie_aware_accuracy(list(df["pair_id"]), delta, is_tie))
     metrics.update(_slices(df, slices or [], correct, hard))
-    return EvalReport({prefix + k: v for k, v in metrics.items()}, df, table)
+    return EvalReport({prefix + k: v for k, v in metrics.items()}, df, table, uncertainty_table)
 
 
 def score_stats(scores: pd.DataFrame) -> dict[str, float]:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from ..registry.scorer_files import TrainedScorer
 from ..runtime.resources import SCORING_ACTOR_CPUS
 from ..training.models import build_scorer
-from ..training.step import eval_scores
+from ..training.step import eval_rewards
+from .metrics import reward_columns
 
 PASS_THROUGH = ("pair_id", "target", "meta")
 
@@ -26,7 +27,9 @@ class PairScorer:
     resized (antialiased, frame by frame for clips) so a champion is judged at its own
     resolution. With a temporal prior (video) and ``with_prior``, ``s_*`` is the full reward
     ``s(x) + lambda * c(x)`` that the model was trained with and that the registered model
-    returns; the scorer's own part is kept as ``model_chosen``/``model_rejected``.
+    returns; the scorer's own part is kept as ``model_chosen``/``model_rejected``. A
+    ``mu_sigma`` or ``named`` head adds its log sigma or per-head columns
+    (``metrics.reward_columns``).
     """
 
     def __init__(self, scorer: TrainedScorer, with_prior: bool = True):
@@ -60,9 +63,11 @@ class PairScorer:
             if "prompt" not in batch:
                 raise ValueError("a prompt-conditioned scorer needs the pairs' prompt column")
             tokens = torch.from_numpy(self.spec.tokenize(list(batch["prompt"])))
-        s_c, s_r = eval_scores(self.model, c, r, self.device, tokens)
-        s_c, s_r = s_c.cpu().numpy().astype(np.float64), s_r.cpu().numpy().astype(np.float64)
+        r_c, r_r = eval_rewards(self.model, c, r, self.device, tokens)
+        s_c = r_c.score.cpu().numpy().astype(np.float64)
+        s_r = r_r.score.cpu().numpy().astype(np.float64)
         out = {k: batch[k] for k in PASS_THROUGH if k in batch}
+        out.update(reward_columns(r_c, r_r))
         if "chosen_c" in batch:
             out.update(model_chosen=s_c, model_rejected=s_r, chosen_c=batch["chosen_c"],
                        rejected_c=batch["rejected_c"])

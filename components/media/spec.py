@@ -40,6 +40,7 @@ class MediaSpec:
     text: str = ""
     context_length: int = 0
     vocab_size: int = 0
+    tokenizer: str = ""  # text="hf": the checkpoint's own tokenizer, as tokenizers' JSON
 
     def __post_init__(self) -> None:
         # Internal invariants: a user's config is validated (with key names) before this.
@@ -60,6 +61,8 @@ class MediaSpec:
                 raise ValueError(f"max_decoded_pixels must be >= 1, got {self.max_decoded_pixels}")
         if self.text and self.context_length < 1:
             raise ValueError(f"context_length must be >= 1 with a tokenizer, got {self.context_length}")
+        if self.text == "hf" and not self.tokenizer:
+            raise ValueError("text='hf' needs the tokenizer (tokenizers' JSON) in the spec")
 
     @classmethod
     def from_config(cls, modality: str, data: DataConfig, text: dict | None = None) -> MediaSpec:
@@ -93,7 +96,7 @@ class MediaSpec:
         """Prompts -> int32 ``(N, context_length)`` token ids (media/text.py)."""
         from .text import tokenize
 
-        return tokenize(self.text, prompts, self.context_length, self.vocab_size)
+        return tokenize(self.text, prompts, self.context_length, self.vocab_size, self.tokenizer)
 
     @property
     def shape(self) -> tuple[int, ...]:

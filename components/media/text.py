@@ -1,26 +1,31 @@
 """Prompts -> token ids, the text half of the decode contract (``MediaSpec.text``).
 
-Two tokenizers, chosen by the scorer, never by the user:
+Three tokenizers, chosen by the scorer, never by the user:
 
 - ``words``: lower-cased words (``[a-z0-9]+``), each hashed (CRC-32, the same on every
   machine and Python) into ``vocab_size - 1`` buckets; id 0 is padding. The small
   prompt-conditioned CNNs use it: no vocabulary file to ship or version.
 - ``clip``: open_clip's BPE tokenizer (its vocabulary ships inside the open_clip wheel),
   which CLIP checkpoints were trained with.
+- ``hf``: a Hugging Face checkpoint's own tokenizer (``hf-clip``), carried in the spec as
+  ``tokenizers``' JSON with truncation and padding to ``context_length`` set, so the decode
+  actors and a consumer of the registered model tokenise as the checkpoint's processor does
+  (``padding="max_length"``, ``truncation=True``) without the model directory.
 
-Both give int32 ``(N, context_length)``, truncated or zero-padded. A missing prompt
-tokenises as the empty string (all padding).
+All give int32 ``(N, context_length)``, truncated or padded (with zeros; ``hf`` with the
+checkpoint's pad token). A missing prompt tokenises as the empty string (all padding).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
-TOKENIZERS = ("", "words", "clip")
+TOKENIZERS = ("", "words", "clip", "hf")
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -38,13 +43,36 @@ def word_ids(prompts: Sequence[object], context_length: int, vocab_size: int) ->
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def _hf_tokenizer(tokenizer_json: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(tokenizer_json)
+
+
+def hf_ids(prompts: Sequence[object], context_length: int, tokenizer_json: str) -> np.ndarray:
+    """Token ids from a ``tokenizers`` JSON whose truncation and padding give exactly
+    ``context_length`` ids (``hf_clip.tokenizer_json`` writes it so)."""
+    if len(prompts) == 0:
+        return np.zeros((0, context_length), dtype=np.int32)
+    encodings = _hf_tokenizer(tokenizer_json).encode_batch([_text(p) for p in prompts])
+    ids = np.asarray([e.ids for e in encodings], dtype=np.int32).reshape(len(prompts), -1)
+    if ids.shape[1] != context_length:
+        raise ValueError(f"the hf tokenizer gave {ids.shape[1]} ids per prompt, not "
+                         f"context_length={context_length}: its padding is not fixed-length")
+    return ids
+
+
 def tokenize(kind: str, prompts: Sequence[object], context_length: int,
-             vocab_size: int) -> np.ndarray:
-    """``prompts`` -> int32 ``(N, context_length)`` token ids with tokenizer ``kind``."""
+             vocab_size: int, tokenizer: str = "") -> np.ndarray:
+    """``prompts`` -> int32 ``(N, context_length)`` token ids with tokenizer ``kind``
+    (``tokenizer``: the JSON of ``hf``)."""
     if kind == "words":
         return word_ids(prompts, context_length, vocab_size)
     if kind == "clip":
         from ..training.clip import tokenize as clip_tokenize
 
         return clip_tokenize([_text(p) for p in prompts], context_length)
+    if kind == "hf":
+        return hf_ids(prompts, context_length, tokenizer)
     raise ValueError(f"unknown tokenizer {kind!r}; one of {', '.join(TOKENIZERS[1:])}")

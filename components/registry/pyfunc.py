@@ -14,6 +14,10 @@ Consumers need only::
     # versions:
     z = model.predict(df, params={"normalize": True})
 
+    # A scorer with named heads (model.head=named) answers a DataFrame: the weighted total
+    # ``score`` (what the gate compared) and one column per head, e.g. vq, mq, ta.
+    table = model.predict(df)  # table["score"], table["vq"], ...
+
 Decoding, frame sampling, resizing and normalisation travel inside the model (the same
 ``MediaSpec.decode`` the training pipeline used). A video model trained with a temporal prior
 returns the full reward ``s(x) + lambda * c(x)`` it was trained with. The model is logged as
@@ -30,17 +34,25 @@ import torch
 from mlflow.pyfunc import PythonModel
 
 from ..media.image import DecodeError
-from ..training.models import build_scorer
-from ..training.step import score_images
+from ..training.models import RewardHead, build_scorer, reward_head
+from ..training.step import score_rewards
 from .scorer_files import read_scorer
 
 FORMATS = {"image": "JPEG/PNG/WebP", "video": "MP4/WebM/GIF containers or lists of encoded frames"}
 
 
+def output_columns(head: RewardHead) -> list[str] | None:
+    """The columns ``predict`` answers for a ``named`` head (``score`` then one per head);
+    None: a plain array of scores."""
+    return ["score", *head.names] if head.kind == "named" else None
+
+
 class ScorerModel(PythonModel):
     """pyfunc wrapper: DataFrame with a binary ``image`` (or ``video``) column (and ``prompt``
-    for a prompt-conditioned scorer) -> one float score per row; ``params={"normalize": True}``
-    standardises with the mean and std of this version's scores on its eval data."""
+    for a prompt-conditioned scorer) -> one float score per row (``mu`` for a ``mu_sigma``
+    head); a ``named`` head answers a DataFrame, the weighted total ``score`` and one column
+    per head. ``params={"normalize": True}`` standardises the score with the mean and std of
+    this version's scores on its eval data (the per-head columns stay raw)."""
 
     batch_size = 64
 
@@ -58,7 +70,8 @@ class ScorerModel(PythonModel):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict | None = None) -> np.ndarray | pd.DataFrame:
         col = self.spec.column
         if col not in model_input.columns:
             raise ValueError(
@@ -94,17 +107,25 @@ class ScorerModel(PythonModel):
                 + (f" (and {len(bad) - 10} more)" if len(bad) > 10 else "")
                 + f". Remove or re-encode these rows ({FORMATS[col]})."
             )
-        out = []
+        head = reward_head(self.model)
+        out, heads = [], []
         x = torch.from_numpy(items)
         batch = self.batch_size if not self.spec.video else max(1, self.batch_size // 8)
         with torch.no_grad():
             for start in range(0, len(x), batch):
                 chunk = x[start : start + batch]
                 chunk_tokens = None if tokens is None else tokens[start : start + batch]
-                out.append(score_images(self.model, chunk, self.device,
-                                        tokens=chunk_tokens).cpu().numpy())
+                r = score_rewards(self.model, chunk, self.device, tokens=chunk_tokens)
+                out.append(r.score.cpu().numpy())
+                if r.heads is not None:
+                    heads.append(r.heads.cpu().numpy())
         scores = np.concatenate(out).astype(np.float64) if out else np.zeros(0)
         scores = scores + self.temporal_weight * consistency
         if normalize:
             scores = (scores - self.stats["mean"]) / self.stats["std"]
-        return scores
+        columns = output_columns(head)
+        if columns is None:
+            return scores
+        per_head = (np.concatenate(heads).astype(np.float64) if heads
+                    else np.zeros((0, len(head.names))))
+        return pd.DataFrame(dict(zip(columns, [scores, *per_head.T], strict=True)))

@@ -26,7 +26,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from ..registry.gate import CHALLENGER, CHAMPION, PromotionDecision
+from ..registry.pyfunc import output_columns
 from ..registry.scorer_files import META, WEIGHTS, TrainedScorer, read_scorer, write_scorer
+from ..training.models import stored_head
 
 SHIPPED_PACKAGE = "visual_dpo_components"
 COMPONENTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,6 +43,8 @@ set_model(ScorerModel())
 RUNTIME_PACKAGES = ("torch", "torchvision", "pillow", "numpy", "pandas")
 VIDEO_PACKAGES = ("av",)
 CLIP_PACKAGES = ("open_clip_torch",)  # the clip scorer (pyproject's `clip` extra)
+HF_PACKAGES = ("transformers", "tokenizers", "safetensors")  # hf-clip (the `hf` extra)
+_EXTRAS = ("clip", "hf")  # the extras a registered scorer may need
 
 
 def project_requirements() -> dict[str, str]:
@@ -54,10 +58,11 @@ def project_requirements() -> dict[str, str]:
         with open(os.path.join(os.path.dirname(COMPONENTS_DIR), "pyproject.toml"), "rb") as f:
             project = tomllib.load(f)["project"]
         reqs = project["dependencies"] + [
-            f'{r}; extra == "clip"' for r in project["optional-dependencies"].get("clip", [])]
+            f'{r}; extra == "{extra}"' for extra in _EXTRAS
+            for r in project["optional-dependencies"].get(extra, [])]
     out = {}
     for r in reqs:
-        if ";" in r and 'extra == "clip"' not in r:  # other extras, such as test tools
+        if ";" in r and not any(f'extra == "{e}"' in r for e in _EXTRAS):  # test tools, ...
             continue
         r = r.split(";", 1)[0].strip()
         name = re.split(r"[\[=<>~! ]", r, maxsplit=1)[0].lower().replace("_", "-")
@@ -65,9 +70,10 @@ def project_requirements() -> dict[str, str]:
     return out
 
 
-def pip_requirements(video: bool, clip: bool = False) -> list[str]:
+def pip_requirements(video: bool, clip: bool = False, hf: bool = False) -> list[str]:
     declared = project_requirements()
-    names = RUNTIME_PACKAGES + (VIDEO_PACKAGES if video else ()) + (CLIP_PACKAGES if clip else ())
+    names = (RUNTIME_PACKAGES + (VIDEO_PACKAGES if video else ()) + (CLIP_PACKAGES if clip else ())
+             + (HF_PACKAGES if hf else ()))
     return [declared.get(n.replace("_", "-"), n) for n in names] + [f"mlflow=={mlflow.__version__}"]
 
 
@@ -91,8 +97,10 @@ def log_scorer(scorer: TrainedScorer, example: bytes, registered_model_name: str
         example_df = pd.DataFrame({spec.column: [example]})
         if spec.takes_prompt:
             example_df["prompt"] = [example_prompt]
-        signature = infer_signature(example_df, np.zeros(1, dtype=np.float64),
-                                    params={"normalize": False})
+        columns = output_columns(stored_head(scorer.options))  # None: an array of scores
+        output = (np.zeros(1, dtype=np.float64) if columns is None
+                  else pd.DataFrame({c: np.zeros(1, dtype=np.float64) for c in columns}))
+        signature = infer_signature(example_df, output, params={"normalize": False})
         sys.path.insert(0, d)  # MLflow runs the model code once while logging
         try:
             info = mlflow.pyfunc.log_model(
@@ -102,7 +110,8 @@ def log_scorer(scorer: TrainedScorer, example: bytes, registered_model_name: str
                 code_paths=[package],
                 signature=signature,
                 input_example=example_df,
-                pip_requirements=pip_requirements(spec.video, scorer.model_name == "clip"),
+                pip_requirements=pip_requirements(spec.video, scorer.model_name == "clip",
+                                                  scorer.model_name == "hf-clip"),
                 registered_model_name=registered_model_name,
             )
         finally:

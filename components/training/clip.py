@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..config import SCORE_SCALES
+
 # What the data pipeline normalises with (to_model_input): ImageNet statistics.
 from .models import MEAN as _IMAGENET_MEAN
 from .models import STD as _IMAGENET_STD
@@ -180,7 +182,9 @@ def _square_size(cfg: dict, source: str = "the model config") -> int:
 class ClipScorer(open_clip.CLIP):
     """open_clip's ``CLIP`` as a ``(prompt, image)`` scorer: ``forward(x, tokens)`` ->
     ``(N,)`` ``logit_scale.exp() * cos(image_emb, text_emb)`` (plus ``logit_bias`` when the
-    config has one), as PickScore scores.
+    config has one), as PickScore scores; with ``score_scale="none"`` the plain cosine, as
+    HPSv2 scores (tgxs002/HPSv2 ``hpsv2/img_score.py``: the diagonal of
+    ``image_features @ text_features.T``, both normalised).
 
     ``x``: ``(N, 3, image_size, image_size)`` float normalised with ImageNet statistics, as the
     data pipeline does; converted here to CLIP's normalisation. ``tokens``: ``(N,
@@ -191,7 +195,9 @@ class ClipScorer(open_clip.CLIP):
     takes_prompt = True
     head_prefixes = ("logit_scale",)
 
-    def __init__(self, model_cfg: dict) -> None:
+    def __init__(self, model_cfg: dict, score_scale: str = "logit_scale") -> None:
+        if score_scale not in SCORE_SCALES:
+            raise ValueError(f"score_scale must be one of {SCORE_SCALES}, got {score_scale!r}")
         cfg = copy.deepcopy(model_cfg)
         if cfg.get("custom_text") or "multimodal_cfg" in cfg or any(
                 cfg.get("text_cfg", {}).get(k) for k in _HF_KEYS):
@@ -202,6 +208,7 @@ class ClipScorer(open_clip.CLIP):
             cfg["vision_cfg"]["timm_model_pretrained"] = False
         super().__init__(**cfg)
         self.model_cfg = copy.deepcopy(model_cfg)
+        self.score_scale = score_scale
         self.image_size: int = _square_size(cfg)
         self.context_length: int = int(cfg["text_cfg"].get("context_length", 77))
         # ImageNet-normalised -> CLIP-normalised, as one affine map: x * a + b.
@@ -225,7 +232,10 @@ class ClipScorer(open_clip.CLIP):
         x = x * self._norm_scale.to(x.dtype) + self._norm_shift.to(x.dtype)
         image = self.encode_image(x, normalize=True)
         text = self.encode_text(tokens.long(), normalize=True)
-        score = self.logit_scale.exp() * (image * text).sum(-1)
+        cosine = (image * text).sum(-1)
+        if self.score_scale == "none":
+            return cosine.reshape(-1)
+        score = self.logit_scale.exp() * cosine
         if self.logit_bias is not None:
             score = score + self.logit_bias
         return score.reshape(-1)

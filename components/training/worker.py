@@ -30,7 +30,7 @@ from ..runtime.test_faults import fault_plan
 from . import sharding
 from .models import build_scorer, initial_weights
 from .optim import Schedule, Updater
-from .step import eval_scores, per_pair, train_step
+from .step import eval_rewards, eval_scores, per_pair, train_step
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "state.pt"
@@ -207,9 +207,9 @@ def validate(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
     for batch in batches:
         extras = {k: v for k, v in per_pair(batch, device).items()
                   if k not in ("ref_chosen", "ref_rejected")}
-        s_c, s_r = eval_scores(model, batch["chosen_px"], batch["rejected_px"], device,
-                               tokens=batch.get("prompt_ids"))
-        value, m = configured_loss(s_c, s_r, cfg, **extras)
+        r_c, r_r = eval_rewards(model, batch["chosen_px"], batch["rejected_px"], device,
+                                tokens=batch.get("prompt_ids"))
+        value, m = configured_loss(r_c, r_r, cfg, **extras)
         n = float(batch["chosen_px"].shape[0])
         sums += torch.stack([value * n, m["rewards/accuracies"] * n,
                              torch.tensor(n, device=device)])
