@@ -139,6 +139,7 @@ def two_process_runs(tmp_path_factory):
     return _spawn("ddp", tmp), _spawn("fsdp", tmp), tmp
 
 
+@pytest.mark.slow  # two spawned processes with gloo (about 30 s)
 def test_fsdp_and_ddp_follow_the_same_loss_curve(two_process_runs):
     ddp, fsdp, _ = two_process_runs
     assert len(ddp[0]["losses"]) == 6
@@ -147,6 +148,7 @@ def test_fsdp_and_ddp_follow_the_same_loss_curve(two_process_runs):
     assert ddp[0]["losses"][-1] != ddp[0]["losses"][0]  # the curve is a curve
 
 
+@pytest.mark.slow  # two spawned processes with gloo (about 30 s)
 def test_each_fsdp_rank_holds_half_of_the_parameters_and_optimizer_state(two_process_runs):
     ddp, fsdp, _ = two_process_runs
     total = ddp[0]["memory"]["memory/params_total"]
@@ -161,6 +163,7 @@ def test_each_fsdp_rank_holds_half_of_the_parameters_and_optimizer_state(two_pro
     assert sum(r["memory"]["memory/params_local"] for r in fsdp) == pytest.approx(total, rel=0.02)
 
 
+@pytest.mark.slow  # two spawned processes with gloo (about 30 s)
 def test_a_sharded_checkpoint_loads_whole_in_one_process(two_process_runs):
     """The driver reads the weights two ranks wrote (resharded to one process) and they are
     the weights the ranks trained: the same scores as a ddp replica of the same run."""
