@@ -31,6 +31,7 @@ from ..config import SCORE_SCALES
 # What the data pipeline normalises with (to_model_input): ImageNet statistics.
 from .models import MEAN as _IMAGENET_MEAN
 from .models import STD as _IMAGENET_STD
+from .models import check_image_text_inputs
 
 
 def _import_open_clip():
@@ -220,15 +221,8 @@ class ClipScorer(open_clip.CLIP):
                              persistent=False)
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:  # type: ignore[override]
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"ClipScorer takes (N, 3, H, W) images, got {tuple(x.shape)}")
-        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            raise ValueError(f"this CLIP model takes {self.image_size}x{self.image_size} images "
-                             f"(vision_cfg.image_size), got {x.shape[-2]}x{x.shape[-1]}: set "
-                             f"data.image_size={self.image_size}")
-        if tokens.dim() != 2 or tokens.shape[0] != x.shape[0]:
-            raise ValueError(f"tokens must be (N={x.shape[0]}, context_length), "
-                             f"got {tuple(tokens.shape)}")
+        check_image_text_inputs(x, tokens, self.image_size, "ClipScorer",
+                                "vision_cfg.image_size")
         x = x * self._norm_scale.to(x.dtype) + self._norm_shift.to(x.dtype)
         image = self.encode_image(x, normalize=True)
         text = self.encode_text(tokens.long(), normalize=True)

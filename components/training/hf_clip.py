@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..config import SCORE_SCALES
 from .models import MEAN as _IMAGENET_MEAN
 from .models import STD as _IMAGENET_STD
+from .models import check_image_text_inputs
 
 log = logging.getLogger(__name__)
 
@@ -212,15 +213,8 @@ class HfClipScorer(nn.Module):
                 text / text.norm(dim=-1, keepdim=True))
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"HfClipScorer takes (N, 3, H, W) images, got {tuple(x.shape)}")
-        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            raise ValueError(f"this model takes {self.image_size}x{self.image_size} images "
-                             f"(vision_config.image_size), got {x.shape[-2]}x{x.shape[-1]}: "
-                             f"set data.image_size={self.image_size}")
-        if tokens.dim() != 2 or tokens.shape[0] != x.shape[0]:
-            raise ValueError(f"tokens must be (N={x.shape[0]}, context_length), "
-                             f"got {tuple(tokens.shape)}")
+        check_image_text_inputs(x, tokens, self.image_size, "HfClipScorer",
+                                "vision_config.image_size")
         x = x * self._norm_scale.to(x.dtype) + self._norm_shift.to(x.dtype)
         image, text = self.embeddings(x, tokens)
         cosine = (image * text).sum(-1)

@@ -533,3 +533,17 @@ def _hf_clip_problems(pretrained: str, image_size: int) -> list[str]:
         return [f"data.image_size: {image_size}, but model.pretrained={pretrained} takes "
                 f"{size} px images; set data.image_size={size}"]
     return []
+
+
+def check_image_text_inputs(x: Tensor, tokens: Tensor, image_size: int, model: str,
+                            size_key: str) -> None:
+    """The input contract of the CLIP-family scorers: ``x`` ``(N, 3, S, S)`` at the model's
+    own ``S`` (its config's ``size_key``) and ``tokens`` ``(N, context_length)``."""
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"{model} takes (N, 3, H, W) images, got {tuple(x.shape)}")
+    if tuple(x.shape[-2:]) != (image_size, image_size):
+        raise ValueError(f"this model takes {image_size}x{image_size} images ({size_key}), got "
+                         f"{x.shape[-2]}x{x.shape[-1]}: set data.image_size={image_size}")
+    if tokens.dim() != 2 or tokens.shape[0] != x.shape[0]:
+        raise ValueError(f"tokens must be (N={x.shape[0]}, context_length), "
+                         f"got {tuple(tokens.shape)}")
