@@ -59,7 +59,7 @@ export SUBMIT_CHECK
 # dashboard` leaves its ssh port-forward running when only the ray process is killed.
 NEW_SESSION = $(PY) -c 'import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])'
 
-.PHONY: install lock demo demo-video test test-fast lint bench bench-accuracy bench-video bench-objectives clean submit cluster-up cluster-down
+.PHONY: install lock demo demo-video test test-fast lint bench bench-accuracy bench-video bench-objectives bench-serve clean submit cluster-up cluster-down
 
 # requirements.lock pins every package of the whole dependency set (the project's dependencies
 # and all its extras: test, clip, gpu, hf) to one version and its files' hashes, for CPython 3.11
@@ -148,6 +148,11 @@ bench-video: install
 
 bench-objectives: install
 	$(PY) benchmarks/objectives.py
+
+# Ray Serve reward service vs `mlflow models serve`, same model, concurrency 1/8/64, loopback
+# (docs/serving.md, "Measured under load"); writes benchmarks/serve_load.json.
+bench-serve: install
+	$(PY) benchmarks/serve_load.py
 
 cluster-up: install
 	$(VENV)/bin/ray up -y cluster.yaml

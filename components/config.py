@@ -7,13 +7,15 @@ work starts, so a user fixes a bad command line in one go.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import re
 import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -21,7 +23,7 @@ from . import scorer_catalog
 
 # Enumerations: typed fields that loading rejects with the allowed values (``_coerce``). The
 # tuples are for code that lists the values (one definition each: tests/test_architecture.py).
-Layout = Literal["auto", "canonical", "pickapic"]
+Layout = Literal["auto", "canonical", "pickapic", "hpdv2", "videogen-rewardbench"]
 TiePolicy = Literal["drop", "soft"]
 LossType = Literal["bt", "dpo", "ipo", "hinge", "robust", "btt", "uncertainty"]
 HeadKind = Literal["score", "mu_sigma", "named"]
@@ -79,6 +81,42 @@ class ConfigError(ValueError):
         )
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values one numeric key accepts: finite, from ``low`` to ``high`` (each end included
+    unless ``*_open``). Every int and float field of a section has one, in the section's
+    ``RANGES``; ``range_problems`` checks them all, whatever the modality, before any other
+    rule runs. The upper ends are sanity bounds: far above any sensible setting, low enough
+    that a typo (an extra zero, ``1e9`` for ``1e3``) is refused before it allocates or waits."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+    note: str = ""
+    """Said after the range in the message (``0 = off``)."""
+
+    def admits(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self, kind: type) -> str:
+        """``a finite number in (0, 100]``, ``an integer in [1, 10_000]``."""
+        what = "an integer" if kind is int else "a finite number"
+        ends = f"{'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}" \
+               f"{')' if self.high_open else ']'}"
+        return f"{what} in {ends}" + (f" ({self.note})" if self.note else "")
+
+
+def _number(x: float) -> str:
+    if float(x).is_integer():
+        return f"{int(x):_}" if abs(x) >= 10_000 else str(int(x))
+    return f"{x:g}"
+
+
 @dataclass
 class VideoConfig:
     """How clips become model inputs ``(3, frames, image_size, image_size)``; ``modality=video``."""
@@ -105,18 +143,15 @@ class VideoConfig:
     decoder_threads: int = 1
     """FFmpeg threads per preprocessing actor."""
 
-    def problems(self) -> list[str]:
-        p = []
-        if self.frames < 2:
-            p.append(f"data.video.frames: {self.frames} must be >= 2 (consistency needs two frames)")
-        if self.fps < 0:
-            p.append("data.video.fps: must be >= 0 (0 = uniform over the clip)")
-        if min(self.max_bytes, self.max_duration_s, self.max_frames, self.max_decoded_pixels) <= 0:
-            p.append("data.video.max_bytes, max_duration_s, max_frames, max_decoded_pixels: "
-                     "must be > 0")
-        if self.decoder_threads < 1:
-            p.append("data.video.decoder_threads: must be >= 1")
-        return p
+    RANGES: ClassVar[dict[str, Range]] = {
+        "frames": Range(2, 1024, note="consistency needs two frames"),
+        "fps": Range(0, 1000, note="0 = uniform over the clip"),
+        "max_bytes": Range(1, 2**31 - 1, note="one Arrow binary cell holds at most 2 GiB"),
+        "max_duration_s": Range(0, 86_400, low_open=True),
+        "max_frames": Range(1, 1_000_000),
+        "max_decoded_pixels": Range(1, 10**12),
+        "decoder_threads": Range(1, 256),
+    }
 
 
 @dataclass
@@ -127,7 +162,10 @@ class DataConfig:
     """Eval shards. Empty: split the training data by a hash of ``pair_id``."""
     layout: Layout = "auto"
     """Column layout of the shards: ``canonical`` (pair_id/chosen/rejected), ``pickapic``
-    (jpg_0/jpg_1/label_0/label_1), or ``auto`` (decided per shard from its schema)."""
+    (jpg_0/jpg_1/label_0/label_1), or ``auto`` (decided per shard from its schema). For
+    ``evaluate`` also the benchmark annotation files ``hpdv2`` (HPDv2's ``test.json``) and
+    ``videogen-rewardbench`` (its CSV), which ``auto`` recognises by their content
+    (docs/evaluation.md)."""
     image_size: int = 64
     """Decoded images are resized (shorter side) and centre-cropped to image_size x image_size."""
     eval_fraction: float = 0.2
@@ -155,34 +193,41 @@ class DataConfig:
     """Share of the *training* pairs (by a second, independent hash of pair_id) held out as
     the validation split that training evaluates each epoch to pick the best checkpoint and
     stop early. Never the eval split: eval stays unbiased for the report and the gate."""
+    max_prompt_chars: int = 2000
+    """Prompt-conditioned scorers: a prompt longer than this many characters is refused
+    before the tokenizer sees it (quarantined in training and scoring data; an error naming
+    the row in the registered model's ``predict``). The limit travels in the model."""
+    max_prompt_tokens: int = 256
+    """A prompt with more words than this (whitespace-separated; each is at least one token)
+    is refused the same way, also before tokenising. Tokens past the scorer's context length
+    are cut as before; this bounds the work, not the context."""
     video: VideoConfig = field(default_factory=VideoConfig)
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "image_size": Range(16, 1024, note="pixels"),
+        "eval_fraction": Range(0, 1, high_open=True),
+        "max_pixels": Range(256, PILLOW_MAX_PIXELS,
+                            note="the top is Pillow's decompression-bomb limit, which stays on"),
+        "decode_timeout_s": Range(0, 3600, low_open=True, note="seconds"),
+        "max_quarantine_fraction": Range(0, 1),
+        "cache_max_gb": Range(0, 1_000_000),
+        "augment_min_scale": Range(0, 1, low_open=True),
+        "val_fraction": Range(0, 1, high_open=True),
+        "max_prompt_chars": Range(1, 20_000, note="one 8,000-letter word: 4 s of BPE"),
+        "max_prompt_tokens": Range(1, 10_000),
+    }
+
     def problems(self) -> list[str]:
-        """This section's own rules (``data.video`` is checked for video runs only)."""
+        """This section's rules across keys (each key's range: ``RANGES``)."""
         p = []
-        if not 16 <= self.image_size <= 1024:
-            p.append(f"data.image_size: {self.image_size} must be between 16 and 1024 pixels")
         if not self.eval and not 0.0 < self.eval_fraction < 1.0:
             p.append(f"data.eval_fraction: {self.eval_fraction} must be in (0, 1) without --eval")
         if self.max_pixels < self.image_size**2:
             p.append(f"data.max_pixels: {self.max_pixels} is below image_size^2 = "
                      f"{self.image_size**2}")
-        if self.max_pixels > PILLOW_MAX_PIXELS:
-            p.append(f"data.max_pixels: {self.max_pixels} is over Pillow's decompression-bomb "
-                     f"limit {PILLOW_MAX_PIXELS}, which stays on; use at most that")
-        if not self.decode_timeout_s > 0:
-            p.append(f"data.decode_timeout_s: {self.decode_timeout_s} must be > 0 seconds")
         if self.augment and self.cache == "decoded":
             p.append("data.augment: augmentation needs streaming (a decoded copy would freeze "
                      "one view): set data.cache=none (or auto)")
-        if self.cache_max_gb < 0:
-            p.append("data.cache_max_gb: must be >= 0")
-        if not 0.0 < self.augment_min_scale <= 1.0:
-            p.append("data.augment_min_scale: must be in (0, 1]")
-        if not 0.0 <= self.val_fraction < 1.0:
-            p.append(f"data.val_fraction: {self.val_fraction} must be in [0, 1)")
-        if not 0.0 <= self.max_quarantine_fraction <= 1.0:
-            p.append("data.max_quarantine_fraction: must be in [0, 1]")
         return p
 
 
@@ -206,16 +251,11 @@ class PreprocessConfig:
     own cores; every process pins itself (``os.sched_setaffinity``) and caps its thread pools
     to its share. ``off``: no pinning (default thread pools)."""
 
-    def problems(self) -> list[str]:
-        p = []
-        if self.actors < 1:
-            p.append("preprocess.actors: need at least one preprocessing actor")
-        if self.cpus_per_actor < 1:
-            p.append("preprocess.cpus_per_actor: must be >= 1 (whole cores, so they can be "
-                     "pinned)")
-        if self.batch_size < 0:
-            p.append("preprocess.batch_size: must be 0 (auto) or >= 1")
-        return p
+    RANGES: ClassVar[dict[str, Range]] = {
+        "actors": Range(1, 100_000, note="at least one preprocessing actor"),
+        "cpus_per_actor": Range(1, 1024, note="whole cores, so they can be pinned"),
+        "batch_size": Range(0, 1_000_000, note="0 = auto"),
+    }
 
 
 @dataclass
@@ -236,15 +276,11 @@ class LoraConfig:
     """Module-name prefixes trained in full beside the adapters (the head; a vision tower);
     ``head`` means the scorer's own head, whatever its module is called."""
 
-    def problems(self) -> list[str]:
-        p = []
-        if self.r < 0:
-            p.append(f"model.lora.r: {self.r} must be >= 0 (0 = no adapters)")
-        if self.alpha <= 0:
-            p.append(f"model.lora.alpha: {self.alpha} must be > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            p.append(f"model.lora.dropout: {self.dropout} must be in [0, 1)")
-        return p
+    RANGES: ClassVar[dict[str, Range]] = {
+        "r": Range(0, 4096, note="0 = no adapters"),
+        "alpha": Range(0, 1_000_000, low_open=True),
+        "dropout": Range(0, 1, high_open=True),
+    }
 
 
 @dataclass
@@ -260,8 +296,10 @@ class ModelConfig:
     """``clip``: a local path or URI of an open_clip checkpoint (e.g. OpenAI / LAION CLIP,
     HPSv2) for ``model.arch``; empty: random init. ``hf-clip`` (required): a local Hugging
     Face model directory (``config.json``, ``model.safetensors``, tokenizer and processor
-    files; e.g. PickScore) or a URI of one, copied here first. Never a hub id: nothing
-    downloads from the Hub."""
+    files; e.g. PickScore) or a URI of one, copied here first. ``vlm``, ``vlm-video``
+    (required): a local Qwen2-VL / Qwen2.5-VL directory, optionally with HPSv3's
+    ``HPSv3.safetensors`` or VideoAlign's ``model_config.json`` + ``checkpoint-N/``
+    (docs/models.md). Never a hub id: nothing downloads from the Hub."""
     score_scale: ScoreScale = "logit_scale"
     """``clip``, ``hf-clip``: ``logit_scale`` (``logit_scale.exp() * cos``, PickScore) or
     ``none`` (the plain cosine, HPSv2)."""
@@ -284,25 +322,28 @@ class ModelConfig:
 
     lora: LoraConfig = field(default_factory=LoraConfig)
 
+    RANGES: ClassVar[dict[str, Range]] = {"head_weights": Range(0, 1_000_000)}
+
     def problems(self) -> list[str]:
         """Rules of this section alone; the name is checked per modality in ``validate``."""
         p = []
         known = scorer_catalog.entry(self.name)
         takes = known.pretrained if known is not None else ""
-        clips = ", ".join(e.name for e in scorer_catalog.CATALOG if e.pretrained)
+        clips = ", ".join(e.name for e in scorer_catalog.CATALOG
+                          if e.pretrained and not e.vision_language)
         if self.pretrained and known is not None and not takes:
             p.append(f"model.pretrained: only for the CLIP-family scorers ({clips}); "
                      "torchvision scorers take model.weights=PATH")
         if takes == "hf" and not self.pretrained:
             p.append(f"model.pretrained: model.name={self.name} needs {_HF_DIRECTORY}")
-        if self.score_scale != "logit_scale" and known is not None and not takes:
+        if self.score_scale != "logit_scale" and known is not None and (
+                not takes or known.vision_language):
             p.append(f"model.score_scale: only for the CLIP-family scorers ({clips}), not "
                      f"{self.name!r}")
         if self.weights and known is not None and not known.torchvision_weights:
             takes = [e.name for e in scorer_catalog.CATALOG if e.torchvision_weights]
             p.append(f"model.weights: only for the torchvision scorers ({', '.join(takes)}), "
                      f"not {self.name!r}")
-        p += self.lora.problems()
         p += _head_problems(self)
         for key, path in (("model.pretrained", self.pretrained), ("model.weights", self.weights)):
             if not path or "://" in path:
@@ -388,17 +429,16 @@ class LossConfig:
     """Frozen reference for loss.type=dpo: ``init`` (the initial weights) or an MLflow model
     URI such as ``models:/image-scorer@champion`` (training then starts from its weights)."""
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "beta": Range(0, 1_000_000, low_open=True),
+        "label_smoothing": Range(0, 0.5, high_open=True),
+        "center_rewards_coefficient": Range(0, 1_000_000),
+        "temporal_weight": Range(0, 1_000_000, note="0 = off"),
+        "tie_theta": Range(1, 1_000_000, low_open=True, note="1 gives ties no probability"),
+    }
+
     def problems(self) -> list[str]:
         p = []
-        if self.beta <= 0:
-            p.append(f"loss.beta: {self.beta} must be > 0")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            p.append(f"loss.label_smoothing: {self.label_smoothing} must be in [0, 0.5)")
-        if self.center_rewards_coefficient < 0:
-            p.append("loss.center_rewards_coefficient: must be >= 0")
-        if not self.tie_theta > 1:
-            p.append(f"loss.tie_theta: {self.tie_theta} must be > 1 (1 gives ties no "
-                     "probability)")
         if (self.reference != "init" and "://" not in self.reference
                 and not self.reference.startswith(("models:/", "runs:/"))):
             p.append(f"loss.reference: {self.reference!r} is neither 'init' nor a model URI "
@@ -474,37 +514,27 @@ class TrainConfig:
     """Ray Data delivers blocks in a fixed order (``preserve_order``), so the same data,
     config and seed give the same metrics on CPU."""
 
-    def problems(self) -> list[str]:
-        """Rules of this section alone; the ones that need ``data.val_fraction`` or the loss
-        are in ``validate``."""
-        p = []
-        if self.epochs < 1:
-            p.append("train.epochs: must be >= 1")
-        if self.batch_size < 2:
-            p.append("train.batch_size: must be >= 2 (BatchNorm needs more than one sample)")
-        if self.lr <= 0:
-            p.append("train.lr: must be > 0")
-        if self.workers < 1:
-            p.append("train.workers: must be >= 1")
-        if self.max_failures < -1:
-            p.append("train.max_failures: must be >= 0 (or -1 for unlimited)")
-        if self.log_every_steps < 1:
-            p.append("train.log_every_steps: must be >= 1")
-        if self.backbone_lr < 0:
-            p.append("train.backbone_lr: must be >= 0 (0 = train.lr)")
-        if self.warmup_steps < 0 or self.freeze_backbone_steps < 0:
-            p.append("train.warmup_steps, train.freeze_backbone_steps: must be >= 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            p.append("train.min_lr_ratio: must be in [0, 1]")
-        if self.grad_clip < 0:
-            p.append("train.grad_clip: must be >= 0 (0 = off)")
-        if self.accumulation < 1:
-            p.append("train.accumulation: must be >= 1")
-        if not 0.0 <= self.ema_decay < 1.0:
-            p.append("train.ema_decay: must be in [0, 1) (0 = off)")
-        if self.patience < 0:
-            p.append("train.patience: must be >= 0 (0 = no early stopping)")
-        return p
+    # The rules that need ``data.val_fraction`` or the loss are in ``validate``.
+    RANGES: ClassVar[dict[str, Range]] = {
+        "epochs": Range(1, 100_000),
+        "batch_size": Range(2, 1_000_000, note="BatchNorm needs more than one sample"),
+        "lr": Range(0, 100, low_open=True),
+        "weight_decay": Range(0, 100),
+        "workers": Range(1, 100_000),
+        "cpus_per_worker": Range(0, 1024, low_open=True),
+        "max_failures": Range(-1, 10_000, note="-1 = unlimited"),
+        "log_every_steps": Range(1, 10**9),
+        "seed": Range(0, 2**32 - 1, note="numpy's seed range"),
+        "checkpoints_to_keep": Range(1, 10_000),
+        "backbone_lr": Range(0, 100, note="0 = train.lr"),
+        "warmup_steps": Range(0, 10**9),
+        "min_lr_ratio": Range(0, 1),
+        "freeze_backbone_steps": Range(0, 10**9),
+        "grad_clip": Range(0, 1_000_000, note="0 = off"),
+        "accumulation": Range(1, 100_000),
+        "ema_decay": Range(0, 1, high_open=True, note="0 = off"),
+        "patience": Range(0, 100_000, note="0 = no early stopping"),
+    }
 
     def selection(self, val_fraction: float) -> str:
         """``select_by`` with ``auto`` resolved."""
@@ -536,6 +566,16 @@ class EvalConfig:
     """Metadata columns to report accuracy per value of (e.g. model_0, photo)."""
     worst_pairs: int = 8
     """How many of the most confidently wrong eval pairs to draw in a grid."""
+    media_root: str = ""
+    """Benchmark layouts: the folder the annotation file's image or video paths are relative
+    to. Empty: the annotation file's folder (or, for HPDv2, the folder named like the file
+    beside it: ``test.json`` and ``test/``)."""
+    tie_validation: list[str] = field(default_factory=list)
+    """Pick-a-Pic's tie protocol (PickScore): validation shards (``validation_unique``) on which
+    the tie threshold is tuned, then applied to the eval data (``test_unique``); needs
+    ``ties=soft``."""
+
+    RANGES: ClassVar[dict[str, Range]] = {"worst_pairs": Range(0, 1000)}
 
 
 @dataclass
@@ -556,19 +596,14 @@ class GateConfig:
     """How long a register step waits for another run's register step (one at a time per
     model name, so the champion it compares with is the one it replaces)."""
 
-    def problems(self) -> list[str]:
-        p = []
-        if not 0.5 < self.confidence < 1:
-            p.append("gate.confidence: must be in (0.5, 1)")
-        if self.min_delta < 0:
-            p.append("gate.min_delta: must be >= 0")
-        if self.bootstrap_samples < 100:
-            p.append("gate.bootstrap_samples: use at least 100")
-        if not 0.0 <= self.min_accuracy <= 1.0:
-            p.append(f"gate.min_accuracy: {self.min_accuracy} must be in [0, 1]")
-        if self.wait_s < 0:
-            p.append("gate.wait_s: must be >= 0 seconds")
-        return p
+    RANGES: ClassVar[dict[str, Range]] = {
+        "min_delta": Range(0, 1),
+        "confidence": Range(0.5, 1, low_open=True, high_open=True),
+        # The register step holds samples x eval pairs x 8 bytes: 20,000 x 10,000 pairs = 1.6 GB.
+        "bootstrap_samples": Range(100, 20_000),
+        "min_accuracy": Range(0, 1),
+        "wait_s": Range(0, 86_400, note="seconds"),
+    }
 
 
 @dataclass
@@ -604,8 +639,8 @@ class RunConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     incremental: bool = False
     """Train only on shards no finished run of this workflow and model name consumed, warm-
-    started from the champion; a lease (a Ray named actor) keeps two scheduled runs on one
-    cluster from overlapping."""
+    started from the champion; a lease held in the run storage keeps two scheduled runs from
+    overlapping, on one Ray cluster or several."""
 
 
 def run_root(cfg: RunConfig) -> str:
@@ -732,19 +767,74 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-SECTIONS = ("data", "preprocess", "model", "loss", "train", "tracking", "gate")
-"""The sections that check themselves (``problems()``)."""
+SECTIONS = ("data", "model", "loss", "tracking")
+"""The sections with rules of their own beyond each key's range (``problems()``)."""
+
+
+@functools.cache
+def numeric_keys(cls: type | None = None, prefix: str = "") -> dict[str, tuple[type, type, str]]:
+    """``{dotted key: (its section class, int or float, field name)}`` for every int and float
+    field (and list of them) in the tree under ``cls`` (default ``RunConfig``); each must
+    have a ``Range`` in its section's ``RANGES``. Computed once: do not change the dict."""
+    cls = cls or RunConfig
+    out: dict[str, tuple[type, type, str]] = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        if typing.get_origin(hint) is ClassVar:
+            continue
+        if dataclasses.is_dataclass(hint):
+            out.update(numeric_keys(hint, f"{prefix}{name}."))
+            continue
+        inner = typing.get_args(hint)[0] if typing.get_origin(hint) is list else hint
+        if inner in (int, float):
+            out[f"{prefix}{name}"] = (cls, inner, name)
+    return out
+
+
+def range_of(key: str) -> Range:
+    """The declared range of a numeric key (``numeric_keys``)."""
+    cls, _, name = numeric_keys()[key]
+    ranges = getattr(cls, "RANGES", {})
+    if name not in ranges:  # internal: a new numeric field needs its range
+        raise TypeError(f"config key {key} has no Range in {cls.__name__}.RANGES")
+    return ranges[name]
+
+
+def range_problems(cfg: RunConfig) -> list[str]:
+    """Every numeric key outside its ``Range`` (NaN and infinities included), whatever the
+    modality: ``train.lr=nan: must be a finite number in (0, 100]``."""
+    p = []
+    for key, (_, kind, _) in numeric_keys().items():
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        r = range_of(key)
+        if isinstance(node, list):
+            if not all(r.admits(v) for v in node):
+                p.append(f"{key}={','.join(map(str, node))}: each must be {r.describe(kind)}")
+        elif not r.admits(node):
+            p.append(f"{key}={node!r}: must be {r.describe(kind)}")
+    return p
+
 
 ConfigCheck = Callable[["RunConfig"], list[str]]
 """A check a higher layer adds (the model registry's: ``training.models.config_problems``)."""
 
 
 def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
-    """Each section's own problems, then the rules that cross sections."""
-    p = [problem for name in SECTIONS for problem in getattr(cfg, name).problems()]
+    """Each numeric key's range, each section's own problems, then the rules that cross
+    sections."""
+    p = range_problems(cfg)
+    p += [problem for name in SECTIONS for problem in getattr(cfg, name).problems()]
     d, t, lo = cfg.data, cfg.train, cfg.loss
     if require_train and not d.train:
         p.append("data.train: no training data; pass --train PATH (file, directory or glob)")
+    if require_train and d.layout in ("hpdv2", "videogen-rewardbench"):
+        p.append(f"data.layout={d.layout}: a benchmark annotation format that only `evaluate` "
+                 "reads; train on Parquet shards (canonical or pickapic)")
+    if cfg.ties != "soft" and (cfg.eval.tie_validation or d.layout == "videogen-rewardbench"):
+        p.append("ties=soft is needed to keep the tied pairs the accuracy with ties is "
+                 "measured on (eval.tie_validation, data.layout=videogen-rewardbench); "
+                 "add ties=soft")
     if cfg.ties == "soft" and lo.type not in ("bt", "dpo", "btt", "uncertainty"):
         p.append(f"ties=soft needs a logistic loss (bt, dpo, btt or uncertainty), not "
                  f"loss.type={lo.type!r}")
@@ -753,9 +843,7 @@ def validate(cfg: RunConfig, require_train: bool = True) -> list[str]:
     if cfg.model.name not in names:
         p.append(f"model.name: {cfg.model.name!r} is not one of the {cfg.modality} scorers "
                  f"{', '.join(names)}")
-    if cfg.modality == "video":
-        p += d.video.problems()
-    elif lo.temporal_weight != 0:
+    if cfg.modality != "video" and lo.temporal_weight != 0:
         p.append("loss.temporal_weight: the temporal-consistency prior is for modality=video")
     selection = t.selection(d.val_fraction)
     if selection != "last" and d.val_fraction <= 0:

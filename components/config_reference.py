@@ -125,7 +125,9 @@ def markdown() -> str:
         "file passed with `--config` (nested mappings, `train: {lr: 3.0e-4}`). Precedence, lowest",
         "first: the defaults below, the defaults of the modality, the YAML file, the command's",
         "flags (`--epochs`, `--storage`, ...), then `key=value`. The whole config is validated",
-        "before Ray or MLflow start, and every problem is reported at once.",
+        "before Ray or MLflow start, and every problem is reported at once. A number's type",
+        "shows its allowed range (`[` `]` include the end, `(` `)` exclude it); NaN and",
+        "infinities are refused everywhere.",
         "",
     ]
     for prefix, cls, fields in _sections(config.RunConfig, ""):
@@ -137,8 +139,13 @@ def markdown() -> str:
         if not fields:
             continue
         out += ["| key | type | default | description |", "|---|---|---|---|"]
+        numeric = config.numeric_keys()
         for f in fields:
-            out.append(f"| `{prefix}{f.name}` | {_cell(_type(hints[f.name]))} "
+            key = f"{prefix}{f.name}"
+            allowed = ""
+            if key in numeric:
+                allowed = ", " + config.range_of(key).describe(numeric[key][1]).split(" in ", 1)[1]
+            out.append(f"| `{key}` | {_cell(_type(hints[f.name]) + allowed)} "
                        f"| {_cell(_value(_default(f)))} "
                        f"| {_cell(_text(field_docs.get(f.name, '')))} |")
         out.append("")

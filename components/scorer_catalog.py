@@ -24,6 +24,9 @@ class ScorerEntry:
     """A CLIP-family scorer: what ``model.pretrained`` takes, an open_clip checkpoint file
     (``open_clip``) or a Hugging Face model directory (``hf``); it scores
     ``model.score_scale`` x cos(image, prompt)."""
+    vision_language: bool = False
+    """A vision-language scorer (``hf`` directory of a Qwen2-VL-family model): a reward head
+    on a special token's hidden state, no cosine, no ``model.score_scale``."""
 
 
 CATALOG: tuple[ScorerEntry, ...] = (
@@ -37,6 +40,9 @@ CATALOG: tuple[ScorerEntry, ...] = (
                 takes_prompt=True, pretrained="open_clip"),
     ScorerEntry("hf-clip", "image", "transformers CLIP/SigLIP directory (PickScore): "
                 "logit_scale * cos(image, prompt)", takes_prompt=True, pretrained="hf"),
+    ScorerEntry("vlm", "image", "Qwen2-VL-family directory (HPSv3): a reward head on the hidden "
+                "state at a special token after an instruction", takes_prompt=True, pretrained="hf",
+                vision_language=True),
     ScorerEntry("bn-c3d", "video", "small BatchNorm 3-D CNN with global pooling (the default video scorer)"),
     ScorerEntry("seed-c3d", "video", "the seed post's VideoDPO: two Conv3d blocks and an MLP head (baseline)"),
     ScorerEntry("r3d_18", "video", "torchvision R3D-18", torchvision_weights=True),
@@ -44,6 +50,9 @@ CATALOG: tuple[ScorerEntry, ...] = (
     ScorerEntry("r2plus1d_18", "video", "torchvision R(2+1)D-18", torchvision_weights=True),
     ScorerEntry("prompt-bn-c3d", "video", "bn-c3d features + prompt agreement (hashed-word embeddings)",
                 takes_prompt=True),
+    ScorerEntry("vlm-video", "video", "Qwen2-VL-family directory (VideoAlign): reward heads at "
+                "special tokens over the clip's frames", takes_prompt=True, pretrained="hf",
+                vision_language=True),
 )
 DEFAULT_SCORER = {"image": "bn-cnn", "video": "bn-c3d"}
 

@@ -68,6 +68,7 @@ def run_preference(cfg: RunConfig, check_only: bool = False) -> dict[str, Any]:
         experiment_id = runs.setup(uri, cfg.tracking.experiment)
         return _run(cfg, uri, experiment_id, inputs, None, t0)
 
+    locks.check_supported(run_root(cfg))  # the lease lives in the run storage
     experiment_id = runs.setup(uri, cfg.tracking.experiment)
     name = cfg.tracking.model_name
     client = mlflow.MlflowClient()
@@ -87,10 +88,10 @@ def run_preference(cfg: RunConfig, check_only: bool = False) -> dict[str, Any]:
                 "new_shards": [s.uri for s in new]}
     if not new:
         return nothing_new()
-    # The new shards' footers are checked before Ray starts (for the lease).
+    # The new shards' footers and the storage are checked first; a run that finds the lease
+    # held (in the run storage: it excludes runs on other Ray clusters too) starts no Ray.
     inputs = resolve_inputs(cfg, new, evals)
-    ensure_ray()  # the lease is a Ray named actor owned by this driver
-    lease = locks.try_acquire(locks.schedule_lease_name(cfg.modality, name))
+    lease = locks.try_acquire(run_root(cfg), locks.schedule_lease_name(cfg.modality, name))
     try:
         again = new_shards()  # under the lease: a run may have finished meanwhile
         if not again:
@@ -98,7 +99,8 @@ def run_preference(cfg: RunConfig, check_only: bool = False) -> dict[str, Any]:
         if [s.uri for s in again] != [s.uri for s in new]:
             inputs = resolve_inputs(cfg, again, evals)
         warm = f"models:/{name}@{CHAMPION}" if models.current_champion(name) else None
-        return _run(stages.for_incremental(cfg, warm), uri, experiment_id, inputs, warm, t0)
+        return _run(stages.for_incremental(cfg, warm), uri, experiment_id, inputs, warm, t0,
+                    lease)
     finally:
         try:
             lease.release()
@@ -107,7 +109,7 @@ def run_preference(cfg: RunConfig, check_only: bool = False) -> dict[str, Any]:
 
 
 def _run(cfg: RunConfig, uri: str, experiment_id: str, inputs: RunInputs,
-         warm_start: str | None, t0: float) -> dict[str, Any]:
+         warm_start: str | None, t0: float, lease: locks.Lease | None = None) -> dict[str, Any]:
     parent = runs.find_parent_run(experiment_id, cfg.tracking.resume, cfg.tracking.run_name,
                                   cfg.modality)
     ensure_ray(cfg.train.deterministic)
@@ -149,7 +151,8 @@ def _run(cfg: RunConfig, uri: str, experiment_id: str, inputs: RunInputs,
                          EvalReport.from_record)
         registered = wf.step("register", stages.register_key(cfg, eval_in),
                              lambda: stages.register(cfg.tracking.model_name, cfg.gate, scorer,
-                                                     report, data.eval_path, run_id),
+                                                     report, data.eval_path, run_id,
+                                                     run_root(cfg), lease),
                              dict, dict, once=True)  # never registers twice for one parent run
         return {
             "status": "ok",

@@ -15,6 +15,7 @@ from components.evaluation.batch_scoring import (
     ScoringOptions,
     check_candidates,
     check_output,
+    check_quarantine,
     score_candidates,
 )
 from components.runtime import resources
@@ -27,7 +28,9 @@ def run_score(cfg: RunConfig, model_uri: str, input_path: str, output: str,
               prompt_column: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     output = os.path.abspath(output)
+    quarantine = output.rstrip("/") + ".quarantine.parquet"
     check_output(output, overwrite)
+    check_quarantine(quarantine, overwrite)
     uri = runs.resolve_tracking_uri(cfg.tracking.tracking_uri)
     runs.check_reachable(uri)
     shards = resolve_shards([input_path])
@@ -39,7 +42,6 @@ def run_score(cfg: RunConfig, model_uri: str, input_path: str, output: str,
     cluster = cluster_resources()
     use_gpu = cluster.get("GPU", 0) >= 1
     resources.check(resources.score_phases(cfg.preprocess, use_gpu), cluster)
-    quarantine = output.rstrip("/") + ".quarantine.parquet"
     opts = ScoringOptions(cfg.preprocess.actors, cfg.preprocess.cpus_per_actor, use_gpu,
                           group_by, top_k, prompt_column)
     counts = score_candidates(shards, output, quarantine, scorer, total_rows, opts)

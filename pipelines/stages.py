@@ -231,14 +231,25 @@ def register_key(cfg: RunConfig, upstream: dict[str, Any]) -> dict[str, Any]:
 
 
 def register(name: str, gate: GateConfig, scorer: TrainedScorer, report: EvalReport,
-             eval_path: str, run_id: str) -> dict[str, Any]:
+             eval_path: str, run_id: str, state_root: str,
+             fence: locks.Lease | None = None) -> dict[str, Any]:
     """Log and register the trained scorer (once per parent run: a resumed step reuses its
     version); gate it against the champion on the same eval data. One register step at a time
-    per model name (a Ray named-actor lock), and the champion is re-read before the aliases
-    move, so the comparison is with the version it replaces. A failure before the aliases move
-    moves none."""
-    lock = locks.acquire(locks.promotion_lock_name(name), wait_s=gate.wait_s)
+    per model name (a lock in the run storage ``state_root``, so across Ray clusters too), and
+    the champion is re-read before the aliases move, so the comparison is with the version it
+    replaces. A failure before the aliases move moves none. ``fence``: the schedule lease of
+    an incremental run, checked (``Lease.check``) before registering and before the aliases
+    move: a run that lost it registers nothing and fails with ``LeaseLost``."""
+    lock = None
+    if locks.supported(state_root):
+        lock = locks.acquire(state_root, locks.promotion_lock_name(name), wait_s=gate.wait_s)
+    else:  # gs://, abfs://...: registering still works, as it did on one Ray cluster
+        log.warning("no promotion lock for %s in %s (a lease there is not implemented): "
+                    "concurrent register steps are kept apart only by re-reading the champion",
+                    name, state_root)
     try:
+        if fence is not None:
+            fence.check()
         version = models.version_of_run(name, run_id)
         for _ in range(3):
             champion = models.current_champion(name)
@@ -252,6 +263,8 @@ def register(name: str, gate: GateConfig, scorer: TrainedScorer, report: EvalRep
                 champion_correct = correct_vector(scores)
                 mlflow.log_metric("eval/champion_accuracy", float(champion_correct.mean()))
             if version is None:
+                if fence is not None:
+                    fence.check()  # nothing registered by a run that lost its lease
                 scorer = replace(scorer, score_stats=score_stats(report.scores))
                 info = models.log_scorer(scorer, example_item(eval_path, scorer.spec.video), name,
                                          example_prompt(eval_path))
@@ -264,11 +277,14 @@ def register(name: str, gate: GateConfig, scorer: TrainedScorer, report: EvalRep
             log.warning("the champion of %s moved during the comparison; comparing again", name)
         else:
             raise RuntimeError(f"the champion of {name} kept moving; not promoting")
+        if fence is not None:
+            fence.check()
         aliases = models.apply_decision(name, decision)
     finally:
         try:
-            lock.release()
-        except Exception as e:  # noqa: BLE001 - the lock ends with this driver anyway
+            if lock is not None:
+                lock.release()
+        except Exception as e:  # noqa: BLE001 - unreleased, it expires after its ttl
             log.warning("could not release %s: %s", lock.name, e)
     mlflow.set_tags({"promotion.promoted": str(decision.promote).lower(),
                      "promotion.decision": json.dumps(decision.as_dict())})

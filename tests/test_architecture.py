@@ -20,7 +20,9 @@ COMPONENTS = ROOT / "components"
 # without Ray).
 PURE = ["config.py", "media/", "training/models.py", "training/losses.py", "training/step.py",
         "training/optim.py", "training/clip.py",
-        "evaluation/metrics.py", "registry/gate.py", "registry/scorer_files.py",
+        "evaluation/metrics.py", "evaluation/benchmarks.py", "registry/gate.py",
+        "registry/scorer_files.py", "registry/manifest.py", "registry/published.py",
+        "datasets/benchmark_formats.py", "serving/settings.py", "serving/payload.py",
         "datasets/contract.py", "datasets/reading.py", "datasets/policy.py",
         "scorer_catalog.py", "runtime/pinning/", "sample/"]
 # MLflow lives in pipelines/ and the tracking layer; the pyfunc class subclasses PythonModel.
@@ -98,17 +100,20 @@ def test_media_spec_carries_every_decode_setting_of_the_config():
 
     spec_fields = {f.name for f in dataclasses.fields(MediaSpec)}
     assert {f.name for f in dataclasses.fields(VideoConfig)} <= spec_fields
-    d = DataConfig(image_size=40, max_pixels=5000, decode_timeout_s=7.0,
+    prompt_limits = {"max_prompt_chars": 500, "max_prompt_tokens": 40}  # served alike (#23)
+    d = DataConfig(image_size=40, max_pixels=5000, decode_timeout_s=7.0, **prompt_limits,
                    video=VideoConfig(frames=5, fps=2.0, pad="loop", max_bytes=10,
                                      max_duration_s=3.0, max_frames=7, decoder_threads=2))
-    spec = MediaSpec.from_config("video", d)
-    assert dataclasses.asdict(spec) == {"modality": "video", "size": 40, "max_pixels": 5000,
-                                        "decode_timeout_s": d.decode_timeout_s,
-                                        **dataclasses.asdict(d.video),
-                                        "text": "", "context_length": 0, "vocab_size": 0,
-                                        "tokenizer": ""}
-    assert MediaSpec.from_config("image", d) == MediaSpec("image", 40, 5000,
-                                                          decode_timeout_s=d.decode_timeout_s)
+    spec = dataclasses.asdict(MediaSpec.from_config("video", d))
+    expected = {"modality": "video", "size": 40, "max_pixels": 5000,
+                "decode_timeout_s": d.decode_timeout_s, **dataclasses.asdict(d.video),
+                **prompt_limits}
+    assert {k: spec.get(k) for k in expected} == expected
+    # The rest is the scorer's text contract (its tokenizer), not a config key: defaults here.
+    rest = {f.name: f.default for f in dataclasses.fields(MediaSpec) if f.name not in expected}
+    assert {k: spec[k] for k in rest} == rest
+    assert MediaSpec.from_config("image", d) == MediaSpec(
+        "image", 40, 5000, decode_timeout_s=d.decode_timeout_s, **prompt_limits)
 
 
 def test_an_enumeration_is_defined_once():

@@ -28,7 +28,8 @@ def test_every_option_of_every_command_has_help():
                for a in sub._actions
                if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
     assert missing == []
-    assert set(_subparsers()) == {"run", "evaluate", "score", "sample-data"}
+    assert set(_subparsers()) == {"run", "evaluate", "score", "sample-data",
+                                  "register-published", "serve", "verify"}
 
 
 def test_run_help_ends_with_config_keys_that_exist_and_an_example():

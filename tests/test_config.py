@@ -57,13 +57,64 @@ def test_an_enumeration_is_a_typed_field_that_loading_checks_with_the_allowed_va
 
 
 def test_each_section_reports_its_own_problems():
-    from components.config import GateConfig, PreprocessConfig, TrainConfig
+    from components.config import DataConfig, LossConfig
 
-    assert TrainConfig().problems() == [] and GateConfig().problems() == []
-    assert TrainConfig(epochs=0, accumulation=0).problems() == [
-        "train.epochs: must be >= 1", "train.accumulation: must be >= 1"]
-    assert PreprocessConfig(actors=0).problems() == [
-        "preprocess.actors: need at least one preprocessing actor"]
+    assert DataConfig().problems() == [] and LossConfig().problems() == []
+    assert DataConfig(image_size=64, max_pixels=1000).problems() == [
+        "data.max_pixels: 1000 is below image_size^2 = 4096"]
+    assert LossConfig(reference="champion").problems()[0].startswith("loss.reference:")
+
+
+def test_every_numeric_key_is_checked_against_its_declared_range():
+    """Ranges are declared per section (``RANGES``), so a new numeric key without one fails
+    here; out-of-range values, NaN and infinities name the key and its range."""
+    from components.config import RunConfig, numeric_keys, range_of
+
+    keys = numeric_keys()
+    assert {"train.lr", "data.video.fps", "model.lora.alpha", "gate.bootstrap_samples",
+            "model.head_weights", "data.max_prompt_chars"} <= set(keys)
+    for key in keys:
+        range_of(key)  # raises for a key without a Range
+    for cls in {c for c, _, _ in keys.values()}:  # no stale entries either
+        names = {n for c, _, n in keys.values() if c is cls}
+        assert set(cls.RANGES) == names, cls.__name__
+    load_config(None, ["data.train=x"])  # the defaults are in range
+    assert RunConfig().train.lr > 0
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.train=x", "train.lr=nan", "loss.beta=inf",
+                           "data.video.fps=nan", "train.weight_decay=-1", "train.grad_clip=nan",
+                           "train.cpus_per_worker=0", "train.checkpoints_to_keep=-5",
+                           "gate.min_delta=nan", "data.decode_timeout_s=inf",
+                           "gate.bootstrap_samples=1000000000", "model.head_weights=1,nan"])
+    problems = e.value.problems
+    assert "train.lr=nan: must be a finite number in (0, 100]" in problems
+    assert "gate.bootstrap_samples=1000000000: must be an integer in [100, 20_000]" in problems
+    for key in ("loss.beta=inf", "data.video.fps=nan", "train.weight_decay=-1.0",
+                "train.grad_clip=nan", "train.cpus_per_worker=0.0",
+                "train.checkpoints_to_keep=-5", "gate.min_delta=nan",
+                "data.decode_timeout_s=inf", "model.head_weights=1.0,nan"):
+        assert any(p.startswith(key + ":") for p in problems), (key, problems)
+    # The blame stays on the key that is wrong (loss.beta=inf used to fail in training,
+    # blaming train.lr).
+    assert not any(p.startswith("train.lr") for p in
+                   _problems(["data.train=x", "loss.beta=inf"]))
+
+
+def _problems(overrides: list[str]) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    return e.value.problems
+
+
+def test_pin_cpus_off_is_read_as_the_mode_on_the_command_line_and_in_yaml(tmp_path):
+    """YAML 1.1 reads ``off`` as false; the enumeration takes it back as ``off`` (#23)."""
+    assert load_config(None, ["data.train=x", "preprocess.pin_cpus=off"]
+                       ).preprocess.pin_cpus == "off"
+    f = tmp_path / "run.yaml"
+    f.write_text("data:\n  train: [x]\npreprocess:\n  pin_cpus: off\n")
+    assert load_config(str(f)).preprocess.pin_cpus == "off"
+    f.write_text("preprocess:\n  pin_cpus: OFF\n")
+    assert load_config(str(f), ["data.train=x"]).preprocess.pin_cpus == "off"
 
 
 def test_checks_from_higher_layers_are_reported_with_the_rest():
@@ -73,7 +124,8 @@ def test_checks_from_higher_layers_are_reported_with_the_rest():
 
     with pytest.raises(ConfigError) as e:
         load_config(None, ["data.train=x", "train.lr=0"], modality="video", checks=[no_clips])
-    assert e.value.problems == ["train.lr: must be > 0", "model.name: no clips today"]
+    assert e.value.problems == ["train.lr=0.0: must be a finite number in (0, 100]",
+                                "model.name: no clips today"]
 
 
 def test_incremental_dpo_records_the_loss_it_really_uses():
@@ -114,7 +166,7 @@ def test_reward_heads_and_their_objectives_are_checked_up_front():
             "must be >= 0 with a positive sum",
         ("model.head_names=vq",): "only for model.head=named, not score",
         ("model.head=named", "model.head_names=vq", "loss.type=dpo"): "loss.type=dpo would need",
-        ("loss.type=btt", "loss.tie_theta=1"): "loss.tie_theta: 1.0 must be > 1",
+        ("loss.type=btt", "loss.tie_theta=1"): "loss.tie_theta=1.0: must be a finite number in (1",
         ("ties=soft", "loss.type=ipo"): "ties=soft needs a logistic loss (bt, dpo, btt",
     }
     for overrides, needle in cases.items():

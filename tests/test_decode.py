@@ -66,6 +66,24 @@ def test_modes_become_rgb():
     np.testing.assert_allclose(out[0].astype(int), gray.astype(int), atol=1)
 
 
+def test_a_dark_16_bit_greyscale_png_is_scaled_by_its_bit_depth_not_its_range():
+    """16-bit samples map 65535 -> 255 whatever the image holds: a dark picture (every value
+    <= 255 of 65535) stays dark, not ~257x too bright (#23). Real 16-bit PNG bytes, written
+    by Pillow from mode I;16 (older Pillows read them back as mode I, handled alike)."""
+    dark = np.linspace(0, 255, 30 * 30).reshape(30, 30).astype(np.uint16)  # all <= 255
+    buf = io.BytesIO()
+    Image.fromarray(dark).save(buf, "PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode in ("I;16", "I")
+    out, _ = decode_image(buf.getvalue(), 30, 10**6)
+    np.testing.assert_allclose(out[0].astype(int), np.round(dark / 257).astype(int), atol=1)
+    assert out.max() <= 1
+    full = (np.linspace(0, 65535, 30 * 30).reshape(30, 30)).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(full).save(buf, "PNG")
+    out, _ = decode_image(buf.getvalue(), 30, 10**6)
+    np.testing.assert_allclose(out[1].astype(int), np.round(full / 257).astype(int), atol=1)
+
+
 def test_large_jpeg_is_downscaled():
     big = np.repeat(np.repeat(RGB, 10, axis=0), 10, axis=1)  # 400 x 600
     out, (w, h) = decode_image(encode(big, "JPEG", quality=90), 64, 10**7)

@@ -246,7 +246,7 @@ def test_every_row_is_accounted_for_or_the_shards_are_refused_up_front(dataset):
 def test_visual_dpo_run_stops_on_a_wrongly_typed_shard_before_mlflow_or_ray(tmp_path, capsys):
     """The type check reads footers only, so the run fails before it starts Ray or opens the
     tracking store: no run, no prepared data, one line naming shard, column and types."""
-    from pipelines.__main__ import EXIT_FAILED, main
+    from pipelines.__main__ import EXIT_USAGE, main
 
     shard = tmp_path / "train" / "part-0.parquet"
     shard.parent.mkdir()
@@ -255,7 +255,7 @@ def test_visual_dpo_run_stops_on_a_wrongly_typed_shard_before_mlflow_or_ray(tmp_
     db = tmp_path / "mlflow.db"
     rc = main(["run", "image", "--train", str(shard.parent), "--tracking-uri", f"sqlite:///{db}",
                "--output-dir", str(tmp_path / "out"), "--summary", str(tmp_path / "s.json")])
-    assert rc == EXIT_FAILED
+    assert rc == EXIT_USAGE  # bad input data: exit 2 with one line, as a bad config
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["status"] == "failed"
     assert summary["reason"].startswith(

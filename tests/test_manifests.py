@@ -71,6 +71,27 @@ RAYCRONJOB_REQUIRED = {
 }
 
 
+# Every field of the RayService CRD (ray.io/v1) in KubeRay 1.6, from
+# ray-operator/config/crd/bases/ray.io_rayservices.yaml at tag v1.6.0, for the objects that
+# deploy/rayservice.yaml writes (its rayClusterConfig is the RayCluster spec above). KubeRay 1.7
+# adds spec.suspend, rayClusterConfig.{historyServerOptions, networkPolicy, tlsOptions} and
+# headGroupSpec.ingressOptions: none of them may appear here.
+_CLUSTER = "spec.jobTemplate.rayClusterSpec"
+RAYSERVICE_FIELDS = {
+    "": {"apiVersion", "kind", "metadata", "spec"},
+    "spec": {"deploymentUnhealthySecondThreshold", "excludeHeadPodFromServeSvc", "managedBy",
+             "rayClusterConfig", "rayClusterDeletionDelaySeconds", "serveConfigV2",
+             "serveService", "serviceUnhealthySecondThreshold", "upgradeStrategy"},
+    **{k.replace(_CLUSTER, "spec.rayClusterConfig"): v for k, v in RAYCRONJOB_FIELDS.items()
+       if k.startswith(_CLUSTER)},
+}
+RAYSERVICE_REQUIRED = {
+    "spec": {"rayClusterConfig"},
+    **{k.replace(_CLUSTER, "spec.rayClusterConfig"): v for k, v in RAYCRONJOB_REQUIRED.items()
+       if k.startswith(_CLUSTER)},
+}
+
+
 def _pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
@@ -120,17 +141,19 @@ def _containers(doc: dict) -> list[tuple[str, dict]]:
             for key in ("initContainers", "containers") for c in tpl["spec"].get(key, [])]
 
 
-def _unknown_fields(doc: dict) -> list[str]:
-    """Paths of fields that the KubeRay RAYCRONJOB_FIELDS allow-list does not have, and
-    required fields that are missing."""
+def _unknown_fields(doc: dict, fields: dict | None = None,
+                    required: dict | None = None) -> list[str]:
+    """Paths of fields that the KubeRay allow-list (RAYCRONJOB_FIELDS by default) does not
+    have, and required fields that are missing."""
+    fields = RAYCRONJOB_FIELDS if fields is None else fields
+    required = RAYCRONJOB_REQUIRED if required is None else required
     problems = []
 
     def walk(node, path: str) -> None:
-        if path in RAYCRONJOB_FIELDS:
-            problems.extend(f"{path}.{k}".lstrip(".") for k in node
-                            if k not in RAYCRONJOB_FIELDS[path])
+        if path in fields:
+            problems.extend(f"{path}.{k}".lstrip(".") for k in node if k not in fields[path])
             problems.extend(f"{path}.{k} (required, missing)" for k in
-                            RAYCRONJOB_REQUIRED.get(path, set()) - set(node))
+                            required.get(path, set()) - set(node))
             for k, v in node.items():
                 child = f"{path}.{k}".lstrip(".")
                 if isinstance(v, list):
@@ -371,3 +394,76 @@ def test_every_raycronjob_pod_gets_the_s3_credentials_from_a_secret():
         secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in env.values()
                    if "secretKeyRef" in e.get("valueFrom", {})}
         assert len(secrets) == 1, secrets
+
+
+# deploy/rayservice.yaml: the reward service (components/serving) on KubeRay.
+
+def _rayservice() -> dict:
+    return yaml.safe_load((ROOT / "deploy" / "rayservice.yaml").read_text())
+
+
+def test_the_rayservice_uses_only_fields_of_the_named_kuberay_release():
+    doc = _rayservice()
+    assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayService")
+    problems = _unknown_fields(doc, RAYSERVICE_FIELDS, RAYSERVICE_REQUIRED)
+    assert not problems, f"not in the KubeRay {KUBERAY} RayService CRD: {problems}"
+    cluster = doc["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        params = group.get("rayStartParams", {})
+        assert all(isinstance(v, str) for v in params.values()), params
+    for g in cluster["workerGroupSpecs"]:
+        assert g["minReplicas"] <= g.get("replicas", g["minReplicas"]) <= g["maxReplicas"], g
+    cronjob_cluster = _raycronjob()["spec"]["jobTemplate"]["rayClusterSpec"]
+    assert cluster["rayVersion"] == cronjob_cluster["rayVersion"]
+    image = _dockerfile_labels()["org.opencontainers.image.ref.name"]
+    templates = [cluster["headGroupSpec"]["template"],
+                 *[g["template"] for g in cluster["workerGroupSpecs"]]]
+    assert {c["image"] for t in templates for c in t["spec"]["containers"]} == {image}
+
+
+def test_the_rayservice_field_check_rejects_a_field_the_release_lacks():
+    doc = _rayservice()
+    doc["spec"]["suspend"] = True  # KubeRay 1.7's
+    doc["spec"]["serveConfig"] = {}  # the v1alpha1 field, gone from v1
+    del doc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
+    assert sorted(_unknown_fields(doc, RAYSERVICE_FIELDS, RAYSERVICE_REQUIRED)) == [
+        "spec.rayClusterConfig.headGroupSpec.template (required, missing)",
+        "spec.serveConfig", "spec.suspend"]
+
+
+def test_the_rayservice_serve_config_builds_the_application_it_names():
+    """serveConfigV2 as Ray 2.60's Serve reads it: its schema, the import path resolved and
+    called with the args (as the Serve controller does), the settings valid, and each replica's
+    resources within one pod of a worker group."""
+    from ray._common.utils import import_attr
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.deployment import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    from components.serving.settings import ServeSettings
+
+    doc = _rayservice()
+    config = ServeDeploySchema.model_validate(yaml.safe_load(doc["spec"]["serveConfigV2"]))
+    assert len(config.applications) == 1
+    app = config.applications[0]
+    built = call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), app.args)
+    assert isinstance(built, Application)
+    settings = ServeSettings.from_dict(app.args["settings"])
+    assert settings.problems() == []
+    assert "MLFLOW_TRACKING_URI" in app.runtime_env["env_vars"]
+    assert "@" in app.args["model"]  # follows an alias
+
+    cluster = doc["spec"]["rayClusterConfig"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    sc = settings.scaling
+    fits = []
+    for g in cluster["workerGroupSpecs"]:
+        limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
+        if int(limits.get("nvidia.com/gpu", 0)) >= sc.num_gpus and int(limits["cpu"]) >= sc.num_cpus:
+            fits.append(g["maxReplicas"])
+    assert fits and sc.max_replicas <= sum(fits), (sc, fits)
+    port = config.http_options.port
+    for t in [cluster["headGroupSpec"]["template"],
+              *[g["template"] for g in cluster["workerGroupSpecs"]]]:
+        ports = {p["name"]: p["containerPort"] for p in t["spec"]["containers"][0]["ports"]}
+        assert ports.get("serve") == port, ports

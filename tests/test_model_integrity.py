@@ -1,5 +1,6 @@
 """What a registry consumer can trust: weights load as tensors only and must match the SHA-256
-recorded at training (in scorer.json and on the registered version)."""
+recorded at training in scorer.json; the model's files must match the manifest whose digest the
+registry recorded for the version."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from components.media.spec import MediaSpec
+from components.registry.manifest import MANIFEST, MANIFEST_TAG, ModelVerificationError
 from components.registry.scorer_files import META, WEIGHTS, TrainedScorer, read_scorer, write_scorer
 from components.tracking import models, runs
 from components.training.models import build_scorer
@@ -48,15 +50,21 @@ def test_weights_are_loaded_as_tensors_only(tmp_path):
         read_scorer(str(tmp_path))
 
 
-def test_a_registered_version_is_checked_against_the_registry_hash(tmp_path):
+def test_a_registered_version_is_checked_against_the_registry_record(tmp_path):
+    """The digest in the tracking store decides: the files are intact, but the registry no
+    longer records their manifest (tests/test_model_manifest.py plays the attacks)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("integrity", artifact_location=str(tmp_path / "artifacts"))
     runs.setup(uri, "integrity")
     with mlflow.start_run():
         info = models.log_scorer(_scorer(), photo_bytes(32), "integrity-scorer")
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     assert len(client.get_model_version("integrity-scorer", version).tags["weights_sha256"]) == 64
+    assert len(client.get_model_version("integrity-scorer", version).tags[MANIFEST_TAG]) == 64
     assert models.load_scorer(f"models:/integrity-scorer/{version}").model_name == "seed-cnn"
-    client.set_model_version_tag("integrity-scorer", version, "weights_sha256", "0" * 64)
-    with pytest.raises(ValueError, match="the registry recorded"):
+    client.set_model_version_tag("integrity-scorer", version, MANIFEST_TAG, "0" * 64)
+    with pytest.raises(ModelVerificationError, match="recorded in the tracking store") as e:
         models.load_scorer(f"models:/integrity-scorer/{version}")
+    assert e.value.path == MANIFEST

@@ -133,7 +133,7 @@ def test_image_workflow_learns_registers_and_serves(ray_cluster, sample_dir, tra
     rc = main([*score, "--output", str(precious)])
     capsys.readouterr()
     refused = json.loads((tmp_path / "sc2.json").read_text())
-    assert rc == 1 and "--overwrite" in refused["reason"]
+    assert rc == 2 and "--overwrite" in refused["reason"]
     assert (precious / "notes.txt").read_text() == "keep me"
     rc = main([*score, "--output", str(tmp_path / "scored"), "--group-by", "group",
                "--top-k", "1"])
@@ -220,4 +220,4 @@ def test_bad_config_and_bad_data_fail_with_one_line_reasons(ray_cluster, tmp_pat
     assert rc == 2 and s["status"] == "failed" and "train.lr" in s["reason"]
     rc, s = _run(["--train", str(tmp_path / "nothing-here"), "--tracking-uri", tracking_uri],
                  tmp_path, capsys)
-    assert rc == 1 and "no Parquet shards found" in s["reason"]
+    assert rc == 2 and "no Parquet shards found" in s["reason"]

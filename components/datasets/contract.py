@@ -28,6 +28,7 @@ import fnmatch
 import glob
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -46,6 +47,7 @@ PICKAPIC_REQUIRED = ("jpg_0", "jpg_1", "label_0", "label_1")
 
 # Status of each row after ingest; every row read ends in exactly one of these.
 OK, EXCLUDED, QUARANTINED = "ok", "excluded", "quarantined"
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -66,8 +68,11 @@ def _is_uri(spec: str) -> bool:
 
 
 def resolve_shards(specs: list[str]) -> list[Shard]:
-    """Files, directories (all ``*.parquet`` below) or globs; local paths or pyarrow URIs."""
-    shards: list[Shard] = []
+    """Files, directories (all ``*.parquet`` below) or globs; local paths or pyarrow URIs.
+    Each file once: a local file by its real path (symbolic links resolved), a file that two
+    specs name once, with a warning."""
+    first: dict[str, str] = {}
+    unique, again = [], []
     for spec in specs:
         found = _resolve_one(spec)
         if not found:
@@ -75,17 +80,27 @@ def resolve_shards(specs: list[str]) -> list[Shard]:
                 f"{spec}: no Parquet shards found; pass a .parquet file, a directory holding "
                 "*.parquet files, or a glob such as 'data/train-*.parquet'"
             )
-        shards.extend(found)
-    seen: set[str] = set()
-    unique = []
-    for s in shards:
-        if s.uri not in seen:
-            seen.add(s.uri)
-            unique.append(s)
+        for s in found:
+            if s.uri in first:
+                again.append(f"{s.uri} (by {spec} and {first[s.uri]})")
+            else:
+                first[s.uri] = spec
+                unique.append(s)
+    if again:
+        log.warning("%d shard(s) named more than once, each read once: %s", len(again),
+                    "; ".join(again[:5]) + ("; ..." if len(again) > 5 else ""))
     return unique
 
 
 def _resolve_one(spec: str) -> list[Shard]:
+    try:
+        return _list_one(spec)
+    except OSError as e:  # an unreachable endpoint, a bucket without access, a vanished file
+        raise DataError(f"{spec}: cannot list shards ({type(e).__name__}: {e}); check the "
+                        "path, AWS_ENDPOINT_URL and the credentials in the environment") from e
+
+
+def _list_one(spec: str) -> list[Shard]:
     if _is_uri(spec):
         scheme = spec.split("://", 1)[0]
         has_glob = any(c in spec for c in "*?[")
@@ -110,20 +125,50 @@ def _resolve_one(spec: str) -> list[Shard]:
             for i in sorted(infos, key=lambda i: i.path)
         ]
     local = spec.removeprefix("file://")
+    repeats: list[str] = []
     if os.path.isdir(local):
-        paths = sorted(glob.glob(os.path.join(local, "**", "*.parquet"), recursive=True))
+        paths, repeats = storage.walk_local(local)
+        paths = [p for p in paths if p.endswith(".parquet")]
+    elif "**" in local:  # glob's own ** goes round a symbolic link cycle (exponentially)
+        parts = os.path.abspath(local).split(os.sep)
+        fixed = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+        base = os.sep.join(parts[:fixed]) or os.sep
+        paths, repeats = storage.walk_local(base) if os.path.isdir(base) else ([], [])
+        paths = [p for p in paths if storage.glob_matches(os.sep.join(parts), p)]
     elif any(c in local for c in "*?["):
-        paths = sorted(glob.glob(local, recursive=True))
-    elif os.path.isfile(local):
+        paths = [p for p in sorted(glob.glob(local)) if not os.path.isdir(p)]
+    elif os.path.isfile(local) or os.path.islink(local):  # a dangling link: said below
         paths = [local]
     else:
         return []
+    return _local_shards(spec, paths, repeats)
+
+
+def _local_shards(spec: str, paths: list[str], repeats: list[str]) -> list[Shard]:
+    """One shard per real file (``os.path.realpath``), named by that path: a file reached
+    through symbolic links, or twice, is read once, with a warning naming its aliases."""
+    aliases: dict[str, list[str]] = {}
+    for p in paths:
+        aliases.setdefault(os.path.realpath(p), []).append(os.path.abspath(p))
     fs = pafs.LocalFileSystem()
     out = []
-    for p in paths:
-        st = os.stat(p)
-        ap = os.path.abspath(p)
-        out.append(Shard(ap, ap, st.st_size, st.st_mtime_ns, fs))
+    for real, names in sorted(aliases.items()):
+        try:
+            st = os.stat(real)
+        except OSError as e:
+            raise DataError(f"{names[0]}: cannot be read ({e.strerror}); a symbolic link to "
+                            f"{real}, which does not exist? Remove the link or restore the "
+                            "file") from e
+        out.append(Shard(real, real, st.st_size, st.st_mtime_ns, fs))
+    twice = [f"{real} (as {', '.join(n)})" for real, n in aliases.items() if len(n) > 1]
+    if twice:
+        log.warning("%s: %d shard file(s) listed under more than one path (symbolic links), "
+                    "each read once: %s", spec, len(twice),
+                    "; ".join(twice[:5]) + ("; ..." if len(twice) > 5 else ""))
+    if repeats:
+        log.warning("%s: %d director(ies) not entered again (a symbolic link to a directory "
+                    "already read, or a link cycle): %s", spec, len(repeats),
+                    "; ".join(repeats[:5]) + ("; ..." if len(repeats) > 5 else ""))
     return out
 
 

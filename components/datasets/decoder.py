@@ -75,7 +75,8 @@ class DecodeJournal:
 class PairDecoder:
     """Preprocessing actor: decodes both images (or clips) of each usable pair.
 
-    Rows whose media cannot be used become ``quarantined`` with the reason; the encoded
+    Rows whose media (or, for a prompt-conditioned scorer, prompt: ``MediaSpec.prompt_problem``)
+    cannot be used become ``quarantined`` with the reason; the encoded
     bytes are dropped after decoding so the object store carries only uint8 pixels. A row
     whose decode killed the actor ``DECODE_DEATHS_BEFORE_QUARANTINE`` times is quarantined
     without decoding it again.
@@ -115,6 +116,11 @@ class PairDecoder:
         split = list(batch["split"])
         for i in range(n):
             if status[i] != OK:
+                continue
+            # Prompt limits first: cheap, and the tokenizer below never sees a refused prompt.
+            problem = spec.prompt_problem(batch["prompt"][i]) if spec.takes_prompt else None
+            if problem:
+                status[i], reason[i] = QUARANTINED, problem
                 continue
             if self.journal is not None:
                 item = self.journal.key(f"{batch['shard'][i]}#{int(batch['row'][i])}")

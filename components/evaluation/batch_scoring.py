@@ -29,6 +29,7 @@ from ..registry.scorer_files import TrainedScorer
 from ..runtime.resources import CANDIDATE_SCORER_CPUS, READ_TASK_CPUS
 
 OUTPUT_MARKER = "_visual_dpo_score"  # "_" prefix: Parquet readers skip it
+QUARANTINE_MARKER = b"visual_dpo.written_by"  # key of the quarantine file's Parquet metadata
 
 
 class OutputExists(ValueError):
@@ -60,7 +61,14 @@ class CandidateDecoder:
         px = np.zeros((len(items), *self.spec.shape), np.uint8)
         consistency = np.zeros(len(items), np.float64)
         status, reason = [OK] * len(items), [""] * len(items)
+        prompts = (batch.column(self.prompt_column).to_pylist() if self.spec.takes_prompt
+                   else [None] * len(items))
         for i, data in enumerate(items):
+            # A prompt over the limits is refused before any decode or tokenizer runs.
+            problem = self.spec.prompt_problem(prompts[i]) if self.spec.takes_prompt else None
+            if problem:
+                status[i], reason[i] = QUARANTINED, problem
+                continue
             try:
                 px[i], _, c = self.spec.decode(data)
                 consistency[i] = c or 0.0
@@ -71,7 +79,7 @@ class CandidateDecoder:
         out = out.append_column("_reason", pa.array(reason, pa.string()))
         out = out.append_column("_c", pa.array(consistency))
         if self.spec.takes_prompt:
-            tokens = self.spec.tokenize(batch.column(self.prompt_column).to_pylist())
+            tokens = self.spec.tokenize(prompts)
             out = out.append_column("_tokens", ArrowTensorArray.from_numpy(tokens))
         return out.append_column("_px", ArrowTensorArray.from_numpy(px))
 
@@ -197,7 +205,7 @@ def score_candidates(shards: list[Shard], output: str, quarantine_path: str,
     for column in ("shard", "row", "reason"):
         if column not in bad:
             bad[column] = pd.Series(dtype="int64" if column == "row" else "object")
-    pq.write_table(pa.Table.from_pandas(bad, preserve_index=False), quarantine_path)
+    write_quarantine(pa.Table.from_pandas(bad, preserve_index=False), quarantine_path)
     good = scored.filter(expr=col("_status") == OK).drop_columns(["_status", "_reason", "_shard", "_row"])
     n_scored = good.count()
     if n_scored + len(bad) != total:  # nothing is lost: every row read is scored or quarantined
@@ -213,6 +221,38 @@ def score_candidates(shards: list[Shard], output: str, quarantine_path: str,
     good.write_parquet(output)
     written = pq.ParquetDataset(output).read(columns=["score"]).num_rows
     return {"read": total, "scored": n_scored, "quarantined": len(bad), "written": written}
+
+
+def write_quarantine(table: pa.Table, path: str) -> None:
+    """The quarantined candidates, marked in the file's metadata as score's own, so that a
+    later score may replace them (``check_quarantine``). A symbolic link there is replaced,
+    never written through."""
+    if os.path.islink(path):
+        os.remove(path)
+    metadata = {**(table.schema.metadata or {}), QUARANTINE_MARKER: b"visual-dpo score"}
+    pq.write_table(table.replace_schema_metadata(metadata), path)
+
+
+def check_quarantine(path: str, overwrite: bool) -> None:
+    """Refuse to replace the quarantine file ``path`` when ``score`` did not write it, unless
+    told to (``overwrite``, as for the output directory beside it)."""
+    if not os.path.lexists(path):
+        return
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise OutputExists(f"{path} is a directory where --output's quarantine file goes; "
+                           "remove it or choose another --output")
+    if overwrite:
+        return
+    try:
+        if not os.path.islink(path) and (pq.read_schema(path).metadata or {}).get(
+                QUARANTINE_MARKER) == b"visual-dpo score":
+            return
+    except (pa.ArrowException, OSError):  # not Parquet, unreadable: not ours either
+        pass
+    raise OutputExists(
+        f"{path} exists and was not written by visual-dpo score; it would be replaced by "
+        "--output's quarantine file. Remove it, choose another --output, or pass --overwrite "
+        "to replace it.")
 
 
 def check_output(output: str, overwrite: bool) -> None:

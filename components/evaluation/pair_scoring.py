@@ -21,7 +21,10 @@ class PairScorer:
     """Ray Data actor: loads a scorer once, adds ``s_chosen``/``s_rejected`` columns.
 
     A prompt-conditioned scorer tokenises the pairs' ``prompt`` column with its own tokenizer
-    (a champion may use another one than the data was prepared for).
+    (a champion may use another one than the data was prepared for). Preparing the data
+    quarantined the prompts over the run's limits (``data.max_prompt_*``); one over this
+    scorer's own limits is never tokenised: it scores as the empty prompt
+    (``MediaSpec.tokenize``).
 
     Inputs prepared at another size than the scorer was trained at (``scorer.spec.size``) are
     resized (antialiased, frame by frame for clips) so a champion is judged at its own

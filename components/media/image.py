@@ -197,11 +197,10 @@ def _reduced_rgb(img: Image.Image, region: tuple[int, int, int, int], fx: int, f
     so no second full-size copy exists. Strips are whole multiples of ``fy`` rows, so the
     reduction is the same as reducing the region in one go."""
     x0, y0, x1, y1 = region
-    hi = _sixteen_bit_white(img)
     out = Image.new("RGB", (math.ceil((x1 - x0) / fx), math.ceil((y1 - y0) / fy)))
     rows = max(fy, _STRIP_PIXELS // max(1, x1 - x0) // fy * fy)
     for top in range(y0, y1, rows):
-        strip = _to_rgb(img.crop((x0, top, x1, min(top + rows, y1))), hi)
+        strip = _to_rgb(img.crop((x0, top, x1, min(top + rows, y1))))
         if fx > 1 or fy > 1:
             strip = strip.reduce((fx, fy))
         out.paste(strip, (0, (top - y0) // fy))
@@ -210,15 +209,11 @@ def _reduced_rgb(img: Image.Image, region: tuple[int, int, int, int], fx: int, f
     return out
 
 
-def _sixteen_bit_white(img: Image.Image) -> float:
-    """The value that becomes 255 for 16/32-bit grayscale: 65535 when any pixel is above
-    255, else 255. Decided on the whole image, not per strip."""
-    if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
-        return 255.0
-    return 65535.0 if img.getextrema()[1] > 255 else 255.0
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+"""Pillow's modes of a 16-bit greyscale PNG (``I`` in older Pillows): samples 0..65535."""
 
 
-def _to_rgb(img: Image.Image, white: float = 255.0) -> Image.Image:
+def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode == "P":
@@ -227,7 +222,10 @@ def _to_rgb(img: Image.Image, white: float = 255.0) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode in SIXTEEN_BIT_MODES:
+        # Scaled by the bit depth (65535 -> 255), never by the values present: a dark image
+        # (every sample <= 255) stays dark. PNG encoders scale lower sample depths (sBIT) up
+        # to the full 16 bits, so this holds for them too.
         arr = np.asarray(img, dtype=np.float32)
-        img = Image.fromarray((arr / white * 255.0).clip(0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray(np.rint(arr * (255.0 / 65535.0)).clip(0, 255).astype(np.uint8), "L")
     return img.convert("RGB")

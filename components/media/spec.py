@@ -40,7 +40,15 @@ class MediaSpec:
     text: str = ""
     context_length: int = 0
     vocab_size: int = 0
-    tokenizer: str = ""  # text="hf": the checkpoint's own tokenizer, as tokenizers' JSON
+    tokenizer: str = ""  # text="hf"/"chat": the checkpoint's own tokenizer, as tokenizers' JSON
+    # text="chat" (vision-language scorers, media/vlm_text.py): the rendered conversation with
+    # the prompt's place marked, and the id that pads it to context_length.
+    chat_template: str = ""
+    pad_id: int = 0
+    # Prompts over either limit are refused before tokenising (media/text.py); a scorer.json
+    # written before these fields reads with the defaults of data.max_prompt_*.
+    max_prompt_chars: int = 2000
+    max_prompt_tokens: int = 256
 
     def __post_init__(self) -> None:
         # Internal invariants: a user's config is validated (with key names) before this.
@@ -61,21 +69,27 @@ class MediaSpec:
                 raise ValueError(f"max_decoded_pixels must be >= 1, got {self.max_decoded_pixels}")
         if self.text and self.context_length < 1:
             raise ValueError(f"context_length must be >= 1 with a tokenizer, got {self.context_length}")
-        if self.text == "hf" and not self.tokenizer:
-            raise ValueError("text='hf' needs the tokenizer (tokenizers' JSON) in the spec")
+        if self.text in ("hf", "chat") and not self.tokenizer:
+            raise ValueError(f"text={self.text!r} needs the tokenizer (tokenizers' JSON) in the spec")
+        if self.text == "chat" and not self.chat_template:
+            raise ValueError("text='chat' needs the rendered conversation (chat_template)")
+        if self.max_prompt_chars < 1 or self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_chars and max_prompt_tokens must be >= 1, got "
+                             f"{self.max_prompt_chars}, {self.max_prompt_tokens}")
 
     @classmethod
     def from_config(cls, modality: str, data: DataConfig, text: dict | None = None) -> MediaSpec:
         """The one place config keys become decode settings (``data.image_size``,
-        ``data.max_pixels``, ``data.decode_timeout_s``, ``data.video.*``); ``text``: the
-        scorer's tokenizer (``models.text_contract``), for prompt-conditioned scorers."""
-        extra = text or {}
+        ``data.max_pixels``, ``data.decode_timeout_s``, ``data.max_prompt_*``,
+        ``data.video.*``); ``text``: the scorer's tokenizer (``models.text_contract``), for
+        prompt-conditioned scorers."""
+        common = {"decode_timeout_s": data.decode_timeout_s,
+                  "max_prompt_chars": data.max_prompt_chars,
+                  "max_prompt_tokens": data.max_prompt_tokens, **(text or {})}
         if modality == "image":
-            return cls("image", data.image_size, data.max_pixels,
-                       decode_timeout_s=data.decode_timeout_s, **extra)
-        return cls("video", data.image_size, data.max_pixels,
-                   decode_timeout_s=data.decode_timeout_s, **dataclasses.asdict(data.video),
-                   **extra)
+            return cls("image", data.image_size, data.max_pixels, **common)
+        return cls("video", data.image_size, data.max_pixels, **dataclasses.asdict(data.video),
+                   **common)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MediaSpec:
@@ -92,8 +106,23 @@ class MediaSpec:
     def takes_prompt(self) -> bool:
         return bool(self.text)
 
+    def prompt_problem(self, prompt: Any) -> str | None:
+        """Why ``prompt`` is refused (over ``max_prompt_chars`` or ``max_prompt_tokens``), or
+        None; cheap, no tokenizer runs. The caller quarantines or reports that row."""
+        from .text import prompt_problem
+
+        return prompt_problem(prompt, self.max_prompt_chars, self.max_prompt_tokens)
+
     def tokenize(self, prompts) -> np.ndarray:
-        """Prompts -> int32 ``(N, context_length)`` token ids (media/text.py)."""
+        """Prompts -> int32 ``(N, context_length)`` token ids (media/text.py). A prompt over
+        the limits (``prompt_problem``: its row is quarantined or reported) never reaches
+        the tokenizer; it becomes the empty prompt, so the work stays bounded."""
+        prompts = ["" if self.prompt_problem(p) else p for p in prompts]
+        if self.text == "chat":
+            from .vlm_text import chat_ids
+
+            return chat_ids(prompts, self.context_length, self.tokenizer, self.chat_template,
+                            self.pad_id)
         from .text import tokenize
 
         return tokenize(self.text, prompts, self.context_length, self.vocab_size, self.tokenizer)

@@ -14,6 +14,14 @@ Three tokenizers, chosen by the scorer, never by the user:
 
 All give int32 ``(N, context_length)``, truncated or padded (with zeros; ``hf`` with the
 checkpoint's pad token). A missing prompt tokenises as the empty string (all padding).
+
+Length limits (``data.max_prompt_chars``, ``data.max_prompt_tokens``, carried in the
+``MediaSpec``) are checked before any tokenizer runs: open_clip's BPE is superlinear in the
+length of one word (one 50,000-letter word took 46 s, 100,000 took 145 s), so a hostile
+caption would stall a decode actor or a served request. ``prompt_problem`` says why a prompt
+is refused; callers quarantine that row (or report it), and ``tokenize`` never passes refused
+text to a tokenizer. Within the default limits the worst case, one 2,000-letter word, costs
+~0.5 s of BPE.
 """
 
 from __future__ import annotations
@@ -33,6 +41,23 @@ def _text(prompt: object) -> str:
     if prompt is None or (isinstance(prompt, float) and prompt != prompt):  # None / NaN
         return ""
     return str(prompt)
+
+
+def prompt_problem(prompt: object, max_chars: int, max_tokens: int) -> str | None:
+    """Why ``prompt`` is refused, or None; linear in its length, no tokenizer involved.
+
+    Characters first (``len``), then words: every whitespace-separated word is at least one
+    token of the BPE tokenizers, so more words than ``max_tokens`` is certainly more tokens.
+    """
+    text = _text(prompt)
+    if len(text) > max_chars:
+        return (f"prompt is {len(text)} characters, over data.max_prompt_chars={max_chars}; "
+                "shorten it")
+    words = len(text.split())
+    if words > max_tokens:
+        return (f"prompt has {words} words, more tokens than data.max_prompt_tokens="
+                f"{max_tokens}; shorten it")
+    return None
 
 
 def word_ids(prompts: Sequence[object], context_length: int, vocab_size: int) -> np.ndarray:
@@ -66,7 +91,8 @@ def hf_ids(prompts: Sequence[object], context_length: int, tokenizer_json: str) 
 def tokenize(kind: str, prompts: Sequence[object], context_length: int,
              vocab_size: int, tokenizer: str = "") -> np.ndarray:
     """``prompts`` -> int32 ``(N, context_length)`` token ids with tokenizer ``kind``
-    (``tokenizer``: the JSON of ``hf``)."""
+    (``tokenizer``: the JSON of ``hf``). No length limit here: ``MediaSpec.tokenize``
+    applies them."""
     if kind == "words":
         return word_ids(prompts, context_length, vocab_size)
     if kind == "clip":

@@ -1,14 +1,15 @@
 """A trained scorer as plain files: ``weights.pt`` (a state dict) and ``scorer.json`` (the
 architecture name and its construction options, the decode contract ``MediaSpec`` with the
 prompt tokenizer, the temporal prior, the mean and standard deviation of its scores on the
-eval data, and the SHA-256 of the weights). The registered MLflow model carries this directory as its ``scorer`` artifact;
-the pyfunc model, batch scoring, evaluation and the DPO reference all load it through
-``read_scorer``, which verifies the hash and loads tensors only (``weights_only=True``).
+eval data, and the SHA-256 of the weights). The registered MLflow model carries this directory
+as its ``scorer`` artifact, covered with every other file of the model by the model's manifest
+(registry/manifest.py), which every loader checks first; the pyfunc model, batch scoring,
+evaluation and the DPO reference then read it through ``read_scorer``, which loads tensors only
+(``weights_only=True``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from ..media.spec import MediaSpec
+from .manifest import sha256_file
 
 WEIGHTS, META = "weights.pt", "scorer.json"
 
@@ -34,20 +36,12 @@ class TrainedScorer:
     normalise with them to compare versions (pyfunc ``params={"normalize": True}``)."""
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_scorer(directory: str, scorer: TrainedScorer) -> str:
     """Write the two files into ``directory``; returns the weights' SHA-256."""
     os.makedirs(directory, exist_ok=True)
     weights = os.path.join(directory, WEIGHTS)
     torch.save({k: v.detach().cpu().contiguous() for k, v in scorer.state_dict.items()}, weights)
-    digest = _sha256(weights)
+    digest = sha256_file(weights)
     with open(os.path.join(directory, META), "w") as f:
         json.dump({"model": scorer.model_name, "options": scorer.options,
                    "media": scorer.spec.to_dict(), "temporal_weight": scorer.temporal_weight,
@@ -55,19 +49,15 @@ def write_scorer(directory: str, scorer: TrainedScorer) -> str:
     return digest
 
 
-def read_scorer(directory: str, source: str = "", expected_sha256: str | None = None) -> TrainedScorer:
-    """Read a directory ``write_scorer`` wrote; raises when the weights are not the ones
-    whose hash was recorded (in ``scorer.json``, and ``expected_sha256`` when the caller has
-    it from elsewhere, e.g. the registry's version tag)."""
+def read_scorer(directory: str, source: str = "") -> TrainedScorer:
+    """Read a directory ``write_scorer`` wrote; raises when the weights are not the ones whose
+    hash ``scorer.json`` records (damage). What vouches for ``scorer.json`` itself is the
+    model's manifest, checked by the caller before this (registry/manifest.py)."""
     with open(os.path.join(directory, META)) as f:
         meta = json.load(f)
     weights = os.path.join(directory, WEIGHTS)
-    expected = expected_sha256 or meta.get("weights_sha256")
-    if expected_sha256 and meta.get("weights_sha256") not in (None, expected_sha256):
-        raise ValueError(f"{directory}: {META} records weights {meta.get('weights_sha256')} but "
-                         f"the registry recorded {expected_sha256}; the files were replaced. "
-                         "Re-register the model from its training run.")
-    if expected and _sha256(weights) != expected:
+    expected = meta.get("weights_sha256")
+    if expected and sha256_file(weights) != expected:
         raise ValueError(f"{weights}: SHA-256 differs from the one recorded at training "
                          f"({expected}); the weights were replaced or damaged. Re-download "
                          "the model or re-register it.")

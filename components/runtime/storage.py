@@ -7,19 +7,28 @@ and input shards (``--train``, ``--eval``, ``score --input``) are read the same 
 Endpoint and credentials come from the standard environment. pyarrow's S3 filesystem reads
 ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_REGION`` itself but not
 ``AWS_ENDPOINT_URL`` (MinIO, Ceph, R2, moto): for ``s3://`` URIs it is applied here. A local
-path is made absolute; ``file://`` is a local path too.
+path is made absolute; ``file://`` is a local path too. Credentials written into a URI
+(``s3://KEY:SECRET@bucket``) are refused before a run starts (``credential_problems``): a
+URI is printed, logged and recorded in MLflow, a credential must never be.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
+import re
 from typing import Any
 
 import pyarrow.fs as pafs
 
 LOCAL_SCHEMES = ("", "file")
+OBJECT_STORE_SCHEMES = ("s3", "s3a", "s3n", "gs", "gcs", "abfs", "abfss", "az", "adl", "wasb",
+                        "wasbs", "oss", "hdfs", "viewfs")
+# Query parameters that carry a credential (pyarrow's s3:// options, presigned URLs, SAS).
+_SECRET_QUERY = re.compile(r"[?&](?:access_key|secret_key|session_token|token|sig|"
+                           r"x-amz-[a-z-]+)=", re.IGNORECASE)
 
 
 def scheme_of(location: str) -> str:
@@ -31,6 +40,54 @@ def is_local(location: str) -> bool:
     return scheme_of(location) in LOCAL_SCHEMES
 
 
+def credential_problem(key: str, location: str) -> str | None:
+    """One sentence when ``location`` (the value of setting or option ``key``) is an
+    object-store URI with credentials in it (``s3://KEY:SECRET@bucket/x``, ``s3://KEY@...``,
+    ``?secret_key=``); None otherwise. ``abfs://container@account...`` holds no credential;
+    tracking URIs (``https://user:pass@mlflow``) are not object stores and stay allowed."""
+    scheme = scheme_of(location)
+    if scheme not in OBJECT_STORE_SCHEMES:
+        return None
+    rest = location.split("://", 1)[1]
+    user, at, after = rest.partition("@")
+    # A secret key may hold '/': what stands before the '@' is user info when no '/' comes
+    # before its ':' (a bucket name has neither ':' nor '@'; an object key may have both).
+    in_userinfo = at and "/" not in user.split(":", 1)[0]
+    has_password = in_userinfo and ":" in user
+    bare_user = in_userinfo and "/" not in user and scheme in ("s3", "s3a", "s3n", "gs", "gcs")
+    if not (has_password or bare_user or _SECRET_QUERY.search(rest)):
+        return None
+    container = user.split(":", 1)[0] + "@" if has_password and scheme not in (
+        "s3", "s3a", "s3n", "gs", "gcs") else ""  # abfs://container@account keeps its container
+    plain = f"{scheme}://{container}{(after if in_userinfo else rest).split('?', 1)[0]}"
+    # Said in words: any KEY:SECRET@ written here would be masked on its way out.
+    return (f"{key}: credentials written into an object-store URI are refused (they would be "
+            "printed, logged and recorded); the key and secret before the bucket, as older "
+            "versions documented, are no longer accepted. Give them to the process instead "
+            "(AWS_ACCESS_KEY_ID and "
+            f"AWS_SECRET_ACCESS_KEY or AWS_PROFILE, an instance role or IRSA on Kubernetes; "
+            f"GOOGLE_APPLICATION_CREDENTIALS for gs://) and pass {plain}")
+
+
+def credential_problems(cfg: Any) -> list[str]:
+    """``credential_problem`` for every string setting of a config (a dataclass tree, e.g.
+    ``RunConfig``), named by its dotted key; a ``load_config`` check."""
+    problems: list[str] = []
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v, key)
+        elif isinstance(value, str) and (problem := credential_problem(key, value)):
+            problems.append(problem)
+
+    walk(dataclasses.asdict(cfg), "")
+    return problems
+
+
 def normalize(location: str) -> str:
     """Absolute local path, or the URI as given (without a trailing slash)."""
     if is_local(location):
@@ -38,10 +95,16 @@ def normalize(location: str) -> str:
     return location.rstrip("/")
 
 
+def s3_endpoint_url() -> str | None:
+    """The S3-compatible endpoint from the environment (MinIO, Ceph, R2, moto), or None for
+    AWS: the one place both pyarrow's filesystem and the lease's boto3 client take it from."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
     """pyarrow's S3 filesystem with ``AWS_ENDPOINT_URL`` (and region) from the environment."""
     kwargs: dict[str, Any] = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = s3_endpoint_url()
     if endpoint:
         if endpoint.startswith(("http://", "https://")):
             kwargs["scheme"], endpoint = endpoint.split("://", 1)
@@ -118,6 +181,61 @@ def write_json(location: str, value: Any) -> None:
 
 def read_json(location: str) -> Any:
     return json.loads(read_bytes(location))
+
+
+def walk_local(root: str) -> tuple[list[str], list[str]]:
+    """Every file below the local directory ``root`` (sorted, hidden names skipped, as glob's
+    ``**`` does), following symbolic links but entering each real directory once:
+    ``(paths, repeats)``. A link to a directory already entered (a cycle such as
+    ``loop -> .``, or a second way into the same directory) is not entered again and is
+    named in ``repeats`` ("LINK repeats DIR"); pyarrow's and glob's own walks would go round a
+    cycle until the path is too long, and two such links take exponential time."""
+    entered: dict[tuple[int, int], str] = {}
+    st = os.stat(root)
+    entered[(st.st_dev, st.st_ino)] = root
+    paths: list[str] = []
+    repeats: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        keep = []
+        for name in dirnames:
+            if name.startswith("."):
+                continue
+            sub = os.path.join(dirpath, name)
+            try:
+                st = os.stat(sub)
+            except OSError:  # vanished, or a loop the kernel refuses (ELOOP): nothing to read
+                repeats.append(f"{sub} cannot be entered")
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in entered:
+                repeats.append(f"{sub} repeats {entered[key]}")
+                continue
+            entered[key] = sub
+            keep.append(name)
+        dirnames[:] = keep
+        paths.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+                     if not f.startswith("."))
+    return sorted(paths), repeats
+
+
+def glob_matches(pattern: str, path: str) -> bool:
+    """Whether ``path`` matches the glob ``pattern`` as ``glob.glob(recursive=True)`` would
+    (``*``, ``?`` and ``[...]`` within one path component, ``**`` any number of them, hidden
+    names only by a pattern component that starts with '.')."""
+    import fnmatch
+
+    def match(parts: list[str], pats: list[str]) -> bool:
+        if not pats:
+            return not parts
+        if pats[0] == "**":
+            return any(match(parts[i:], pats[1:]) for i in range(len(parts) + 1)
+                       if not any(p.startswith(".") for p in parts[:i]))
+        return (bool(parts) and fnmatch.fnmatchcase(parts[0], pats[0])
+                and (pats[0].startswith(".") or not parts[0].startswith("."))
+                and match(parts[1:], pats[1:]))
+
+    return match(path.split(os.sep), pattern.split(os.sep))
 
 
 def list_files(location: str) -> list[str]:

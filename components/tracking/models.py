@@ -7,16 +7,24 @@ registry/scorer_files.py), the pyfunc class as MLflow "models from code", and a 
 consumer whose own project has a ``components`` package loads the model without either one
 shadowing the other. Every import inside ``components`` is relative, which is what lets the
 copy work under another name.
+
+Every model it logs gets a manifest (registry/manifest.py): the SHA-256 of each of its files,
+written after MLflow has stored them, with the manifest's own SHA-256 recorded in the tracking
+store (the ``manifest_sha256`` tag of the logged model and of the registered version, set
+before the version exists for anyone to load). ``verify_model`` checks a model URI against
+that record; ``load_scorer`` reads nothing that it has not verified.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass, replace
 from importlib import metadata
 
 import mlflow
@@ -26,8 +34,16 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from ..registry.gate import CHALLENGER, CHAMPION, PromotionDecision
+from ..registry.manifest import (
+    MANIFEST,
+    MANIFEST_TAG,
+    REREGISTER,
+    ModelVerificationError,
+    check_manifest,
+    write_manifest,
+)
 from ..registry.pyfunc import output_columns
-from ..registry.scorer_files import META, WEIGHTS, TrainedScorer, read_scorer, write_scorer
+from ..registry.scorer_files import TrainedScorer, read_scorer, write_scorer
 from ..training.models import stored_head
 
 SHIPPED_PACKAGE = "visual_dpo_components"
@@ -79,8 +95,9 @@ def pip_requirements(video: bool, clip: bool = False, hf: bool = False) -> list[
 
 def log_scorer(scorer: TrainedScorer, example: bytes, registered_model_name: str | None,
                example_prompt: str = ""):
-    """Log the pyfunc model in the active run (and register it); returns MLflow's ModelInfo.
-    A prompt-conditioned scorer's input example and signature carry a ``prompt`` column; every
+    """Log the pyfunc model in the active run, record its manifest, and register it; returns
+    MLflow's ModelInfo (``registered_model_version`` set when registered). A
+    prompt-conditioned scorer's input example and signature carry a ``prompt`` column; every
     model takes the ``normalize`` param (default False: raw scores)."""
     from mlflow.models import infer_signature
 
@@ -93,7 +110,7 @@ def log_scorer(scorer: TrainedScorer, example: bytes, registered_model_name: str
         with open(code, "w") as f:
             f.write(MODEL_CODE)
         files = os.path.join(d, "scorer")
-        digest = write_scorer(files, scorer)
+        weights_sha256 = write_scorer(files, scorer)
         example_df = pd.DataFrame({spec.column: [example]})
         if spec.takes_prompt:
             example_df["prompt"] = [example_prompt]
@@ -102,6 +119,11 @@ def log_scorer(scorer: TrainedScorer, example: bytes, registered_model_name: str
                   else pd.DataFrame({c: np.zeros(1, dtype=np.float64) for c in columns}))
         signature = infer_signature(example_df, output, params={"normalize": False})
         sys.path.insert(0, d)  # MLflow runs the model code once while logging
+        # MLflow then loads the model to try the input example, before any manifest exists:
+        # load_context refuses it and MLflow logs a warning. The example is tried below instead,
+        # on the verified copy, and a failure there is an error.
+        mlflow_log = logging.getLogger("mlflow.models.model")
+        mlflow_log.addFilter(_unmanifested_example_warning)
         try:
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -111,56 +133,148 @@ def log_scorer(scorer: TrainedScorer, example: bytes, registered_model_name: str
                 signature=signature,
                 input_example=example_df,
                 pip_requirements=pip_requirements(spec.video, scorer.model_name == "clip",
-                                                  scorer.model_name == "hf-clip"),
-                registered_model_name=registered_model_name,
+                                                  scorer.model_name in ("hf-clip", "vlm",
+                                                                        "vlm-video")),
             )
         finally:
+            mlflow_log.removeFilter(_unmanifested_example_warning)
             sys.path.remove(d)
-            # The copy imported while logging lives in this temporary directory: forget it, so
-            # a later import (another log, or loading a model) finds a directory that exists.
-            for mod in [m for m in sys.modules if m.split(".")[0] == SHIPPED_PACKAGE]:
-                del sys.modules[mod]
-    if registered_model_name and info.registered_model_version is not None:
-        MlflowClient().set_model_version_tag(registered_model_name,
-                                             str(info.registered_model_version),
-                                             "weights_sha256", digest)
+            _forget_shipped_package()
+    manifest_sha256 = _record_manifest(info.model_id)
+    _score_example(info.model_id, example_df)
+    if registered_model_name:
+        # Registered only now, born with its digest: no version exists without one.
+        version = mlflow.register_model(
+            f"models:/{info.model_id}", registered_model_name,
+            tags={MANIFEST_TAG: manifest_sha256, "weights_sha256": weights_sha256})
+        info.registered_model_version = int(version.version)
     return info
 
 
+def _unmanifested_example_warning(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Failed to validate serving input example")
+
+
+def _forget_shipped_package() -> None:
+    """The copy of the package imported while logging or loading lives in a temporary
+    directory: forget it, so a later import (another log, or loading a model) finds a
+    directory that exists."""
+    for mod in [m for m in sys.modules if m.split(".")[0] == SHIPPED_PACKAGE]:
+        del sys.modules[mod]
+
+
+def _score_example(model_id: str, example: pd.DataFrame) -> None:
+    """Score the input example as a consumer would: verify, load the verified copy with
+    ``mlflow.pyfunc.load_model``, predict. Raises when the logged model cannot."""
+    with tempfile.TemporaryDirectory() as d:
+        local = verify_model(f"models:/{model_id}", dst_path=d).local_path
+        try:
+            mlflow.pyfunc.load_model(local).predict(example)
+        finally:
+            _forget_shipped_package()
+
+
+def _record_manifest(model_id: str) -> str:
+    """Hash every file the artifact store holds for the logged model (MLflow writes
+    ``MLmodel`` and the environment files itself, so the manifest is made from the stored
+    copy), store ``manifest.json`` beside them and its SHA-256 on the logged model."""
+    client = MlflowClient()
+    with tempfile.TemporaryDirectory() as d:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=d)
+        digest = write_manifest(local)
+        client.log_model_artifact(model_id, os.path.join(local, MANIFEST))
+    client.set_logged_model_tags(model_id, {MANIFEST_TAG: digest})
+    return digest
+
+
+@dataclass(frozen=True)
+class VerifiedModel:
+    """A model whose every file matched the manifest recorded in the tracking store."""
+
+    uri: str  # as asked for
+    pinned_uri: str  # models:/NAME/VERSION, or models:/MODEL_ID for an unregistered model
+    version: str | None  # the registered version (None: a logged model, runs:/ or models:/m-...)
+    digest: str  # the manifest's SHA-256, equal to the one in the tracking store
+    local_path: str | None  # the verified copy, when dst_path was given: load this one
+
+
+def verify_model(uri: str, dst_path: str | None = None) -> VerifiedModel:
+    """Download the model at ``uri`` (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
+    ``models:/MODEL_ID`` or ``runs:/RUN_ID/model``) and check every file against the manifest
+    whose SHA-256 the tracking store recorded; nothing in the model is imported or read before
+    that. With ``dst_path`` (an existing directory) the verified copy stays there
+    (``local_path``) for the caller to load, e.g. ``mlflow.pyfunc.load_model(local_path)``,
+    so what is loaded is what was checked; without it the copy is deleted.
+
+    Raises ``ModelVerificationError`` (``.path``: the offending file) when a file differs, is
+    missing or was added, or nothing was recorded; registry errors (no such version, store
+    unreachable) propagate as MLflow raised them. An alias is resolved once: the version it
+    named is the one downloaded and checked (``version``, ``pinned_uri``)."""
+    pinned, version, expected = _recorded_manifest(uri)
+    if expected is None:
+        raise ModelVerificationError(
+            f"{uri} ({pinned}): no {MANIFEST_TAG} recorded in the tracking store; the model was "
+            f"registered before model manifests (or not by visual-dpo) and cannot be verified. "
+            f"{REREGISTER}")
+    if dst_path is None:
+        with tempfile.TemporaryDirectory() as d:
+            return replace(verify_model(pinned, d), uri=uri, local_path=None)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=dst_path)
+    try:
+        digest = check_manifest(local, expected)
+    except ModelVerificationError as e:
+        raise ModelVerificationError(f"{uri} ({pinned}): {e}", e.path) from None
+    return VerifiedModel(uri, pinned, version, digest, local)
+
+
+def _recorded_manifest(uri: str) -> tuple[str, str | None, str | None]:
+    """``(pinned URI, version, manifest SHA-256 recorded in the tracking store)``."""
+    client = MlflowClient()
+    if uri.startswith("models:/"):
+        ref = uri[len("models:/"):]
+        if "@" in ref or "/" in ref:
+            if "@" in ref:
+                name, alias = ref.split("@", 1)
+                mv = client.get_model_version_by_alias(name, alias)
+            else:
+                name, number = ref.split("/", 1)
+                mv = client.get_model_version(name, number)
+            expected = mv.tags.get(MANIFEST_TAG)
+            if expected is None and mv.model_id:  # registered by hand from a logged model
+                expected = client.get_logged_model(mv.model_id).tags.get(MANIFEST_TAG)
+            return f"models:/{mv.name}/{mv.version}", str(mv.version), expected
+        logged = client.get_logged_model(ref)
+        return f"models:/{logged.model_id}", None, logged.tags.get(MANIFEST_TAG)
+    if uri.startswith("runs:/"):
+        run_id, _, name = uri[len("runs:/"):].partition("/")
+        name = name.strip("/") or "model"
+        if "'" in run_id + name:
+            raise ModelVerificationError(f"{uri}: not a run model URI (runs:/RUN_ID/model)")
+        run = client.get_run(run_id)
+        found = client.search_logged_models(
+            [run.info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
+        if len(found) != 1:
+            raise ModelVerificationError(
+                f"{uri}: {len(found)} models named {name!r} in run {run_id}; give the model as "
+                "models:/NAME/VERSION or models:/MODEL_ID")
+        return f"models:/{found[0].model_id}", None, found[0].tags.get(MANIFEST_TAG)
+    raise ModelVerificationError(
+        f"{uri}: only registry and run URIs can be verified (models:/NAME@ALIAS, "
+        "models:/NAME/VERSION, models:/MODEL_ID, runs:/RUN_ID/model): the digest a model's "
+        "files must match is held in the tracking store, not beside the files")
+
+
 def load_scorer(uri: str) -> TrainedScorer:
-    """A logged/registered scorer from its files only: no pyfunc, no unpickling, the installed
-    code builds the architecture; the weights' hash is checked."""
+    """A registered scorer from its files only, once ``verify_model`` has checked every file
+    of it against the tracking store's record: no pyfunc, no unpickling, the installed code
+    builds the architecture (the model's own code is verified but not run)."""
     from mlflow.models import Model
 
     with tempfile.TemporaryDirectory() as d:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=d)
+        local = verify_model(uri, dst_path=d).local_path
         conf = Model.load(local).flavors["python_function"].get("artifacts", {})
-        path = os.path.join(local, conf["scorer"]["path"])
-        if os.path.isfile(path):  # models logged before scorer/ was a directory
-            return _read_legacy(path, os.path.join(local, conf["weights"]["path"]), uri)
-        return read_scorer(path, source=uri, expected_sha256=_registered_sha256(uri))
-
-
-def _registered_sha256(uri: str) -> str | None:
-    """The weights hash the registry holds for ``models:/NAME/VERSION`` (None otherwise)."""
-    if not uri.startswith("models:/") or "@" in uri:
-        return None
-    name, _, version = uri[len("models:/"):].partition("/")
-    if not version.isdigit():
-        return None
-    return MlflowClient().get_model_version(name, version).tags.get("weights_sha256")
-
-
-def _read_legacy(meta_path: str, weights_path: str, uri: str) -> TrainedScorer:
-    with open(meta_path) as f:
-        meta = json.load(f)
-    meta.setdefault("media", {"modality": "image", "size": meta["image_size"],
-                              "max_pixels": meta["max_pixels"]})
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(weights_path, os.path.join(tmp, WEIGHTS))
-        with open(os.path.join(tmp, META), "w") as f:
-            json.dump(meta, f)
-        return read_scorer(tmp, source=uri)
+        return read_scorer(os.path.join(local, conf["scorer"]["path"]), source=uri)
 
 
 def pin_model_uri(uri: str) -> str:

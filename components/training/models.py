@@ -312,6 +312,12 @@ def _hf_clip(**options: Any) -> nn.Module:
     return HfClipScorer(**options)
 
 
+def _vlm(head: RewardHead = SCORE, **options: Any) -> nn.Module:
+    from .vlm import VlmScorer
+
+    return VlmScorer(head=head, **options)
+
+
 def _torchvision_video(name: str) -> Callable[[], nn.Module]:
     def build(head: RewardHead = SCORE) -> nn.Module:
         from torchvision.models import video
@@ -330,6 +336,7 @@ SCORERS: dict[str, Callable[..., nn.Module]] = {
     "prompt-bn-cnn": _prompt_bn_cnn,
     "clip": _clip,
     "hf-clip": _hf_clip,
+    "vlm": _vlm,
 }
 VIDEO_SCORERS: dict[str, Callable[..., nn.Module]] = {
     "bn-c3d": BNC3D,
@@ -338,6 +345,7 @@ VIDEO_SCORERS: dict[str, Callable[..., nn.Module]] = {
     "mc3_18": _torchvision_video("mc3_18"),
     "r2plus1d_18": _torchvision_video("r2plus1d_18"),
     "prompt-bn-c3d": _prompt_bn_c3d,
+    "vlm-video": _vlm,
 }
 DEFAULT_VIDEO_SCORER = scorer_catalog.DEFAULT_SCORER["video"]
 PROMPT_SCORERS = tuple(e.name for e in scorer_catalog.CATALOG if e.takes_prompt)
@@ -403,6 +411,10 @@ def _architecture_options(name: str, arch: str, pretrained: str,
         from .hf_clip import hf_clip_options
 
         return hf_clip_options(pretrained, score_scale)
+    if name in ("vlm", "vlm-video"):
+        from .vlm import vlm_options
+
+        return vlm_options(pretrained, video=name == "vlm-video")
     return {}
 
 
@@ -416,6 +428,10 @@ def text_contract(name: str, options: dict[str, Any]) -> dict[str, Any] | None:
         ctx = options["hf_config"]["text_config"]["max_position_embeddings"]
         return {"text": "hf", "context_length": int(ctx), "vocab_size": 0,
                 "tokenizer": options["tokenizer"]}
+    if name in ("vlm", "vlm-video"):  # the whole conversation, with the checkpoint's tokenizer
+        from .vlm import text_contract as vlm_text_contract
+
+        return vlm_text_contract(options)
     if name in PROMPT_SCORERS:
         return {"text": "words", "context_length": WORD_CONTEXT, "vocab_size": WORD_VOCAB}
     return None
@@ -432,6 +448,10 @@ def initial_weights(name: str, options: dict[str, Any], seed: int, pretrained: s
         from .hf_clip import pretrained_state_dict
 
         model.load_state_dict(pretrained_state_dict(pretrained, options), strict=True)
+    elif pretrained and name in ("vlm", "vlm-video"):
+        from .vlm import pretrained_state_dict as vlm_state_dict
+
+        model.load_state_dict(vlm_state_dict(pretrained, model), strict=True)
     elif pretrained:
         from .clip import load_pretrained
 
@@ -489,6 +509,13 @@ def config_problems(cfg: Any) -> list[str]:
                 f"to widen; use model.head=score, or one of {', '.join(heads)}"]
     if m.name == "hf-clip":
         return _hf_clip_problems(m.pretrained, cfg.data.image_size)
+    if m.name in ("vlm", "vlm-video"):
+        from .vlm import directory_problems
+
+        video = m.name == "vlm-video"
+        return directory_problems(m.pretrained, video, cfg.data.image_size,
+                                  cfg.data.video.frames if video else 0,
+                                  RewardHead.from_config(m))
     if m.name != "clip":
         return []
     try:

@@ -1,0 +1,253 @@
+"""Reward service under load: Ray Serve (``visual-dpo serve``, dynamic batching) against
+``mlflow models serve --env-manager local`` on the same registered model, same machine, same run.
+
+A fresh sqlite registry gets one untrained scorer per modality (the architecture and decode
+sizes are what cost time; the weights do not). Each server is started, warmed up, and driven
+from this process over loopback by ``c`` concurrent clients (aiohttp), each sending one item per
+request back to back (an RL loop asking for one reward at a time), for ``--seconds`` or
+``--max-requests``, whichever comes first; then stopped, so the two servers never share the
+cores. Ray Serve is measured with MLflow's JSON payload and with the binary form.
+
+    .venv/bin/python benchmarks/serve_load.py [--seconds 8] [--max-requests 2000]
+        [--cases image,image-resnet18,video] [--concurrency 1,8,64]
+        [--out benchmarks/serve_load.json]
+
+Writes the JSON (every cell: requests, errors, throughput, p50/p99 latency, mean batch size)
+and prints the markdown table docs/serving.md shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# case -> modality, model, decoded size, frames. Sources: 256 px JPEG photos, 24-frame 128 px
+# MP4 clips. "image" is the default scorer (tiny: HTTP and decode dominate); "image-resnet18"
+# a scorer whose model call dominates, where batching has something to amortise.
+CASES = {"image": ("image", "bn-cnn", 64, 0), "image-resnet18": ("image", "resnet18", 224, 0),
+         "video": ("video", "bn-c3d", 32, 8)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _items(modality: str, n: int = 16) -> list[bytes]:
+    from components.media.video import encode_video
+    from tests.media_bytes import photo_bytes
+
+    if modality == "image":
+        return [photo_bytes(256, "JPEG", seed=i) for i in range(n)]
+    rng = np.random.default_rng(0)
+    return [encode_video(rng.integers(0, 255, (24, 128, 128, 3), dtype=np.uint8), "mp4")
+            for _ in range(n // 4)]
+
+
+def _register(tracking: str, case: str, root: str) -> str:
+    import mlflow
+    import torch
+
+    from components.media.spec import MediaSpec
+    from components.registry.scorer_files import TrainedScorer
+    from components.tracking import models, runs
+    from components.training.models import build_scorer
+
+    modality, model, size, frames = CASES[case]
+    mlflow.set_tracking_uri(tracking)
+    if mlflow.get_experiment_by_name("serve-load") is None:  # artifacts in the temp dir too
+        mlflow.create_experiment("serve-load", artifact_location=os.path.join(root, "artifacts"))
+    runs.setup(tracking, "serve-load")
+    torch.manual_seed(0)
+    spec = MediaSpec(modality, size, 40_000_000, frames=frames)
+    scorer = TrainedScorer(model, build_scorer(model).state_dict(), spec)
+    name = f"load-{case}"
+    with mlflow.start_run():
+        info = models.log_scorer(scorer, _items(modality, 4)[0], name)
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion",
+                                                    str(info.registered_model_version))
+    return name
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _json_body(column: str, item: bytes) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": [column],
+                                           "data": [[base64.b64encode(item).decode()]]}}).encode()
+
+
+async def _drive(url: str, bodies: list[bytes], content_type: str, concurrency: int,
+                 seconds: float, max_requests: int) -> dict:
+    import aiohttp
+
+    latencies, errors, batch_sizes, sent = [], 0, [], 0
+    stop_at = time.monotonic() + seconds
+
+    async def client(session, k: int) -> None:
+        nonlocal errors, sent
+        i = k
+        while time.monotonic() < stop_at and sent < max_requests:
+            sent += 1
+            t = time.perf_counter()
+            try:
+                async with session.post(url, data=bodies[i % len(bodies)],
+                                        headers={"Content-Type": content_type}) as r:
+                    answer = await r.json(content_type=None)
+                    ok = r.status == 200 and not any(answer.get("errors") or [])
+            except Exception:
+                ok, answer = False, {}
+            latencies.append(time.perf_counter() - t)
+            if not ok:
+                errors += 1
+            batch_sizes.extend(answer.get("batch_sizes", []))
+            i += concurrency
+
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        started = time.monotonic()
+        await asyncio.gather(*[client(session, k) for k in range(concurrency)])
+        wall = time.monotonic() - started
+    lat = np.array(latencies) * 1000
+    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors,
+            "seconds": round(wall, 2), "throughput_rps": round(len(latencies) / wall, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 1),
+            "p99_ms": round(float(np.percentile(lat, 99)), 1),
+            "mean_batch": round(float(np.mean(batch_sizes)), 2) if batch_sizes else None}
+
+
+def _measure(server: str, form: str, url: str, bodies: list[bytes], content_type: str,
+             args) -> list[dict]:
+    asyncio.run(_drive(url, bodies, content_type, 4, 2.0, 50))  # warm-up
+    rows = []
+    for c in args.concurrency:
+        row = asyncio.run(_drive(url, bodies, content_type, c, args.seconds, args.max_requests))
+        # The 1-minute load average after the cell: this machine is shared, say how busy it was.
+        row.update(server=server, form=form, loadavg_1m=round(os.getloadavg()[0], 1))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def _mlflow_serve(name: str, tracking: str, log_path: str):
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking,
+           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "models", "serve", "-m",
+         f"models:/{name}@champion", "--env-manager", "local", "--host", "127.0.0.1",
+         "-p", str(port)],
+        env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(open(log_path).read()[-3000:])
+        try:
+            with urllib.request.urlopen(url + "/ping", timeout=2):
+                return proc, url + "/invocations"
+        except OSError:
+            time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError("mlflow models serve did not start")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cases", default="image,image-resnet18,video", help=f"of {list(CASES)}")
+    p.add_argument("--concurrency", default="1,8,64")
+    p.add_argument("--seconds", type=float, default=8.0, help="per cell (upper bound)")
+    p.add_argument("--max-requests", type=int, default=2000, help="per cell (upper bound)")
+    p.add_argument("--serve-settings", default="batch.max_size=32,batch.wait_timeout_s=0.005",
+                   help="comma-separated key=value for the Ray Serve side")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "serve_load.json"))
+    args = p.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+
+    import ray
+    from ray import serve
+
+    from components.serving.payload import BINARY_CONTENT_TYPE, encode_binary
+    from components.serving.service import serve_model
+    from components.serving.settings import settings_from_overrides
+
+    cpus = os.cpu_count() or 1
+    results = {"command": "python " + " ".join(sys.argv), "machine": {
+        "cpus": cpus, "processor": platform.processor() or platform.machine(),
+        "gpu": _has_gpu(), "python": platform.python_version()}, "cases": {}}
+    with tempfile.TemporaryDirectory() as d:
+        tracking = f"sqlite:///{d}/mlflow.db"
+        os.environ["MLFLOW_TRACKING_URI"] = tracking
+        for case in args.cases.split(","):
+            modality = CASES[case][0]
+            name = _register(tracking, case, d)
+            items = _items(modality)
+            json_bodies = [_json_body(modality, it) for it in items]
+            bin_bodies = [encode_binary([it]) for it in items]
+            rows = []
+            # Ray Serve: every core to the one replica (torch gets as many threads as mlflow's).
+            overrides = [f"port={_free_port()}", f"scaling.num_cpus={cpus}", "poll_s=0",
+                         *args.serve_settings.split(",")]
+            settings = settings_from_overrides(overrides)
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+            try:
+                info = serve_model(f"{name}@champion", settings, tracking)
+                print(f"== {case}", flush=True)
+                rows += _measure("ray-serve", "json", info["url"], json_bodies,
+                                 "application/json", args)
+                rows += _measure("ray-serve", "binary", info["url"], bin_bodies,
+                                 BINARY_CONTENT_TYPE, args)
+            finally:
+                serve.shutdown()
+                ray.shutdown()
+            proc, url = _mlflow_serve(name, tracking, os.path.join(d, f"mlflow-{case}.log"))
+            try:
+                rows += _measure("mlflow", "json", url, json_bodies, "application/json", args)
+            finally:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(60)
+            _, model, size, frames = CASES[case]
+            results["cases"][case] = {
+                "model": model, "decoded": f"{size}px" + (f" x {frames} frames" if frames else ""),
+                "source": "256 px JPEG" if modality == "image" else "24-frame 128 px MP4",
+                "serve_settings": settings.as_dict(), "rows": rows}
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(table(results))
+
+
+def table(results: dict) -> str:
+    lines = ["| case | server | payload | c | req/s | p50 ms | p99 ms | mean batch | errors | load |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, case in results["cases"].items():
+        for r in case["rows"]:
+            lines.append(f"| {name} ({case['model']} {case['decoded']}) | {r['server']} | {r['form']} | {r['concurrency']} | "
+                         f"{r['throughput_rps']} | {r['p50_ms']} | {r['p99_ms']} | "
+                         f"{r['mean_batch'] or '-'} | {r['errors']}/{r['requests']} | "
+                         f"{r.get('loadavg_1m', '-')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

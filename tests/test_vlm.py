@@ -1,0 +1,228 @@
+"""The vision-language scorer (``model.name=vlm`` / ``vlm-video``, components/training/vlm.py)
+on tiny random Qwen2-VL directories: the processor's work done on the device equals the
+processor's, the decode actors' ids equal the processor's, the config checks say what to fix,
+LoRA reaches the language model only when asked, and a clip's frames reach the model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from components.media.spec import MediaSpec  # noqa: E402
+from components.training.models import (  # noqa: E402
+    RewardHead,
+    build_scorer,
+    config_problems,
+    initial_weights,
+    model_options,
+    text_contract,
+    to_model_input,
+)
+from components.training.vlm import patchify  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    from tests.tiny_checkpoints import write_qwen2_vl_base
+
+    return write_qwen2_vl_base(tmp_path_factory.mktemp("qwen2vl") / "base", seed=2)
+
+
+def test_patchify_equals_the_image_processor(base):
+    """The device-side patchify + normalisation of a uint8 image is the processor's
+    ``pixel_values`` for the same image (56x56: 16 patches of 2 x 3 x 14 x 14 values)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(base, local_files_only=True)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)
+    want = processor.image_processor(images=[img], return_tensors="pt")
+    options = model_options("vlm", "", RewardHead(), pretrained=str(base))
+    model = build_scorer("vlm", options)
+    x = to_model_input(torch.from_numpy(img).permute(2, 0, 1)[None], torch.device("cpu"), False)
+    got, grid = model.pixel_values(x)
+    assert grid.tolist() == want["image_grid_thw"].tolist() == [[1, 4, 4]]
+    torch.testing.assert_close(got, want["pixel_values"], atol=1e-5, rtol=0)
+
+
+def test_patchify_orders_merge_windows_contiguously():
+    """Hand-built: a 1x1x28x28 single-channel frame pair with pixel value = its raster index;
+    row 0 of the output is the top-left 14x14 patch, row 1 the one to its right (same 2x2
+    merge window), row 2 the one below it."""
+    frame = torch.arange(28 * 28, dtype=torch.float32).view(1, 1, 1, 28, 28).expand(1, 2, 1, 28, 28)
+    rows = patchify(frame, patch=14, merge=2, temporal=2)
+    assert rows.shape == (4, 2 * 14 * 14)
+    assert rows[0, 0] == 0 and rows[1, 0] == 14 and rows[2, 0] == 14 * 28 and rows[3, 0] == 14 * 28 + 14
+
+
+def test_decode_actor_ids_equal_the_processors(base):
+    """``MediaSpec.tokenize`` (no transformers in the actors) gives the ids the processor
+    gives the rendered conversation, with one image placeholder where the processor expands
+    it, then pad ids."""
+    from transformers import AutoProcessor
+
+    from components.training import vlm_prompts as P
+
+    options = model_options("vlm", "", RewardHead(), pretrained=str(base))
+    spec = MediaSpec("image", 56, 10**8, **text_contract("vlm", options))
+    processor = AutoProcessor.from_pretrained(base, local_files_only=True)
+    processor.tokenizer.add_special_tokens({"additional_special_tokens": list(P.PLAIN_TOKENS)})
+    prompt = "a red apple on a wooden table"
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                        "text": P.PLAIN_INSTRUCTION.format(text_prompt=prompt)}]}],
+        tokenize=False, add_generation_prompt=True)
+    want = processor.tokenizer(text)["input_ids"]
+    got = spec.tokenize([prompt])[0]
+    n = len(want)
+    assert got[:n].tolist() == want and (got[n:] == options["pad_id"]).all()
+    assert (got == options["media_token_id"]).sum() == 1
+    assert (got == options["reward_token_ids"][0]).sum() == 1
+    long = spec.tokenize(["apple " * 1000])[0]  # cut, never past the reward token
+    assert (long == options["reward_token_ids"][0]).sum() == 1
+
+
+def test_scores_depend_on_image_and_prompt_and_train(base):
+    """Random weights, one score per pair; changing the image or the prompt changes it, and
+    a gradient reaches the vision tower, the language model and the head."""
+    options = model_options("vlm", "", RewardHead("mu_sigma"), pretrained=str(base))
+    spec = MediaSpec("image", 56, 10**8, **text_contract("vlm", options))
+    torch.manual_seed(0)
+    model = build_scorer("vlm", options)
+    model.load_state_dict(initial_weights("vlm", options, 0, pretrained=str(base)))
+    model.eval()
+    x = to_model_input(torch.randint(0, 256, (2, 3, 56, 56), dtype=torch.uint8),
+                       torch.device("cpu"), False)
+    same = torch.from_numpy(spec.tokenize(["a photo of a cat"] * 2))
+    out = model(x, same, outputs=True)
+    assert out.shape == (2, 2)
+    assert (out[0] - out[1]).abs().max() > 1e-3  # the image matters
+    other = model(x, torch.from_numpy(spec.tokenize(["two dogs playing in the snow"] * 2)))
+    assert (other - out[:, 0]).abs().max() > 1e-3  # the prompt matters
+    model.train()
+    model(x, same).sum().backward()
+    for prefix in ("net.visual.", "net.language_model.", "rm_head."):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0
+                   for n, p in model.named_parameters() if n.startswith(prefix)), prefix
+
+
+def test_video_frames_reach_the_model(base):
+    """``vlm-video``: a clip ``(N, 3, T, S, S)`` goes in as video (T/2 temporal patches); the
+    conversation holds the video placeholder; reversing the frames changes the score."""
+    options = model_options("vlm-video", "", RewardHead("named", ("vq", "mq", "ta"), (1, 1, 1)),
+                            pretrained=str(base))
+    assert options["video"] and options["media_token_id"] != model_options(
+        "vlm", "", RewardHead(), pretrained=str(base))["media_token_id"]
+    spec = MediaSpec("video", 56, 10**8, frames=4, **text_contract("vlm-video", options))
+    torch.manual_seed(0)
+    model = build_scorer("vlm-video", {**options, "head": {"kind": "named",
+                                                           "names": ["vq", "mq", "ta"],
+                                                           "weights": [1, 1, 1]}}).eval()
+    clip = torch.randint(0, 256, (1, 3, 4, 56, 56), dtype=torch.uint8)
+    tokens = torch.from_numpy(spec.tokenize(["a dog runs"]))
+    x = to_model_input(clip, torch.device("cpu"), False)
+    with torch.no_grad():
+        out = model(x, tokens, outputs=True)
+        flipped = model(x.flip(2), tokens, outputs=True)
+    assert out.shape == (1, 3)
+    assert (out - flipped).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="multiple of 2 frames"):
+        model(x[:, :, :3], tokens)
+
+
+def test_lora_on_the_language_model_only(base):
+    """``model.lora.target_modules`` naming the language model's projections puts adapters
+    there and nowhere in the vision tower (VideoAlign's LoRA), the head trained fully."""
+    from components.config import LoraConfig
+    from components.training.lora import apply_lora, trainable_share
+
+    options = model_options("vlm", "", RewardHead(), pretrained=str(base))
+    model = build_scorer("vlm", options)
+    cfg = LoraConfig(r=4, alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                     trainable=["head"])
+    model = apply_lora(model, cfg)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n and n.startswith("net.language_model.") for n in names)
+    assert not any(n.startswith("net.visual.") for n in names)
+    assert any(n.startswith("rm_head.") for n in names)
+    trainable, total = trainable_share(model)
+    assert 0 < trainable < total
+
+
+def test_config_problems_say_what_to_fix(base, tmp_path):
+    """Family, pixel budget and published head are checked before any work, with the fix."""
+    from components.config import load_config
+
+    def problems(*overrides, modality="image"):
+        cfg = load_config(None, [f"model.pretrained={base}", *overrides],
+                          require_train=False, modality=modality)
+        return " ".join(config_problems(cfg))
+
+    assert problems("model.name=vlm", "data.image_size=56") == ""
+    assert "multiple of 28" in problems("model.name=vlm", "data.image_size=64")
+    assert "groups of 2" in problems("model.name=vlm-video", "data.image_size=56",
+                                     "data.video.frames=3", modality="video")
+    qwen3 = tmp_path / "qwen3"
+    qwen3.mkdir()
+    (qwen3 / "config.json").write_text(json.dumps({"model_type": "qwen3_vl"}))
+    cfg = load_config(None, require_train=False, overrides=["model.name=vlm", f"model.pretrained={qwen3}",
+                             "data.image_size=56"], modality="image")
+    assert "deepstack" in " ".join(config_problems(cfg))
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    (clip / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    cfg = load_config(None, require_train=False, overrides=["model.name=vlm", f"model.pretrained={clip}"], modality="image")
+    assert "Qwen2-VL" in " ".join(config_problems(cfg))
+
+
+def test_hpsv3_layout_needs_its_head(tmp_path):
+    from components.config import load_config
+    from tests.tiny_checkpoints import write_hpsv3_layout
+
+    directory = write_hpsv3_layout(tmp_path / "hpsv3")
+    cfg = load_config(None, require_train=False, overrides=["model.name=vlm", f"model.pretrained={directory}",
+                             "data.image_size=448"], modality="image")
+    assert "model.head=mu_sigma" in " ".join(config_problems(cfg))
+
+
+def test_a_hub_id_fails_saying_nothing_downloads():
+    from components.config import load_config
+
+    with pytest.raises(Exception, match="(?i)download|directory"):
+        cfg = load_config(None, require_train=False, overrides=["model.name=vlm", "model.pretrained=MizzenAI/HPSv3"],
+                          modality="image")
+        config_problems(cfg)
+
+
+def test_vlm_video_trains_on_clips_sampled_by_the_config(base):
+    """Step level, no Ray: a 1 s and a 5 s clip both decode to ``data.video.frames=4`` frames
+    at ``data.video.fps=2`` (the frame count is the config's, not the clip's length: the bias
+    VideoAlign's users report), and one DPO step on them moves the head."""
+    from components.config import LossConfig
+    from components.media.video import encode_video
+    from components.training.step import train_step
+
+    head = RewardHead("named", ("VQ", "MQ", "TA"), (1.0, 1.0, 1.0))
+    options = model_options("vlm-video", "", head, pretrained=str(base))
+    spec = MediaSpec("video", 56, 10**8, frames=4, fps=2.0,
+                     **text_contract("vlm-video", options))
+    rng = np.random.default_rng(0)
+    data = [encode_video(rng.integers(0, 256, (n, 56, 56, 3), dtype=np.uint8), "mp4", fps=8)
+            for n in (8, 40)]
+    clips = [spec.decode(b)[0] for b in data]
+    assert clips[0].shape == clips[1].shape == (3, 4, 56, 56)
+    torch.manual_seed(0)
+    model = build_scorer("vlm-video", options)
+    before = [p.detach().clone() for p in model.rm_head.parameters()]
+    chosen = torch.from_numpy(np.stack(clips))
+    metrics = train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-3), chosen,
+                         chosen.flip(2), LossConfig(), torch.device("cpu"),
+                         tokens=torch.from_numpy(spec.tokenize(["a dog runs", "a cat sleeps"])))
+    assert torch.isfinite(metrics["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.rm_head.parameters(),
+                                                     strict=True))

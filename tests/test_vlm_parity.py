@@ -1,0 +1,284 @@
+"""The vision-language scorers score a published checkpoint as its publisher's own inference
+code does: a tiny random checkpoint in exactly the published layout (tests/tiny_checkpoints.py)
+is scored twice on the same images/clips and prompts, through the product (decode contract ->
+``MediaSpec.tokenize`` -> ``VlmScorer``) and through the publisher's code path, copied below
+with the file it comes from; the scores agree within 1e-4.
+
+The publisher's path runs on transformers 5.23 (hpsv3 pins 4.45.2 and deepspeed, VideoAlign
+a 4.4x; neither installs here), with the one change 5.x needs: the vision tower is
+``model.model.visual`` (``self.visual`` in 4.45) and the checkpoint's 4.45 key names are
+mapped to 5.x's as transformers' own loader does.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("transformers")
+
+from components.media.spec import MediaSpec  # noqa: E402
+from components.training.models import (  # noqa: E402
+    RewardHead,
+    build_scorer,
+    initial_weights,
+    model_options,
+    text_contract,
+    to_model_input,
+)
+
+PROMPTS = ["a photo of a cat", "two dogs playing in the snow, a red apple on a wooden table",
+           "an astronaut riding a horse"]
+
+
+def _png(seed: int, size: int = 56) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _reward_model_bt(base, special_token_ids, rm_head):
+    """hpsv3/model/qwen2vl_trainer.py ``Qwen2VLRewardModelBT.forward`` (reward_token
+    "special"), copied; ``self`` is ``base`` (a ``Qwen2VLForConditionalGeneration``) with
+    ``rm_head``. VideoAlign's trainer.py ``Qwen2VLRewardModelBT.forward`` is the same code
+    with ``view(batch_size, 3, -1)`` (three tokens) where HPSv3 has ``view(batch_size, 1, -1)``."""
+
+    def forward(input_ids, attention_mask, pixel_values=None, image_grid_thw=None,
+                pixel_values_videos=None, video_grid_thw=None, **_):
+        inputs_embeds = base.model.language_model.embed_tokens(input_ids)
+        if pixel_values is not None:
+            pixel_values = pixel_values.type(base.model.visual.get_dtype())
+            image_embeds = base.model.visual(pixel_values, grid_thw=image_grid_thw).pooler_output
+            image_mask = (input_ids == base.config.image_token_id).unsqueeze(-1).expand_as(
+                inputs_embeds)
+            image_embeds = image_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_embeds)
+        if pixel_values_videos is not None:
+            pixel_values_videos = pixel_values_videos.type(base.model.visual.get_dtype())
+            video_embeds = base.model.visual(pixel_values_videos,
+                                             grid_thw=video_grid_thw).pooler_output
+            video_mask = (input_ids == base.config.video_token_id).unsqueeze(-1).expand_as(
+                inputs_embeds)
+            video_embeds = video_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds.masked_scatter(video_mask, video_embeds)
+        outputs = base.model(input_ids=None, position_ids=None, attention_mask=attention_mask,
+                             inputs_embeds=inputs_embeds)
+        hidden_states = outputs[0]  # [B, L, D]
+        logits = rm_head(hidden_states)  # [B, L, N]
+        batch_size = input_ids.shape[0]
+        special_token_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        for special_token_id in special_token_ids:
+            special_token_mask = special_token_mask | (input_ids == special_token_id)
+        pooled_logits = logits[special_token_mask, ...]
+        pooled_logits = pooled_logits.view(batch_size, len(special_token_ids), -1)
+        return {"logits": pooled_logits.view(batch_size, -1)}
+
+    return forward
+
+
+def _publisher_model(directory, tokens, weights: dict[str, torch.Tensor], rm_head: nn.Module):
+    """``create_model_and_processor`` of hpsv3/train.py (VideoAlign's train_reward.py): the
+    base model's processor, padding side right, the special tokens added, the model's
+    embeddings resized to the tokenizer, then the published weights loaded strictly."""
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(directory, padding_side="right",
+                                              local_files_only=True)
+    processor.tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)})
+    ids = processor.tokenizer.convert_tokens_to_ids(list(tokens))
+    base = Qwen2VLForConditionalGeneration.from_pretrained(directory, local_files_only=True)
+    base.resize_token_embeddings(len(processor.tokenizer))
+    state = {}
+    for k, v in weights.items():  # 4.45 names -> 5.x names, as transformers' loader maps them
+        if k.startswith("rm_head."):
+            continue
+        k = "model." + k if k.startswith("visual.") else k.replace(
+            "model.", "model.language_model.", 1) if k.startswith("model.") else k
+        state[k] = v
+    base.load_state_dict(state, strict=True)
+    rm_head.load_state_dict({k[len("rm_head."):]: v for k, v in weights.items()
+                             if k.startswith("rm_head.")}, strict=True)
+    base.eval(), rm_head.eval()
+    return processor, _reward_model_bt(base, ids, rm_head)
+
+
+def _product(name: str, directory, head: RewardHead, spec_kwargs: dict):
+    options = model_options(name, "", head, pretrained=str(directory))
+    spec = MediaSpec(**spec_kwargs, **text_contract(name, options))
+    model = build_scorer(name, options)
+    model.load_state_dict(initial_weights(name, options, 0, pretrained=str(directory)))
+    return spec, model.eval()
+
+
+def test_hpsv3_layout_scores_as_hpsv3_inference(tmp_path):
+    """hpsv3/inference.py ``HPSv3RewardInferencer``: ``prepare_batch`` (the message with
+    ``INSTRUCTION.format(text_prompt=...) + prompt_with_special_token``, the image at
+    ``min_pixels = max_pixels``, ``apply_chat_template(..., add_generation_prompt=True)``,
+    ``processor(..., padding=True)``), ``reward`` -> ``logits``; the score is ``logits[:, 0]``
+    (mu). Tiny: 56x56 pixels where HPSv3 has 256*28*28."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from components.training import vlm_prompts as P
+    from tests.tiny_checkpoints import write_hpsv3_layout
+
+    directory = write_hpsv3_layout(tmp_path / "hpsv3", seed=5)
+    images = [_png(i) for i in range(3)]
+
+    # The publisher's path.
+    weights = load_file(str(directory / "HPSv3.safetensors"))
+    hidden = weights["model.embed_tokens.weight"].shape[1]
+    rm_head = nn.Sequential(nn.Linear(hidden, 1024), nn.ReLU(), nn.Dropout(0.05),
+                            nn.Linear(1024, 16), nn.ReLU(), nn.Linear(16, 2))
+    processor, forward = _publisher_model(directory, P.HPSV3_TOKENS, weights, rm_head)
+    pixels = 56 * 56  # hpsv3: max_pixels = min_pixels = 256 * 28 * 28
+    message_list = [[{"role": "user", "content": [
+        {"type": "image", "image": Image.open(io.BytesIO(b)).convert("RGB"),
+         "min_pixels": pixels, "max_pixels": pixels},
+        {"type": "text", "text": P.HPSV3_INSTRUCTION.format(text_prompt=text)}]}]
+        for text, b in zip(PROMPTS, images, strict=True)]
+    image_inputs = [m[0]["content"][0]["image"] for m in message_list]  # 56x56: smart_resize keeps it
+    batch = processor(text=processor.apply_chat_template(message_list, tokenize=False,
+                                                         add_generation_prompt=True),
+                      images=image_inputs, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        reference = forward(**batch)["logits"]
+
+    # The product's path: decode contract, tokens from the decode actors, the scorer.
+    spec, model = _product("vlm", directory, RewardHead("mu_sigma"),
+                           dict(modality="image", size=56, max_pixels=10**8))
+    x = torch.from_numpy(np.stack([spec.decode(b)[0] for b in images]))
+    tokens = torch.from_numpy(spec.tokenize(PROMPTS))
+    with torch.no_grad():
+        out = model(to_model_input(x, torch.device("cpu"), False), tokens, outputs=True)
+        score = model(to_model_input(x, torch.device("cpu"), False), tokens)
+
+    assert reference.shape == out.shape == (3, 2)
+    assert float(reference[:, 0].max() - reference[:, 0].min()) > 1e-2  # the scores differ
+    print(f"hpsv3 max abs difference: {float((out - reference).abs().max()):.2e}")
+    torch.testing.assert_close(out, reference, atol=1e-4, rtol=0)
+    torch.testing.assert_close(score, reference[:, 0], atol=1e-4, rtol=0)  # score = mu
+
+
+def _videoalign_lora(base, path):
+    """VideoAlign's LoRA as its code builds and loads it: ``train_reward.py``
+    ``find_target_linear_names`` (every Linear/Embedding whose name holds none of
+    ``lora_namespan_exclude``) -> peft ``LoraConfig``; ``utils.load_model_from_checkpoint``
+    (``_insert_adapter_name_into_state_dict`` -> ``lora_A.default.weight``; the model's state
+    dict updated with ``non_lora_state_dict.pth`` and the adapters, loaded strictly)."""
+    import json
+
+    from peft import LoraConfig, inject_adapter_in_model
+    from safetensors.torch import load_file
+
+    cfg = json.loads((path / "model_config.json").read_text())["peft_lora_config"]
+    exclude = cfg["lora_namespan_exclude"]
+    targets = [name for name, module in base.named_modules()
+               if not any(ex in name for ex in exclude)
+               and isinstance(module, (nn.Linear, nn.Embedding))]
+    base = inject_adapter_in_model(LoraConfig(target_modules=targets, r=cfg["lora_r"],
+                                              lora_alpha=cfg["lora_alpha"],
+                                              lora_dropout=cfg["lora_dropout"],
+                                              use_rslora=cfg["use_rslora"], bias="none"), base)
+
+    def to_5x(key):  # peft's prefix off, 4.45 names -> 5.x names
+        key = key.removeprefix("base_model.model.")
+        if key.startswith("visual."):
+            return "model." + key
+        return key.replace("model.", "model.language_model.", 1) if key.startswith("model.") else key
+
+    ckpt = path / "checkpoint-100"
+    lora = {to_5x(k).replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default."): v
+            for k, v in load_file(str(ckpt / "adapter_model.safetensors")).items()}
+    non_lora = {to_5x(k): v for k, v in torch.load(ckpt / "non_lora_state_dict.pth").items()}
+    state = base.state_dict()
+    state.update({k: v for k, v in non_lora.items() if not k.startswith("rm_head.")})
+    state.update(lora)
+    base.load_state_dict(state, strict=True)
+    return base, non_lora["rm_head.weight"]
+
+
+def test_videoalign_layout_scores_as_videoalign_inference(tmp_path):
+    """VideoAlign's inference.py ``VideoVLMRewardInference.reward``: ``prepare_batch`` (the
+    video entry + ``build_prompt(prompt, eval_dim, "detailed_special")``, ``fetch_video``'s
+    frames as a float ``(T, C, H, W)`` tensor, ``processor(..., padding=True,
+    videos_kwargs={"do_rescale": True})``), ``logits`` = VQ, MQ, TA at the three reward
+    tokens, ``_norm`` with ``inference_config``, Overall = VQ + MQ + TA. The LoRA runs unmerged
+    in peft here and merged in the product."""
+    from components.training import vlm_prompts as P
+    from tests.tiny_checkpoints import VIDEOALIGN_NORM, write_videoalign_layout
+
+    directory = write_videoalign_layout(tmp_path / "videoreward", seed=7)
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(directory, padding_side="right",
+                                              local_files_only=True)
+    processor.tokenizer.add_special_tokens({"additional_special_tokens": list(P.VIDEOALIGN_TOKENS)})
+    ids = processor.tokenizer.convert_tokens_to_ids(list(P.VIDEOALIGN_TOKENS))
+    base = Qwen2VLForConditionalGeneration.from_pretrained(directory, local_files_only=True)
+    base.resize_token_embeddings(len(processor.tokenizer))
+    base, head_weight = _videoalign_lora(base, directory)
+    rm_head = nn.Linear(head_weight.shape[1], 1, bias=False)
+    rm_head.weight.data.copy_(head_weight)
+    base.eval()
+    forward = _reward_model_bt(base, ids, rm_head)
+
+    rng = np.random.default_rng(3)
+    clips = torch.from_numpy(rng.integers(0, 256, (2, 3, 4, 56, 56), dtype=np.uint8))
+    prompts = PROMPTS[:2]
+    chat_data = [[{"role": "user", "content": [
+        {"type": "video", "video": clip.permute(1, 0, 2, 3).float(), "max_pixels": 56 * 56,
+         "fps": 2.0},
+        {"type": "text", "text": P.VIDEOALIGN_INSTRUCTION.format(text_prompt=p)}]}]
+        for clip, p in zip(clips, prompts, strict=True)]
+    video_inputs = [c[0]["content"][0]["video"] for c in chat_data]  # 56x56: smart_resize keeps it
+    batch = processor(text=processor.apply_chat_template(chat_data, tokenize=False,
+                                                         add_generation_prompt=True),
+                      videos=video_inputs, padding=True, return_tensors="pt",
+                      videos_kwargs={"do_rescale": True, "do_sample_frames": False})
+    with torch.no_grad():
+        logits = forward(**batch)["logits"]
+    reference = torch.stack([(logits[:, k] - VIDEOALIGN_NORM[f"{n}_mean"]) / VIDEOALIGN_NORM[f"{n}_std"]
+                             for k, n in enumerate(("VQ", "MQ", "TA"))], dim=1)
+    overall = reference.sum(1)
+
+    head = RewardHead("named", ("VQ", "MQ", "TA"), (1.0, 1.0, 1.0))
+    spec, model = _product("vlm-video", directory, head,
+                           dict(modality="video", size=56, max_pixels=10**8, frames=4))
+    tokens = torch.from_numpy(spec.tokenize(prompts))
+    x = to_model_input(clips, torch.device("cpu"), False)
+    with torch.no_grad():
+        out = model(x, tokens, outputs=True)
+        score = model(x, tokens)
+    assert out.shape == reference.shape == (2, 3)
+    assert float((reference[0] - reference[1]).abs().max()) > 1e-2  # the clips score apart
+    print(f"videoalign max abs difference: {float((out - reference).abs().max()):.2e}")
+    torch.testing.assert_close(out, reference, atol=1e-4, rtol=0)
+    torch.testing.assert_close(score, overall, atol=1e-4, rtol=0)
+
+
+def test_instructions_are_the_publishers_verbatim():
+    """The parity tests above render the product's instruction constants on both sides, so
+    they cannot see a changed instruction; this pins the texts to the publishers' files:
+    HPSv3 ``INSTRUCTION + prompt_with_special_token`` (hpsv3/dataset/data_collator_qwen.py,
+    trailing spaces included) and VideoAlign ``DETAILED_PROMPT_WITH_SPECIAL_TOKEN``
+    (prompt_template.py), by SHA-256 of the exact strings read there."""
+    import hashlib
+
+    from components.training import vlm_prompts as P
+
+    def digest(text):
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    assert digest(P.HPSV3_INSTRUCTION) == "5e6fde2238a332ebdfdef60128d3ded626450a694897f2c963e6b44cd80fe3c8"
+    assert digest(P.VIDEOALIGN_INSTRUCTION) == "fdb6309bac618dd0c8b1b589d3a0970a974f7856eecbb355a190b2dce54af700"
+    assert P.HPSV3_INSTRUCTION.count("{text_prompt}") == 1
+    assert P.HPSV3_INSTRUCTION.endswith("<|Reward|>\n\nEND\n")
+    assert [t in P.VIDEOALIGN_INSTRUCTION for t in P.VIDEOALIGN_TOKENS] == [True] * 3
