@@ -104,7 +104,7 @@ def test_prompt_conditioned_scorer_learns_what_the_caption_asks_for(
                              "id": list(range(2 * n))}), cand)
     base = ["score", "--model", "models:/image-scorer@champion", "--input", str(cand),
             "--tracking-uri", tracking_uri]
-    assert main([*base, "--output", str(tmp_path / "s0")]) == 1
+    assert main([*base, "--output", str(tmp_path / "s0")]) == 2  # a usage error: the command line misses an option
     assert "--prompt-column" in capsys.readouterr().err
     assert main([*base, "--output", str(tmp_path / "s1"), "--prompt-column", "caption"]) == 0
     capsys.readouterr()

@@ -4,7 +4,6 @@ Ray. The objectives' maths: tests/test_losses.py; through the CLI: test_head_wor
 
 import json
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -15,7 +14,7 @@ from components.config import LossConfig
 from components.evaluation.metrics import evaluation_report, uncertain_preference
 from components.media.spec import MediaSpec
 from components.registry.pyfunc import ScorerModel
-from components.registry.scorer_files import TrainedScorer, write_scorer
+from components.registry.scorer_files import TrainedScorer, read_scorer, write_scorer
 from components.training.models import (
     PROMPT_SCORERS,
     SCORE,
@@ -34,8 +33,10 @@ CPU = torch.device("cpu")
 MU_SIGMA = RewardHead("mu_sigma")
 NAMED = RewardHead("named", ("vq", "mq", "ta"), (1.0, 0.5, 2.0))
 # mc3_18 and r2plus1d_18 are r3d_18's code path (torchvision's fc), at seconds per build.
+# vlm and vlm-video need a checkpoint directory: their heads are tested on tiny checkpoints
+# in tests/test_vlm.py and tests/test_vlm_parity.py (HPSv3's mu_sigma, VideoAlign's named).
 HEADED = sorted(n for n in [*SCORERS, *VIDEO_SCORERS]
-                if takes_head(n) and n not in ("mc3_18", "r2plus1d_18"))
+                if takes_head(n) and n not in ("mc3_18", "r2plus1d_18", "vlm", "vlm-video"))
 
 
 def _inputs(name: str, n: int = 3):
@@ -165,7 +166,7 @@ def _served(tmp_path, head: RewardHead) -> ScorerModel:
                            MediaSpec("image", 32, 40_000_000), options=options)
     write_scorer(str(tmp_path / head.kind), scorer)
     model = ScorerModel()
-    model.load_context(SimpleNamespace(artifacts={"scorer": str(tmp_path / head.kind)}))
+    model.load(read_scorer(str(tmp_path / head.kind)))  # what load_context does once verified
     return model
 
 
