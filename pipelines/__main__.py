@@ -157,6 +157,15 @@ def _parser() -> argparse.ArgumentParser:
                     help="what the scorer scores (default image)")
     rp.add_argument("--experiment", help="MLflow experiment (default image-dpo / video-dpo)")
     rp.add_argument("--run-name", help="MLflow run name")
+    _add_model_commands(sub, tracking)
+    for command in (run, ev, sc, rp):  # after each command's own positionals (run's modality)
+        command.add_argument("overrides", nargs="*", metavar="key=value",
+                             help="config overrides anywhere on the line, e.g. train.lr=3e-4")
+    return p
+
+
+def _add_model_commands(sub: Any, tracking: argparse.ArgumentParser) -> None:
+    """``verify``, ``serve`` and ``sample-data``: the commands that read no run config."""
     vf = sub.add_parser("verify", parents=[tracking], help="check every file of a model against the manifest "
                         "recorded in the tracking store, before loading it",
                         epilog="exit codes: 0 verified (prints the version and the manifest's "
@@ -200,10 +209,6 @@ def _parser() -> argparse.ArgumentParser:
                     help="the prompt-dependent set: the caption names one photo; the chosen side "
                          "shows it, the rejected side another photo, equally degraded")
     sd.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
-    for command in (run, ev, sc, rp):  # after each command's own positionals (run's modality)
-        command.add_argument("overrides", nargs="*", metavar="key=value",
-                             help="config overrides anywhere on the line, e.g. train.lr=3e-4")
-    return p
 
 
 def _cli_overrides(a: argparse.Namespace) -> dict[str, Any]:
