@@ -27,6 +27,17 @@ import pytest
 # "score", ...])` past its up-front checks, which call ensure_ray) uses ray_cluster.
 RAY_FIXTURES = frozenset({"ray_cluster", "ray_head", "two_node_cluster"})
 
+# Ray Train settings for every cluster the tests start (this process's, `ray start` heads,
+# job drivers and CLI subprocesses inherit the environment; Ray Train propagates these to its
+# controller and workers). On one test machine: no preemption watcher (an actor process per
+# run that polls node draining, which never happens here: about 3.5 CPU-seconds a run on 2
+# cores), and the controller polls its workers every 0.5 s instead of 2 s, so a finished or
+# killed worker is noticed sooner. Neither changes what training does.
+TEST_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+for _key, _value in TEST_RAY_ENV.items():
+    os.environ.setdefault(_key, _value)
+
 # `make test` runs two pytest-xdist workers with `--dist loadgroup`; a group runs in one worker.
 # All tests on the session's ray_cluster share one worker, so the suite starts one 2-CPU
 # cluster, sized like the machine, not one per worker. The tests that start servers and

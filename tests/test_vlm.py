@@ -226,3 +226,26 @@ def test_vlm_video_trains_on_clips_sampled_by_the_config(base):
     assert torch.isfinite(metrics["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, model.rm_head.parameters(),
                                                      strict=True))
+
+
+def test_options_build_without_torchvision_as_on_a_bare_gpu_image(base):
+    """transformers' Qwen2-VL video processor needs torchvision; the scorer's options (the
+    chat template, token ids, normalisation) do not, and are the same without it: a machine
+    with torch + transformers only (benchmarks/gpu_suite.py's) builds image and clip scorers."""
+    import subprocess
+    import sys
+
+    from components.training.vlm import vlm_options
+
+    code = ("import json, sys; sys.modules['torchvision'] = None\n"
+            "from components.training.vlm import vlm_options\n"
+            f"o = [vlm_options({str(base)!r}, v) for v in (False, True)]\n"
+            "assert 'torchvision' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]\n"
+            "print(json.dumps(o, sort_keys=True))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    without = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = json.loads(json.dumps([vlm_options(str(base), v) for v in (False, True)],
+                                     sort_keys=True))
+    assert without == expected

@@ -172,6 +172,36 @@ def _instruction(kind: str, path: str, video: bool) -> tuple[str, tuple[str, ...
     return P.VIDEOALIGN_INSTRUCTION, P.VIDEOALIGN_TOKENS
 
 
+def _media_processor(t: Any, d: str, video: bool) -> Any:
+    """The image (or video) processor, for its normalisation. transformers' video processors
+    need torchvision; without it (a bare GPU image) a clip scorer takes the image processor's,
+    which the Qwen2-VL family shares with its video processor (both CLIP's mean and std)."""
+    if video:
+        try:
+            return t.AutoVideoProcessor.from_pretrained(d, local_files_only=True)
+        except ImportError as e:
+            log.info("video processor unavailable (%s); using the image processor's "
+                     "normalisation", str(e).strip().splitlines()[0])
+    return t.AutoImageProcessor.from_pretrained(d, local_files_only=True)
+
+
+def _chat_template(d: str, tokenizer: Any) -> str:
+    """The checkpoint's chat template: the processor's file (``chat_template.jinja``, or the
+    older ``chat_template.json``), else the tokenizer's own."""
+    jinja = os.path.join(d, "chat_template.jinja")
+    if os.path.isfile(jinja):
+        with open(jinja, encoding="utf-8") as f:
+            return f.read()
+    legacy = os.path.join(d, "chat_template.json")
+    if os.path.isfile(legacy):
+        with open(legacy, encoding="utf-8") as f:
+            return json.load(f)["chat_template"]
+    if tokenizer.chat_template:
+        return tokenizer.chat_template
+    raise ValueError(f"{d}: no chat template (chat_template.jinja, chat_template.json or the "
+                     "tokenizer's): copy the checkpoint's processor files into the directory")
+
+
 def vlm_options(path: str, video: bool) -> dict[str, Any]:
     """The construction options of a ``vlm`` / ``vlm-video`` scorer from the directory
     ``path``, all plain JSON (they travel with the weights; no path in them)."""
@@ -184,23 +214,25 @@ def vlm_options(path: str, video: bool) -> dict[str, Any]:
     if config.model_type not in FAMILIES:
         raise ValueError(f"{path}: model_type {config.model_type!r}; model.name=vlm scores "
                          f"{', '.join(FAMILIES)} models")
-    processor = t.AutoProcessor.from_pretrained(d, local_files_only=True)
+    # The tokenizer and the one media processor this scorer needs, not AutoProcessor: that
+    # builds the video processor too, which needs torchvision even for an image scorer.
+    tokenizer = t.AutoTokenizer.from_pretrained(d, local_files_only=True)
+    ip = _media_processor(t, d, video)
     kind = layout(d)
     instruction, tokens = _instruction(kind, d, video)
     affine = _videoalign_affine(d) if kind == "videoalign" else None
-    tokenizer = processor.tokenizer
     tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)})
     media = "video" if video else "image"
     messages = [{"role": "user", "content": [{"type": media},
                                               {"type": "text", "text": instruction.format(
                                                   text_prompt=PROMPT)}]}]
-    template = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    template = tokenizer.apply_chat_template(messages, chat_template=_chat_template(d, tokenizer),
+                                             tokenize=False, add_generation_prompt=True)
     hf = _without_paths(json.loads(config.to_json_string(use_diff=False)))
     text = hf.get("text_config", hf)
     # HPSv3 and VideoAlign resize the embeddings to the tokenizer with their tokens added.
     text["vocab_size"] = len(tokenizer) if kind != "plain" else max(len(tokenizer),
                                                                     int(text["vocab_size"]))
-    ip = processor.video_processor if video else processor.image_processor
     vision = hf["vision_config"]
     n_template = len(tokenizer(template.replace(PROMPT, ""), add_special_tokens=False)["input_ids"])
     return {"family": config.model_type, "hf_config": hf, "video": video,
