@@ -12,6 +12,9 @@ the measured step time) and peak device memory.
 Prompt-conditioned scorers get synthetic prompts tokenised with their own tokenizer; ``clip``
 runs at its architecture's image size (224 for ViT-B-32), random init (the speed of a
 pretrained checkpoint is the same).
+
+The prepared run for a lent GPU (the field-size scorers, MFU, peak memory and decode cores
+per GPU, in one JSON) is ``benchmarks/gpu_suite.py``; see docs/gpu.md.
 """
 
 from __future__ import annotations

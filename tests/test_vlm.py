@@ -21,6 +21,7 @@ from components.training.models import (  # noqa: E402
     initial_weights,
     model_options,
     text_contract,
+    to_memory_format,
     to_model_input,
 )
 from components.training.vlm import patchify  # noqa: E402
@@ -249,3 +250,30 @@ def test_options_build_without_torchvision_as_on_a_bare_gpu_image(base):
     expected = json.loads(json.dumps([vlm_options(str(base), v) for v in (False, True)],
                                      sort_keys=True))
     assert without == expected
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_memory_format_leaves_a_vlm_scorer_usable(base, video):
+    """A CUDA worker puts its scorer's weights in channels_last: an image vlm scorer (Qwen2-VL's
+    Conv3d patch embedding, a rank-5 weight) is left as it is instead of ``Module.to``
+    raising, a clip scorer's Conv3d goes channels_last_3d; both still score the same."""
+    name = "vlm-video" if video else "vlm"
+    options = model_options(name, "", RewardHead(), pretrained=str(base))
+    spec = MediaSpec("video" if video else "image", 56, 10**8, frames=4 if video else 1,
+                     **text_contract(name, options))
+    torch.manual_seed(0)
+    model = build_scorer(name, options).eval()
+    shape = (1, 3, 4, 56, 56) if video else (1, 3, 56, 56)
+    x = to_model_input(torch.randint(0, 256, shape, dtype=torch.uint8), torch.device("cpu"), True)
+    tokens = torch.from_numpy(spec.tokenize(["a dog runs"]))
+    with torch.no_grad():
+        before = model(x, tokens)
+        if not video:
+            with pytest.raises(RuntimeError, match="rank"):
+                model.to(memory_format=torch.channels_last)  # what the worker used to do
+        model = to_memory_format(model, video)
+        after = model(x, tokens)
+    conv = [p for p in model.parameters() if p.dim() == 5]
+    assert conv and all(p.is_contiguous(memory_format=torch.channels_last_3d) == video
+                        for p in conv)
+    assert torch.allclose(before, after, atol=1e-5)

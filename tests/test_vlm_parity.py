@@ -117,12 +117,15 @@ def _product(name: str, directory, head: RewardHead, spec_kwargs: dict):
     return spec, model.eval()
 
 
-def test_hpsv3_layout_scores_as_hpsv3_inference(tmp_path):
+@pytest.mark.parametrize("key_names", ["transformers-4.45", "transformers-4.52"])
+def test_hpsv3_layout_scores_as_hpsv3_inference(tmp_path, key_names):
     """hpsv3/inference.py ``HPSv3RewardInferencer``: ``prepare_batch`` (the message with
     ``INSTRUCTION.format(text_prompt=...) + prompt_with_special_token``, the image at
     ``min_pixels = max_pixels``, ``apply_chat_template(..., add_generation_prompt=True)``,
     ``processor(..., padding=True)``), ``reward`` -> ``logits``; the score is ``logits[:, 0]``
-    (mu). Tiny: 56x56 pixels where HPSv3 has 256*28*28."""
+    (mu). Tiny: 56x56 pixels where HPSv3 has 256*28*28. ``HPSv3.safetensors`` as hpsv3 1.0.0
+    saves it (transformers 4.45: ``visual.*``, ``model.*``) and as a re-save under
+    transformers >= 4.52 names it (``model.visual.*``, ``model.language_model.*``)."""
     from PIL import Image
     from safetensors.torch import load_file
 
@@ -138,6 +141,15 @@ def test_hpsv3_layout_scores_as_hpsv3_inference(tmp_path):
     rm_head = nn.Sequential(nn.Linear(hidden, 1024), nn.ReLU(), nn.Dropout(0.05),
                             nn.Linear(1024, 16), nn.ReLU(), nn.Linear(16, 2))
     processor, forward = _publisher_model(directory, P.HPSV3_TOKENS, weights, rm_head)
+    if key_names == "transformers-4.52":  # the same tensors under the new names
+        from safetensors.torch import save_file
+
+        renamed = {("model." + k if k.startswith("visual.") else
+                    k.replace("model.", "model.language_model.", 1) if k.startswith("model.")
+                    else k): v for k, v in weights.items()}
+        assert "model.language_model.embed_tokens.weight" in renamed
+        assert "model.visual.patch_embed.proj.weight" in renamed
+        save_file(renamed, str(directory / "HPSv3.safetensors"))
     pixels = 56 * 56  # hpsv3: max_pixels = min_pixels = 256 * 28 * 28
     message_list = [[{"role": "user", "content": [
         {"type": "image", "image": Image.open(io.BytesIO(b)).convert("RGB"),

@@ -498,6 +498,18 @@ def to_model_input(images: Tensor, device: torch.device, channels_last: bool) ->
     return x
 
 
+def to_memory_format(model: nn.Module, video: bool) -> nn.Module:
+    """``model`` with its conv weights in channels_last (channels_last_3d for clips), the
+    layout cuDNN's fastest convolution kernels read on a GPU; a model with conv weights of
+    the other rank is left as it is (``Module.to`` would raise): an image vision-language
+    scorer, whose patch embedding is Qwen2-VL's Conv3d. A transformer gains nothing from
+    the layout anyway."""
+    fmt, rank = (torch.channels_last_3d, 5) if video else (torch.channels_last, 4)
+    if any(p.dim() >= 4 and p.dim() != rank for p in model.parameters()):
+        return model
+    return model.to(memory_format=fmt)
+
+
 def config_problems(cfg: Any) -> list[str]:
     """The checks of a run config that need the models themselves (``load_config(checks=...)``):
     a ``model.head`` other than ``score`` needs an output layer to widen; ``clip``'s
