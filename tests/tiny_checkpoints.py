@@ -163,16 +163,17 @@ def _qwen2_tokenizer():
 
 
 def write_qwen2_vl_base(directory: Path, seed: int = 0, min_pixels: int = 56 * 56,
-                        max_pixels: int = 56 * 56) -> Path:
+                        max_pixels: int = 56 * 56, family: str = "qwen2_vl") -> Path:
     """A tiny random Qwen2-VL-*-Instruct directory (``config.json``, ``model.safetensors``,
     the tokenizer, ``preprocessor_config.json``, ``video_preprocessor_config.json``, the chat
     template): Qwen2-VL's structure (14 px patches, 2x2 merge, 2-frame temporal patches,
-    M-RoPE) with tiny widths."""
+    M-RoPE) with tiny widths. ``family="qwen2_5_vl"``: a Qwen2.5-VL-*-Instruct directory
+    instead (windowed vision attention: 28 px windows, the second block full; an RMSNorm
+    vision tower with a gated MLP and an output projection to the text width)."""
+    import transformers
     from transformers import (
         Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
         Qwen2VLVideoProcessor,
     )
 
@@ -191,19 +192,31 @@ def write_qwen2_vl_base(directory: Path, seed: int = 0, min_pixels: int = 56 * 5
     # initializer_range 0.5, not 0.02: at tiny widths the default leaves the hidden state at
     # a token all but independent of the image and prompt, and a parity test would prove
     # nothing.
-    config = Qwen2VLConfig(text_config=text, vision_config=vision,
-                           image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-                           vision_start_token_id=ids("<|vision_start|>"),
-                           vision_end_token_id=ids("<|vision_end|>"),
-                           bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
-                           pad_token_id=ids("<|endoftext|>"))
+    config_class = Qwen2VLConfig
+    model_class, processor_class = "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"
+    if family == "qwen2_5_vl":
+        config_class = transformers.Qwen2_5_VLConfig
+        model_class, processor_class = "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                      out_hidden_size=text["hidden_size"], patch_size=14, spatial_merge_size=2,
+                      temporal_patch_size=2, in_channels=3, window_size=28,
+                      fullatt_block_indexes=[1], initializer_range=0.5)
+    else:
+        assert family == "qwen2_vl", family
+    config = config_class(text_config=text, vision_config=vision,
+                          image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+                          vision_start_token_id=ids("<|vision_start|>"),
+                          vision_end_token_id=ids("<|vision_end|>"),
+                          bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
+                          pad_token_id=ids("<|endoftext|>"))
     torch.manual_seed(seed)
-    Qwen2VLForConditionalGeneration(config).save_pretrained(directory)
+    getattr(transformers, model_class)(config).save_pretrained(directory)
     pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2,
                   temporal_patch_size=2, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
-    Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
-                     video_processor=Qwen2VLVideoProcessor(**pixels),
-                     chat_template=QWEN2_VL_CHAT_TEMPLATE).save_pretrained(directory)
+    getattr(transformers, processor_class)(
+        image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**pixels),
+        chat_template=QWEN2_VL_CHAT_TEMPLATE).save_pretrained(directory)
     return directory
 
 
