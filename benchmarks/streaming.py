@@ -19,9 +19,9 @@ this one run.
    8x the pairs, for both modes; the 8x / 1x ratio should stay near 1 when streaming.
 
 Streaming on 2 CPUs is probed first (1x, ``ray.init(num_cpus=2)``). A run whose training
-makes no epoch progress for ``STALL_S`` is stopped and reported as stalled with the Ray Data
-operator state; then every measurement runs on ``ray.init(num_cpus=3)`` (logical CPUs, the
-same 2 physical cores) for both modes, and the JSON says so (``streaming_on_2_cpus``).
+makes no epoch progress for ``STALL_S`` (``--stall-s``) is stopped and reported as stalled
+with the Ray Data operator state; then every measurement runs on ``ray.init(num_cpus=3)``
+(logical CPUs, the same 2 physical cores) for both modes, and the JSON says so (``streaming_on_2_cpus``).
 
 Every run is a fresh child process with its own ``ray.init(num_cpus=N)`` (+ ``ensure_ray()``),
 an sqlite MLflow store and output directory in a temporary folder, so runs do not share
@@ -30,6 +30,11 @@ warm processes and each peak memory counts that run only.
 Writes ``benchmarks/out/streaming.json`` and prints the same JSON object.
 
     .venv/bin/python benchmarks/streaming.py [--pairs 240] [--epochs 3] [--quick]
+        [--throughput-only] [--num-cpus N]
+
+``--throughput-only``: only the throughput pair (1, decoded and streaming at the
+``--throughput-pairs`` size), on ``--num-cpus`` logical CPUs (no probe, no memory runs):
+time to first batch of every epoch and the steady rates, in a few minutes.
 """
 
 from __future__ import annotations
@@ -288,9 +293,10 @@ def epochs_logged(work: str) -> int:
 
 
 def run_child(cache: str, pairs: int, epochs: int, data_dir: str, tmp: str,
-              num_cpus: int = NUM_CPUS) -> dict:
-    """One run in a fresh process; a run whose training makes no epoch progress for STALL_S
-    seconds (or that passes RUN_TIMEOUT_S) is stopped and reported as stalled, with the Ray
+              num_cpus: int = NUM_CPUS, stall_s: float = STALL_S,
+              timeout_s: float = RUN_TIMEOUT_S) -> dict:
+    """One run in a fresh process; a run whose training makes no epoch progress for ``stall_s``
+    seconds (or that passes ``timeout_s``) is stopped and reported as stalled, with the Ray
     Data operator state."""
     work = os.path.join(tmp, f"run-{cache}-{pairs}-cpus{num_cpus}")
     os.makedirs(work, exist_ok=True)
@@ -315,11 +321,11 @@ def run_child(cache: str, pairs: int, epochs: int, data_dir: str, tmp: str,
                 if n != last_progress[1]:
                     last_progress = (time.perf_counter(), n)
                 elif "step train: finished" not in text and \
-                        time.perf_counter() - last_progress[0] > STALL_S:
-                    stalled = (f"no training progress for {STALL_S:.0f} s after "
+                        time.perf_counter() - last_progress[0] > stall_s:
+                    stalled = (f"no training progress for {stall_s:.0f} s after "
                                f"{n} finished epoch(s)")
-            if stalled is None and time.perf_counter() - t0 > RUN_TIMEOUT_S:
-                stalled = f"over {RUN_TIMEOUT_S:.0f} s"
+            if stalled is None and time.perf_counter() - t0 > timeout_s:
+                stalled = f"over {timeout_s:.0f} s"
             if stalled:
                 progress = ray_data_progress(work)
                 _kill_tree(proc.pid)
@@ -400,6 +406,22 @@ def ratio(a, b) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
+def throughput_pair(runs: dict, n: int) -> dict:
+    """Decoded against streaming at ``n`` pairs: the per-epoch figures and their ratios."""
+    dec, stream = throughput(runs[f"decoded@{n}"]), throughput(runs[f"none@{n}"])
+    return {
+        "pairs_generated": n, "decoded": dec, "none": stream,
+        "steady_ratio_none_over_decoded": ratio(stream["steady_pairs_per_s_after_epoch_1"],
+                                                dec["steady_pairs_per_s_after_epoch_1"]),
+        "incl_wait_ratio_none_over_decoded": ratio(stream["pairs_per_s_incl_wait_after_epoch_1"],
+                                                   dec["pairs_per_s_incl_wait_after_epoch_1"]),
+        "train_step_ratio_none_over_decoded": ratio(stream["train_step_s"], dec["train_step_s"]),
+        "prepare_step_ratio_none_over_decoded": ratio(stream["prepare_step_s"],
+                                                      dec["prepare_step_s"]),
+        "run_wall_ratio_none_over_decoded": ratio(stream["run_wall_s"], dec["run_wall_s"]),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=240, help="1x pairs (memory); 8x is 8 times")
@@ -414,6 +436,11 @@ def main() -> None:
     ap.add_argument("--work")
     ap.add_argument("--result")
     ap.add_argument("--num-cpus", type=int, default=NUM_CPUS)
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="only the decoded/streaming throughput pair, on --num-cpus CPUs")
+    ap.add_argument("--stall-s", type=float, default=STALL_S,
+                    help="a run with no finished epoch for this long is stopped (loaded hosts)")
+    ap.add_argument("--timeout-s", type=float, default=RUN_TIMEOUT_S, help="per run")
     a = ap.parse_args()
     if a.child:
         res = child(a.child, a.pairs, a.epochs, a.data, a.work, a.num_cpus)
@@ -436,6 +463,15 @@ def main() -> None:
                                 "note": "train.cpus_per_worker=0.5 in both modes: streaming on "
                                 "2 CPUs needs 1 decode actor + 0.5 trainer + 0.5 read task; the "
                                 "decoded run gets the same trainer reservation (1 torch thread)"}}
+    if a.throughput_only:
+        data = write_data(os.path.join(tmp, f"data-{n_tp}"), n_tp)
+        runs = {f"{c}@{n_tp}": run_child(c, n_tp, epochs, data, tmp, a.num_cpus, a.stall_s,
+                                         a.timeout_s)
+                for c in ("decoded", "none")}
+        results["config"]["ray_num_cpus"] = results["machine"]["ray_num_cpus"] = a.num_cpus
+        results["runs"] = runs
+        results["throughput"] = throughput_pair(runs, n_tp)
+        return finish(results, a, tmp, t_start)
     datasets = {n: write_data(os.path.join(tmp, f"data-{n}"), n) for n in sorted({n1, n8, n_tp})}
     runs: dict = {}
     # Probe: streaming at 1x on NUM_CPUS (the 1x memory run when it works). If it stalls, the
@@ -464,18 +500,7 @@ def main() -> None:
             runs[key] = run_child(cache, n, epochs, datasets[n], tmp, cpus)
     results.setdefault("runs", {}).update(runs)
 
-    dec, stream = throughput(runs[f"decoded@{n_tp}"]), throughput(runs[f"none@{n_tp}"])
-    results["throughput"] = {
-        "pairs_generated": n_tp, "decoded": dec, "none": stream,
-        "steady_ratio_none_over_decoded": ratio(stream["steady_pairs_per_s_after_epoch_1"],
-                                                dec["steady_pairs_per_s_after_epoch_1"]),
-        "incl_wait_ratio_none_over_decoded": ratio(stream["pairs_per_s_incl_wait_after_epoch_1"],
-                                                   dec["pairs_per_s_incl_wait_after_epoch_1"]),
-        "train_step_ratio_none_over_decoded": ratio(stream["train_step_s"], dec["train_step_s"]),
-        "prepare_step_ratio_none_over_decoded": ratio(stream["prepare_step_s"],
-                                                      dec["prepare_step_s"]),
-        "run_wall_ratio_none_over_decoded": ratio(stream["run_wall_s"], dec["run_wall_s"]),
-    }
+    results["throughput"] = throughput_pair(runs, n_tp)
     results["storage"] = {"decoded": storage_figures(runs[f"decoded@{n_tp}"]),
                           "none": storage_figures(runs[f"none@{n_tp}"])}
     results["storage"]["bytes_ratio_none_over_decoded"] = ratio(
@@ -496,6 +521,10 @@ def main() -> None:
                    "the summed RSS / PSS of the driver and every process below it, sampled every "
                    f"{SAMPLE_EVERY_S} s; RSS counts shared pages (object store) once per process")
     results["memory"] = mem
+    finish(results, a, tmp, t_start)
+
+
+def finish(results: dict, a: argparse.Namespace, tmp: str, t_start: float) -> None:
     results["machine"]["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
     results["wall_s"] = round(time.perf_counter() - t_start, 1)
     if not a.keep:

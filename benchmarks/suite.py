@@ -9,7 +9,10 @@
    the uint8 tensors to Parquet) is timed too.
 2. Pipeline overhead: steady-state training pairs/s of the full pipeline (Ray Data -> Ray
    Train, 1 worker; ``train/steady_pairs_per_s`` of the last epoch) over a plain PyTorch loop
-   over the same decoded tensors in memory, same model, batch size and thread count.
+   over the same decoded tensors in memory, same model, batch size and thread count. Also in
+   CPU seconds per pair of the training process (``train/steady_cpu_s_per_pair``, every
+   thread of the worker) against the plain loop's: the part of the overhead that is work
+   in the trainer, apart from waiting and other processes taking its core.
 3. Streaming memory: peak proportional set size (PSS: private memory plus a share of shared
    pages, which includes the object store's shared memory) of the driver and every process
    below it (raylet, workers, actors), for a prepare + 1-epoch run on N and on 8N pairs, each
@@ -23,6 +26,10 @@
 Writes ``benchmarks/results.json``; prints a Markdown table for the README.
 
     .venv/bin/python benchmarks/suite.py [--quick] [--out benchmarks/results.json]
+        [--pipeline-only] [--cases image-64,video-8x32]
+
+``--pipeline-only``: only 2 (prepare the training set, then pipeline vs plain loop), for the
+cases named by ``--cases`` (default: all): the pipeline overhead ratio in a few minutes.
 """
 
 from __future__ import annotations
@@ -150,8 +157,10 @@ def decode_bench(name: str, case: dict, pairs: int, actors: int, tmp: str) -> di
     return out
 
 
-def plain_rate(prepared: str, model: str, batch: int, threads: int, epochs: int) -> float:
-    """Steady-state pairs/s of the train step over decoded tensors in memory (epoch 1 warms)."""
+def plain_rate(prepared: str, model: str, batch: int, threads: int,
+               epochs: int) -> tuple[float, float]:
+    """Steady-state pairs/s of the train step over decoded tensors in memory (epoch 1 warms),
+    and the CPU seconds of this process per pair in that epoch."""
     import pyarrow.dataset as pads
     import ray.data  # noqa: F401  (registers the tensor extension type)
 
@@ -168,12 +177,13 @@ def plain_rate(prepared: str, model: str, batch: int, threads: int, epochs: int)
     times = []
     for _ in range(epochs):
         perm = torch.randperm(len(c))
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         for s in range(0, n, batch):
             idx = perm[s : s + batch]
             train_step(m, opt, c[idx], r[idx], LossConfig(), dev)
-        times.append(time.perf_counter() - t0)
-    return n / min(times[1:] or times)
+        times.append((time.perf_counter() - t0, time.process_time() - cpu0))
+    wall, cpu = min(times[1:] or times)
+    return n / wall, cpu / n
 
 
 def pipeline_bench(name: str, case: dict, prepared: str, batch: int, epochs: int, tmp: str) -> dict:
@@ -190,8 +200,10 @@ def pipeline_bench(name: str, case: dict, prepared: str, batch: int, epochs: int
                       modality=cfg.modality, pinning_report_dir=os.path.join(tmp, f"{name}-pin"))
     out = fit(spec, usable_pairs(prepared, "train"), os.path.join(tmp, f"{name}-ray"),
               f"bench-{name}")
-    plain = plain_rate(prepared, cfg.model.name, batch, int(cfg.train.cpus_per_worker), epochs)
+    plain, plain_cpu = plain_rate(prepared, cfg.model.name, batch,
+                                  int(cfg.train.cpus_per_worker), epochs)
     steady = out.metrics["train/steady_pairs_per_s"]
+    cpu = out.metrics.get("train/steady_cpu_s_per_pair", 0.0)  # 0: a tree without the metric
     return {
         "model": cfg.model.name, "batch_pairs": batch, "epochs": epochs,
         "threads": int(cfg.train.cpus_per_worker),
@@ -199,6 +211,11 @@ def pipeline_bench(name: str, case: dict, prepared: str, batch: int, epochs: int
         "pipeline_pairs_per_s_incl_wait": round(out.metrics["train/pairs_per_s"], 2),
         "plain_loop_pairs_per_s": round(plain, 2),
         "pipeline_overhead_ratio": round(steady / plain, 3),
+        # The same comparison in CPU seconds per pair of the training process (all its
+        # threads): less sensitive to other tenants than wall time on a shared machine.
+        "pipeline_cpu_ms_per_pair": round(1000 * cpu, 3) if cpu > 0 else None,
+        "plain_loop_cpu_ms_per_pair": round(1000 * plain_cpu, 3),
+        "pipeline_cpu_ratio": round(plain_cpu / cpu, 3) if cpu > 0 else None,
         "time_to_first_batch_s": {"last_epoch": round(out.metrics["train/time_to_first_batch_s"], 2)},
     }
 
@@ -289,16 +306,65 @@ def mlflow_setup_s(tmp: str) -> float:
     return time.perf_counter() - t0
 
 
+# pairs for the decode stage (training uses a third of them), batch, epochs
+SIZES = {"image-64": (1200, 32, 3), "image-224": (360, 16, 2),
+         "video-8x32": (480, 16, 3), "video-16x112": (150, 6, 2)}
+
+
+def case_sizes(name: str, quick: bool) -> tuple[int, int, int]:
+    pairs, batch, epochs = SIZES[name]
+    if quick:
+        pairs, epochs = max(16, pairs // 20), 2
+    return pairs, min(batch, max(2, pairs // 6)), epochs  # several steps per epoch on --quick
+
+
+def pipeline_only(cases: dict, a: argparse.Namespace) -> None:
+    """2 alone: the training set of each case (the same N/3 pairs as the full suite), then
+    the pipeline and the plain loop over it."""
+    import ray
+
+    t_start = time.perf_counter()
+    tmp = tempfile.mkdtemp(prefix="vdpo-bench-")
+    results: dict = {"machine": machine(), "command": " ".join(["benchmarks/suite.py",
+                                                                *sys.argv[1:]])}
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    from components.runtime.cluster import ensure_ray
+
+    ensure_ray()
+    results["pipeline"] = {}
+    for name, case in cases.items():
+        pairs, batch, epochs = case_sizes(name, a.quick)
+        small = write_data(case, os.path.join(tmp, f"{name}-small"), max(8, pairs // 3))
+        ray_decode_s(small, spec_of(case), 1, os.path.join(tmp, f"{name}-ps"))
+        results["pipeline"][name] = pipeline_bench(name, case, os.path.join(tmp, f"{name}-ps"),
+                                                   batch, epochs, tmp)
+        print(name, "pipeline", json.dumps(results["pipeline"][name]), flush=True)
+    ray.shutdown()
+    results["summary"] = {k: {c: v[k] for c, v in results["pipeline"].items()}
+                          for k in ("pipeline_overhead_ratio", "pipeline_cpu_ratio")}
+    results["machine"]["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
+    results["wall_s"] = round(time.perf_counter() - t_start, 1)
+    with open(a.out, "w") as f:
+        json.dump(results, f, indent=2)
+    print(json.dumps(results["summary"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results.json"))
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the suite")
     ap.add_argument("--memory-child", type=int)
     ap.add_argument("--tmp")
+    ap.add_argument("--pipeline-only", action="store_true",
+                    help="only the pipeline overhead ratio (no decode, memory or pinning runs)")
+    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     a = ap.parse_args()
     if a.memory_child:
         print(json.dumps(memory_child(a.memory_child, a.tmp)))
         return
+    cases = {k: CASES[k] for k in a.cases.split(",")}
+    if a.pipeline_only:
+        return pipeline_only(cases, a)
     t_start = time.perf_counter()
     q = a.quick
     tmp = tempfile.mkdtemp(prefix="vdpo-bench-")
@@ -317,14 +383,9 @@ def main() -> None:
     ensure_ray()
     actors = max(1, min(2, len(os.sched_getaffinity(0))))
     # pairs for the decode stage (training uses a third of them), batch, epochs
-    sizes = {"image-64": (1200, 32, 3), "image-224": (360, 16, 2),
-             "video-8x32": (480, 16, 3), "video-16x112": (150, 6, 2)}
     results["decode"], results["pipeline"] = {}, {}
-    for name, case in CASES.items():
-        pairs, batch, epochs = sizes[name]
-        if q:
-            pairs, epochs = max(16, pairs // 20), 2
-        batch = min(batch, max(2, pairs // 6))  # several steps per epoch even on --quick
+    for name, case in cases.items():
+        pairs, batch, epochs = case_sizes(name, q)
         d = decode_bench(name, case, pairs, actors, tmp)
         results["decode"][name] = {k: v for k, v in d.items() if k != "prepared"}
         print(name, "decode", json.dumps(results["decode"][name]), flush=True)

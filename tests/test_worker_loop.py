@@ -9,6 +9,7 @@ import torch
 from components.config import LossConfig, TrainConfig
 from components.training.models import build_scorer
 from components.training.worker import (
+    EpochCutter,
     NonFiniteLoss,
     Progress,
     WorkerSpec,
@@ -143,3 +144,35 @@ def test_dpo_scores_the_reference_on_the_fly_and_starts_at_log_2():
     assert losses[1] != pytest.approx(math.log(2), abs=1e-6)  # the policy moved, the reference not
     with pytest.raises(ValueError, match="reference"):  # dpo without a reference fails loudly
         run_epoch(model, updater, _batches(0, n=1), spec.loss, torch.device("cpu"), progress)
+
+
+def _stream(total: int, batch: int):
+    """Rows 0..total-1 in batches of ``batch``: ``id`` (N,) and pixels (N, 3, 2, 2)."""
+    for start in range(0, total, batch):
+        ids = torch.arange(start, min(start + batch, total))
+        yield {"id": ids, "chosen_px": ids.view(-1, 1, 1, 1).expand(-1, 3, 2, 2).to(torch.uint8)}
+
+
+def test_one_stream_is_cut_into_epochs_of_exact_rows_in_per_epoch_batches():
+    # 3 passes of 10 rows, streamed in batches of 4: 4, 4, 4 | 4, 4, 4 | 4, 2. Each epoch must
+    # be the 10 next rows in batches of 4, 4, 2, as a per-epoch iterator would give them, so
+    # steps per epoch (and the schedule) do not change; the straddling batches are split.
+    cutter = EpochCutter(_stream(30, 4), rows=10, batch_size=4)
+    seen = []
+    for _ in range(3):
+        epoch = list(cutter.epoch())
+        assert [len(b["id"]) for b in epoch] == [4, 4, 2]
+        ids = torch.cat([b["id"] for b in epoch])
+        seen.append(ids.tolist())
+        for b in epoch:  # columns stay aligned row by row across the joins
+            assert torch.equal(b["chosen_px"][:, 0, 0, 0], b["id"].to(torch.uint8))
+    assert seen == [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
+    assert cutter.short_by == 0
+    assert list(cutter.epoch()) == [] and cutter.short_by == 10  # the stream has ended
+
+
+def test_a_stream_that_ends_early_ends_the_epoch_and_says_by_how_much():
+    cutter = EpochCutter(_stream(13, 5), rows=8, batch_size=3)
+    assert [len(b["id"]) for b in cutter.epoch()] == [3, 3, 2]
+    assert [len(b["id"]) for b in cutter.epoch()] == [3, 2]
+    assert cutter.short_by == 3

@@ -3,12 +3,15 @@ pinned ``PairDecoder`` actor pool), and the datasets training and evaluation ite
 
 One ``DecodeOptions`` per run (built once from the config) and one ``SplitRule`` per use say
 everything the graph needs; ``prepare.py`` writes the graph's output once, streaming training
-(``data.cache=none``) and the benchmarks iterate it directly.
+(``data.cache=none``) and the benchmarks iterate it directly. Streaming training iterates one
+graph of ``train.epochs`` passes back to back (``StreamingPairs``), so the actor pool starts
+once and the next epoch's pairs are decoded while the current one trains.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..config import DataConfig, PreprocessConfig
 from ..media.spec import MediaSpec
@@ -59,22 +62,26 @@ class DecodeOptions:
 
 def decode_stage(plan: ReadPlan, opts: DecodeOptions, rule: SplitRule, *,
                  in_train: TrainPairs | None = None, journal_dir: str | None = None,
-                 output_columns: list[str] | None = None):
+                 output_columns: list[str] | None = None, passes: int = 1):
     """The lazy Ray Dataset of read -> canonical rows -> decoded pairs of ``plan``.
 
     ``in_train``: the training pairs; an eval row that is one of them is excluded.
     ``journal_dir``: the node-local crash journal of the actors (``decoder.DecodeJournal``).
-    ``output_columns``: keep only usable rows and these columns (streaming training)."""
+    ``output_columns``: keep only usable rows and these columns (streaming training).
+    ``passes``: read and decode every unit this many times, pass after pass (in order when
+    Ray Data preserves order), through the one actor pool."""
     import ray
     from ray.data import ActorPoolStrategy
 
+    assert passes >= 1, passes
     spec = opts.spec
-    ds = ray.data.from_items([{"unit": i} for i in range(len(plan.units))])
+    units = list(plan.units) * passes  # read_unit reads units[i]: pass p is i // len(plan.units)
+    ds = ray.data.from_items([{"unit": i} for i in range(len(units))])
     ds = ds.map_batches(
         read_unit,
         batch_size=1,
         batch_format="numpy",
-        fn_kwargs={"units": list(plan.units), "rule": rule, "ties": opts.ties,
+        fn_kwargs={"units": units, "rule": rule, "ties": opts.ties,
                    "max_bytes": spec.max_bytes, "in_train": in_train},
         num_cpus=READ_TASK_CPUS,
     )
@@ -108,14 +115,35 @@ def training_columns(spec: MediaSpec) -> list[str]:
         [PROMPT_COLUMN] if spec.takes_prompt else [])
 
 
-def streaming_pairs(plan: ReadPlan, opts: DecodeOptions, rule: SplitRule):
+@dataclass(frozen=True)
+class StreamingPairs:
     """``data.cache=none``: the usable pairs of split ``rule.only``, decoded on the fly by the
-    pinned actor pool every time the dataset is iterated (each epoch), for Ray Train to
-    stream. Rows of other splits are dropped before decoding; rows that fail to decode were
-    counted and quarantined by the prepare step's status pass and are dropped here again."""
-    # The split and status selections run inside the read and decode stages: a separate
-    # filter operator would need a CPU of its own next to the actors and the trainers.
-    return decode_stage(plan, opts, rule, output_columns=training_columns(opts.spec))
+    pinned actor pool, for Ray Train to stream. Rows of other splits are dropped before
+    decoding; rows that fail to decode were counted and quarantined by the prepare step's
+    status pass and are dropped here again.
+
+    The trainer asks for ``dataset(passes=train.epochs)``: one Ray Data execution of every
+    epoch's pairs back to back, which the workers cut into epochs by counting rows
+    (``worker.EpochCutter``). A dataset of one pass that Ray Train re-executes each epoch
+    would start the read tasks and the actor pool again every epoch (9-13 s before the first
+    batch on 2 cores, docs/performance.md) while the trainers wait; Ray Data's streaming
+    split cannot start the next execution before every worker has finished the current one.
+    """
+
+    plan: ReadPlan
+    opts: DecodeOptions
+    rule: SplitRule
+
+    def dataset(self, passes: int) -> Any:
+        # The split and status selections run inside the read and decode stages: a separate
+        # filter operator would need a CPU of its own next to the actors and the trainers.
+        return decode_stage(self.plan, self.opts, self.rule,
+                            output_columns=training_columns(self.opts.spec), passes=passes)
+
+
+def streaming_pairs(plan: ReadPlan, opts: DecodeOptions, rule: SplitRule) -> StreamingPairs:
+    """``data.cache=none``: the training pairs, streamed (see ``StreamingPairs``)."""
+    return StreamingPairs(plan, opts, rule)
 
 
 def pair_columns(prepared_path: str) -> list[str]:
@@ -133,7 +161,11 @@ def usable_pairs(prepared_path: str, split: str, with_ids: bool = False):
     from ray.data.expressions import col
 
     fs, path = storage.filesystem(prepared_path)
-    ds = ray.data.read_parquet(path, filesystem=fs)
-    ds = ds.filter(expr=(col("status") == OK) & (col("split") == split))
+    # READ_TASK_CPUS, not Ray Data's default of 1 CPU: validation reads while the streaming
+    # decode actors and the trainers hold their CPUs (one stream for every epoch), and the
+    # resource plan leaves a read slot of READ_TASK_CPUS free for it. A 1-CPU read task
+    # never gets scheduled there (measured: 2-CPU cluster, 1 CPU actor + 0.5 CPU trainer).
+    ds = ray.data.read_parquet(path, filesystem=fs, num_cpus=READ_TASK_CPUS)
+    ds = ds.filter(expr=(col("status") == OK) & (col("split") == split), num_cpus=READ_TASK_CPUS)
     ids = ["pair_id", "meta", "prompt"] if with_ids else []
     return ds.select_columns(ids + pair_columns(prepared_path))

@@ -9,12 +9,13 @@ outcome is the best checkpoint by ``spec.select_by`` (Ray Train keeps the best
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from ..config import TrainConfig
+from ..datasets.decode_graph import StreamingPairs
 from ..runtime import storage
 from .worker import (
     CHECKPOINT_FILE,
@@ -77,12 +78,18 @@ def fit(spec: WorkerSpec, train_ds, storage_path: str, run_name: str,
         val_ds=None) -> TrainOutcome:
     """Run Ray Train's TorchTrainer over ``train_ds`` (and ``val_ds``, validated each epoch);
     the same ``run_name`` + ``storage_path`` resume. ``spec.init_state``: starting weights
-    (else the seeded random init, with ``spec.pretrained``/``spec.weights`` loaded)."""
+    (else the seeded random init, with ``spec.pretrained``/``spec.weights`` loaded).
+
+    ``train_ds``: a Ray Dataset of one pass, iterated each epoch (the decoded cache), or
+    ``StreamingPairs`` (``data.cache=none``), iterated once as ``train.epochs`` passes."""
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
     t = spec.train
+    if isinstance(train_ds, StreamingPairs):
+        train_ds = train_ds.dataset(passes=t.epochs)
+        spec = replace(spec, stream_passes=t.epochs)
     use_gpu = resolve_use_gpu(t)
     # Checkpoints go to storage_path on any pyarrow filesystem (S3 with AWS_ENDPOINT_URL too):
     # every node reads and writes the same place, which multi-node training needs.

@@ -11,6 +11,11 @@ objects, so a test calls them without Ray.
 A checkpoint holds the weights to use (the EMA's when on), the updater's state, the progress
 (epochs finished, steps, best validation value) and the resolved config sections of the run;
 never a copy of the starting weights.
+
+Streaming training (``spec.stream_passes``): the train dataset is one Ray Data execution of
+``train.epochs`` passes back to back, iterated once; ``EpochCutter`` cuts it into epochs of
+``train_pairs // world`` rows in the batches a per-epoch iterator would give, so the decode
+actors keep decoding the next epoch while this one ends, validates and checkpoints.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,7 +33,7 @@ import torch
 from ..config import LoraConfig, LossConfig, TrainConfig
 from ..runtime.test_faults import fault_plan
 from . import sharding
-from .models import build_scorer, initial_weights
+from .models import build_scorer, initial_weights, to_memory_format
 from .optim import Schedule, Updater
 from .step import eval_rewards, eval_scores, per_pair, train_step
 
@@ -68,6 +73,10 @@ class WorkerSpec:
     pinning_report_dir: str | None = None
     mlflow_run_id: str | None = None  # rank 0 logs metrics to this run
     tracking_uri: str | None = None
+    stream_passes: int = 0
+    """> 0: the train dataset is one stream of this many passes over the ``train_pairs``
+    usable pairs (streaming, ``data.cache=none``), cut into epochs by counting rows; 0: a
+    dataset of one pass, iterated again each epoch."""
 
     def resolved_config(self) -> dict[str, Any]:
         return {"train": asdict(self.train), "loss": asdict(self.loss),
@@ -115,8 +124,61 @@ class EpochSums:
 
     values: torch.Tensor  # loss, r_c, r_r, margin, acc (pair-weighted), pairs
     first_batch_at: float | None = None
+    first_batch_cpu: float = 0.0  # time.process_time() then: this process's CPU seconds
     first_batch_pairs: int = 0
     started: float = field(default_factory=time.perf_counter)
+
+
+class EpochCutter:
+    """Cuts one stream of batches (every epoch's rows back to back) into epochs of exactly
+    ``rows`` rows, in batches of ``batch_size`` rows and a shorter last one: the batches a
+    dataset of one pass iterated each epoch gives, so the steps per epoch (and the learning-
+    rate schedule) stay the same. A batch that straddles two epochs is split; the rows after
+    the cut open the next epoch, joined to the next stream batch (a copy of one batch).
+
+    Batches are dicts of tensors whose first dimension is the row (``(N, ...)``)."""
+
+    def __init__(self, batches: Iterable[dict[str, torch.Tensor]], rows: int, batch_size: int):
+        # rows 0 (fewer pairs than workers): empty epochs, which epoch_metrics reports
+        assert rows >= 0 and batch_size > 0, (rows, batch_size)
+        self._stream: Iterator[dict[str, torch.Tensor]] = iter(batches)
+        self.rows, self.batch_size = rows, batch_size
+        self._carry: dict[str, torch.Tensor] | None = None  # read, not yet trained on
+        self.short_by = 0  # rows the last epoch lacked when the stream ended early
+
+    def epoch(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The next epoch's batches; the stream ending first ends the epoch early (counted in
+        ``short_by``)."""
+        left = self.rows
+        while left > 0:
+            batch = self._take(min(self.batch_size, left))
+            if batch is None:
+                self.short_by = left
+                return
+            left -= _rows(batch)
+            yield batch
+
+    def _take(self, n: int) -> dict[str, torch.Tensor] | None:
+        parts, have = [], 0
+        while have < n:
+            if self._carry is None:
+                self._carry = next(self._stream, None)
+                if self._carry is None:
+                    break
+            take = min(n - have, _rows(self._carry))
+            parts.append({k: v[:take] for k, v in self._carry.items()})
+            rest = _rows(self._carry) - take
+            self._carry = {k: v[take:] for k, v in self._carry.items()} if rest else None
+            have += take
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _rows(batch: dict[str, torch.Tensor]) -> int:
+    return next(iter(batch.values())).shape[0]
 
 
 def restore(model: torch.nn.Module, checkpoint_dir: str | None,
@@ -162,6 +224,7 @@ def run_epoch(model: torch.nn.Module, optimizer: Updater | torch.optim.Optimizer
     for i, batch in enumerate(batches):
         if sums.first_batch_at is None:
             sums.first_batch_at = time.perf_counter()
+            sums.first_batch_cpu = time.process_time()
             sums.first_batch_pairs = batch["chosen_px"].shape[0]
         chosen, rejected = batch["chosen_px"], batch["rejected_px"]
         extras = per_pair(batch, device)
@@ -249,7 +312,12 @@ def epoch_metrics(sums: EpochSums, total: torch.Tensor, world: int, epoch: int) 
     # (that is train/time_to_first_batch_s). Every worker reads an equal shard.
     first = sums.first_batch_at or sums.started
     steady_s = now - first
-    steady = world * (local_pairs - sums.first_batch_pairs) / steady_s if steady_s > 0 else 0.0
+    steady_pairs = local_pairs - sums.first_batch_pairs
+    steady = world * steady_pairs / steady_s if steady_s > 0 else 0.0
+    # CPU seconds of this worker process (every thread: the step, Ray Data's batch iteration,
+    # Ray's own) per pair in the same window: what the pipeline costs the trainer's cores,
+    # unlike wall time not inflated by other processes on a shared machine.
+    cpu = (time.process_time() - sums.first_batch_cpu) / steady_pairs if steady_pairs > 0 else 0.0
     return {
         "train/loss": total[0].item() / pairs,
         "train/rewards/chosen": total[1].item() / pairs,
@@ -261,6 +329,7 @@ def epoch_metrics(sums: EpochSums, total: torch.Tensor, world: int, epoch: int) 
         "train/pairs_per_s": pairs / (now - sums.started),
         "train/time_to_first_batch_s": first - sums.started,
         "train/steady_pairs_per_s": steady,
+        "train/steady_cpu_s_per_pair": cpu,
         "epoch": float(epoch + 1),
     }
 
@@ -408,8 +477,7 @@ def _setup(spec: WorkerSpec, device: torch.device, world: int):
         model = torch.compile(model)
     model = ray.train.torch.prepare_model(model)
     if device.type == "cuda":
-        video = spec.modality == "video"
-        model = model.to(memory_format=torch.channels_last_3d if video else torch.channels_last)
+        model = to_memory_format(model, video=spec.modality == "video")
     return model, make_updater(model, spec, updater_state, world), progress
 
 
@@ -495,20 +563,38 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
 
     shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if spec.validate else None
+
+    def train_batches(epoch: int):
+        return shard.iter_torch_batches(
+            batch_size=t.batch_size, dtypes=BATCH_DTYPES,
+            device="cpu",  # uint8 stays uint8 until train_step copies it (non_blocking)
+            prefetch_batches=2,
+            pin_memory=device.type == "cuda",  # page-locked host batches: async H2D copies
+            local_shuffle_buffer_size=t.batch_size * 8,
+            local_shuffle_seed=t.seed + epoch,
+        )
+
+    cutter = None
+    if spec.stream_passes:
+        # Iterated once: the actor pool keeps decoding across epoch ends. Every epoch has
+        # exactly train_pairs // world rows; the shuffle buffer runs across the cuts, so up
+        # to batch_size * 8 rows of one pass may be trained in a neighbouring epoch (with one
+        # worker, each pair is still trained train.epochs times in the run). A resumed run
+        # reads a fresh stream and uses its first epochs-left passes.
+        assert t.epochs - progress.epoch <= spec.stream_passes, (t.epochs, spec.stream_passes)
+        cutter = EpochCutter(train_batches(progress.epoch), spec.train_pairs // world,
+                             t.batch_size)
     try:
         for epoch in range(progress.epoch, t.epochs):
             _fail_once_for_tests(epoch, rank)
             epoch_start_step = progress.step
-            batches = shard.iter_torch_batches(
-                batch_size=t.batch_size, dtypes=BATCH_DTYPES,
-                device="cpu",  # uint8 stays uint8 until train_step copies it (non_blocking)
-                prefetch_batches=2,
-                pin_memory=device.type == "cuda",  # page-locked host batches: async H2D copies
-                local_shuffle_buffer_size=t.batch_size * 8,
-                local_shuffle_seed=t.seed + epoch,
-            )
+            batches = cutter.epoch() if cutter is not None else train_batches(epoch)
             sums = run_epoch(model, updater, batches, spec.loss, device, progress, on_step,
                              reference)
+            if cutter is not None and cutter.short_by:
+                log.warning("the training stream ended %d rows short of epoch %d's %d rows "
+                            "(the prepare step counted %d usable training pairs)",
+                            cutter.short_by, epoch + 1, cutter.rows, spec.train_pairs)
             metrics = epoch_metrics(sums, _all_reduce_sum(sums.values.clone()).cpu(), world, epoch)
             metrics.update(_memory_by_rank(model, updater, device, world))
             progress.epoch = epoch + 1
