@@ -168,12 +168,20 @@ def test_config_problems_say_what_to_fix(base, tmp_path):
     assert "multiple of 28" in problems("model.name=vlm", "data.image_size=64")
     assert "groups of 2" in problems("model.name=vlm-video", "data.image_size=56",
                                      "data.video.frames=3", modality="video")
-    qwen3 = tmp_path / "qwen3"
-    qwen3.mkdir()
-    (qwen3 / "config.json").write_text(json.dumps({"model_type": "qwen3_vl"}))
-    cfg = load_config(None, require_train=False, overrides=["model.name=vlm", f"model.pretrained={qwen3}",
+    moe = tmp_path / "qwen3-moe"
+    moe.mkdir()
+    (moe / "config.json").write_text(json.dumps({"model_type": "qwen3_vl_moe"}))
+    cfg = load_config(None, require_train=False, overrides=["model.name=vlm", f"model.pretrained={moe}",
                              "data.image_size=56"], modality="image")
-    assert "deepstack" in " ".join(config_problems(cfg))
+    assert "mixture-of-experts" in " ".join(config_problems(cfg))
+    from tests.tiny_checkpoints import write_qwen2_vl_base
+
+    qwen3 = write_qwen2_vl_base(tmp_path / "qwen3", family="qwen3_vl", min_pixels=64 * 64,
+                                max_pixels=64 * 64)
+    assert problems("model.name=vlm", f"model.pretrained={qwen3}", "data.image_size=64") == ""
+    assert "timestamp" in problems("model.name=vlm-video", f"model.pretrained={qwen3}",
+                                   "data.image_size=64", "data.video.frames=4",
+                                   modality="video")
     clip = tmp_path / "clip"
     clip.mkdir()
     (clip / "config.json").write_text(json.dumps({"model_type": "clip"}))
@@ -277,3 +285,43 @@ def test_memory_format_leaves_a_vlm_scorer_usable(base, video):
     assert conv and all(p.is_contiguous(memory_format=torch.channels_last_3d) == video
                         for p in conv)
     assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_qwen3_vl_trains_through_its_deepstack_mergers(tmp_path):
+    """A Qwen3-VL ``vlm`` scorer: the reward token added to the base's vocabulary starts at the
+    mean embedding; a gradient reaches the vision tower's DeepStack mergers (their features
+    enter the language model at the image tokens), the language model and the head, and a
+    small step along it moves the pair's margin the right way."""
+    from tests.tiny_checkpoints import write_qwen2_vl_base
+
+    qwen3 = write_qwen2_vl_base(tmp_path / "qwen3", seed=2, family="qwen3_vl",
+                                min_pixels=64 * 64, max_pixels=64 * 64)
+    options = model_options("vlm", "", RewardHead(), pretrained=str(qwen3))
+    spec = MediaSpec("image", 64, 10**8, **text_contract("vlm", options))
+    torch.manual_seed(0)
+    model = build_scorer("vlm", options)
+    model.load_state_dict(initial_weights("vlm", options, 0, pretrained=str(qwen3)))
+    from safetensors.torch import load_file
+
+    rows = load_file(str(qwen3 / "model.safetensors"))["model.language_model.embed_tokens.weight"]
+    embed = model.net.get_input_embeddings().weight.detach()
+    (reward,) = model.reward_token_ids
+    assert reward >= rows.shape[0]  # <|Reward|> is added to the base's vocabulary
+    # ... at the checkpoint's mean embedding (transformers' mean_resizing), not zeros: a zero
+    # row made the embedding's gradient 2.4e5 here, against about 10 now
+    torch.testing.assert_close(embed[reward], rows.mean(0), atol=1e-6, rtol=0)
+    x = to_model_input(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8),
+                       torch.device("cpu"), False)
+    tokens = torch.from_numpy(spec.tokenize(["a red apple", "a red apple"]))
+    model.eval()  # no dropout: the step's effect is compared on the same function
+    margin = model(x[:1], tokens[:1]) - model(x[1:], tokens[1:])
+    torch.nn.functional.logsigmoid(margin).neg().sum().backward()
+    for prefix in ("net.visual.deepstack_merger_list.", "net.language_model.", "rm_head."):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0
+                   for n, p in model.named_parameters() if n.startswith(prefix)), prefix
+    # A step of length 1e-3 along the gradient (the tiny model's 0.5 init scale).
+    norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters() if p.grad is not None))
+    torch.optim.SGD(model.parameters(), lr=float(1e-3 / norm)).step()
+    with torch.no_grad():
+        after = model(x[:1], tokens[:1]) - model(x[1:], tokens[1:])
+    assert float(after) > float(margin.detach())  # the step moved the pair the right way

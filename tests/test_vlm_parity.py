@@ -354,3 +354,69 @@ def test_qwen2_5_vl_base_scores_as_transformers_qwen2_5_vl(tmp_path):
     assert float(reference.max() - reference.min()) > 1e-2  # the scores differ
     print(f"qwen2.5-vl max abs difference: {float((out - reference).abs().max()):.2e}")
     torch.testing.assert_close(out, reference, atol=1e-4, rtol=0)
+
+
+def test_qwen3_vl_base_scores_as_transformers_qwen3_vl(tmp_path):
+    """``vlm`` on a Qwen3-VL base (``model_type: qwen3_vl``: 16 px patches, interpolated
+    position embeddings, DeepStack) scores as transformers' own ``Qwen3VLModel`` forward with
+    the same weights: the image processor's ``pixel_values``, its own splice and DeepStack
+    injection (vision block 0's features added after language-model layer 0 at the image
+    tokens), at the publishers' sequential positions, the same head at the reward token. A
+    scorer that skipped the DeepStack features would differ (checked)."""
+    from PIL import Image
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    from tests.tiny_checkpoints import write_qwen2_vl_base
+
+    directory = write_qwen2_vl_base(tmp_path / "qwen3-vl", seed=4, family="qwen3_vl",
+                                    min_pixels=64 * 64, max_pixels=64 * 64)
+    images = [_png(20 + i, size=64) for i in range(3)]
+    spec, model = _product("vlm", directory, RewardHead(),
+                           dict(modality="image", size=64, max_pixels=10**8))
+    assert type(model.net).__name__ == "Qwen3VLModel"
+    x = torch.from_numpy(np.stack([spec.decode(b)[0] for b in images]))
+    tokens = torch.from_numpy(spec.tokenize(PROMPTS))
+    with torch.no_grad():
+        out = model(to_model_input(x, torch.device("cpu"), False), tokens, outputs=True)
+
+    base = Qwen3VLForConditionalGeneration.from_pretrained(directory, local_files_only=True)
+    net = {k[len("net."):]: v for k, v in model.state_dict().items() if k.startswith("net.")}
+    base.resize_token_embeddings(net["language_model.embed_tokens.weight"].shape[0])
+    missing, unexpected = base.model.load_state_dict(net, strict=False)
+    assert not unexpected and not missing, (missing, unexpected)
+    processor = AutoProcessor.from_pretrained(directory, local_files_only=True)
+    decoded = [Image.fromarray(spec.decode(b)[0].transpose(1, 2, 0)) for b in images]
+    pixels = processor.image_processor(images=decoded, return_tensors="pt")
+    per_image = int(pixels["image_grid_thw"][0].prod()) // 4  # 2x2 merge
+    media = base.config.image_token_id
+    expanded = []
+    for row in tokens.long():
+        row = row[row != model.pad_id]
+        at = int((row == media).nonzero()[0, 0])
+        expanded.append(torch.cat([row[:at], row.new_full((per_image,), media), row[at + 1:]]))
+    width = max(len(r) for r in expanded)
+    ids = torch.stack([torch.cat([r, r.new_full((width - len(r),), model.pad_id)])
+                       for r in expanded])
+    mask = (ids != model.pad_id).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[None].expand(3, -1, -1)
+    (reward,) = model.reward_token_ids
+    base.eval()
+    with torch.no_grad():
+        hidden = base.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                            pixel_values=pixels["pixel_values"],
+                            image_grid_thw=pixels["image_grid_thw"]).last_hidden_state
+        reference = model.rm_head(hidden)[ids == reward]
+        # Without DeepStack: the same splice, the language model alone.
+        embeds = base.model.get_input_embeddings()(ids)
+        image = base.model.visual(pixels["pixel_values"],
+                                  grid_thw=pixels["image_grid_thw"]).pooler_output
+        embeds = embeds.masked_scatter((ids == media).unsqueeze(-1).expand_as(embeds), image)
+        flat = base.model.language_model(inputs_embeds=embeds, attention_mask=mask,
+                                         position_ids=positions).last_hidden_state
+        no_deepstack = model.rm_head(flat)[ids == reward]
+
+    assert reference.shape == out.shape == (3, 1)
+    assert float(reference.max() - reference.min()) > 1e-2  # the scores differ
+    assert float((no_deepstack - reference).abs().max()) > 1e-3  # DeepStack matters here
+    print(f"qwen3-vl max abs difference: {float((out - reference).abs().max()):.2e}")
+    torch.testing.assert_close(out, reference, atol=1e-4, rtol=0)

@@ -169,7 +169,10 @@ def write_qwen2_vl_base(directory: Path, seed: int = 0, min_pixels: int = 56 * 5
     template): Qwen2-VL's structure (14 px patches, 2x2 merge, 2-frame temporal patches,
     M-RoPE) with tiny widths. ``family="qwen2_5_vl"``: a Qwen2.5-VL-*-Instruct directory
     instead (windowed vision attention: 28 px windows, the second block full; an RMSNorm
-    vision tower with a gated MLP and an output projection to the text width)."""
+    vision tower with a gated MLP and an output projection to the text width).
+    ``family="qwen3_vl"``: a Qwen3-VL-*-Instruct directory (16 px patches, interpolated
+    position embeddings, DeepStack: vision block 0's merged features added to the first
+    language-model layer's output at the image tokens); pass pixel budgets of 64 x 64."""
     import transformers
     from transformers import (
         Qwen2VLConfig,
@@ -201,6 +204,17 @@ def write_qwen2_vl_base(directory: Path, seed: int = 0, min_pixels: int = 56 * 5
                       out_hidden_size=text["hidden_size"], patch_size=14, spatial_merge_size=2,
                       temporal_patch_size=2, in_channels=3, window_size=28,
                       fullatt_block_indexes=[1], initializer_range=0.5)
+    elif family == "qwen3_vl":  # 16 px patches (32 px merged), deepstack after vision block 0
+        config_class = transformers.Qwen3VLConfig
+        model_class, processor_class = "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"
+        text = {**{k: v for k, v in text.items() if k not in ("rope_scaling", "rope_theta")},
+                "head_dim": 16, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6,
+                                                   "mrope_section": [2, 3, 3],
+                                                   "mrope_interleaved": True}}
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                      out_hidden_size=text["hidden_size"], patch_size=16, spatial_merge_size=2,
+                      temporal_patch_size=2, in_channels=3, num_position_embeddings=16,
+                      deepstack_visual_indexes=[0], initializer_range=0.5)
     else:
         assert family == "qwen2_vl", family
     config = config_class(text_config=text, vision_config=vision,
@@ -211,7 +225,8 @@ def write_qwen2_vl_base(directory: Path, seed: int = 0, min_pixels: int = 56 * 5
                           pad_token_id=ids("<|endoftext|>"))
     torch.manual_seed(seed)
     getattr(transformers, model_class)(config).save_pretrained(directory)
-    pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2,
+    pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels,
+                  patch_size=16 if family == "qwen3_vl" else 14, merge_size=2,
                   temporal_patch_size=2, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
     getattr(transformers, processor_class)(
         image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,

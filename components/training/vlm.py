@@ -1,5 +1,5 @@
 """Vision-language reward models (``model.name=vlm`` for images, ``vlm-video`` for clips):
-transformers' Qwen2-VL / Qwen2.5-VL with a reward head on the hidden state at special tokens,
+transformers' Qwen2-VL / Qwen2.5-VL / Qwen3-VL with a reward head on the hidden state at special tokens,
 as HPSv3 (MizzenAI/HPSv3) and VideoAlign (KwaiVGI/VideoAlign) score.
 
     s = head(h[<|Reward|>])                  HPSv3: an MLP, outputs (mu, log sigma)
@@ -57,11 +57,13 @@ from .models import STD as _IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"qwen2_vl": "Qwen2VLModel", "qwen2_5_vl": "Qwen2_5_VLModel"}
+FAMILIES = {"qwen2_vl": "Qwen2VLModel", "qwen2_5_vl": "Qwen2_5_VLModel",
+            "qwen3_vl": "Qwen3VLModel"}
 """``config.json``'s ``model_type`` -> the transformers backbone (vision tower + language
-model, no LM head)."""
-NOT_YET = {"qwen3_vl": "Qwen3-VL feeds vision features into several language-model layers "
-           "(deepstack), which this scorer's single media splice does not do yet"}
+model, no LM head). Qwen3-VL's vision tower also returns DeepStack features, added to the
+first language-model layers' outputs at the media tokens (``hidden_states``)."""
+NOT_YET = {"qwen3_vl_moe": "the Qwen3-VL mixture-of-experts models are not supported yet (their "
+           "expert layers are untested here)"}
 PROMPT_TOKENS = 128  # prompt ids per conversation beyond the template (longer ones are cut)
 _MLP_HIDDEN = (1024, 16)  # HPSv3's default ranknet head (hpsv3/model/qwen2vl_trainer.py)
 
@@ -105,11 +107,16 @@ def directory_problems(path: str, video: bool, size: int, frames: int,
         return [f"model.pretrained: {path}/config.json is not readable ({e})"]
     if family in NOT_YET:
         return [f"model.pretrained: {path} is a {family} model; {NOT_YET[family]}. Use a "
-                f"Qwen2-VL or Qwen2.5-VL checkpoint ({', '.join(FAMILIES)})"]
+                f"Qwen2-VL, Qwen2.5-VL or dense Qwen3-VL checkpoint ({', '.join(FAMILIES)})"]
     if family not in FAMILIES:
         return [f"model.pretrained: {path}/config.json has model_type {family!r}; model.name="
-                f"vlm scores {', '.join(FAMILIES)} models (Qwen2-VL, Qwen2.5-VL)"]
+                f"vlm scores {', '.join(FAMILIES)} models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL)"]
     p = []
+    if video and family == "qwen3_vl":
+        p.append(f"model.pretrained: {path} is a Qwen3-VL model, whose processor puts a "
+                 "timestamp before each frame group of a clip, which vlm-video's single clip "
+                 "placeholder does not do yet: score clips with a Qwen2-VL or Qwen2.5-VL "
+                 "checkpoint (Qwen3-VL scores images: model.name=vlm)")
     factor = int(vision.get("patch_size", 14)) * int(vision.get("spatial_merge_size", 2))
     low, high = _pixel_budget(path)
     if size % factor or not low <= size * size <= high:
@@ -351,7 +358,8 @@ class VlmScorer(nn.Module):
                              "place (the template puts the image or clip before the prompt)")
         p = int(at[0, 1])
         pixels, grid = self.pixel_values(x)
-        media = _pooled(self.net.visual(pixels, grid_thw=grid)).view(n, -1, self._width())
+        vision = self.net.visual(pixels, grid_thw=grid)
+        media = _pooled(vision).view(n, -1, self._width())
         embed = self.net.get_input_embeddings()(tokens)
         embeds = torch.cat([embed[:, :p], media.to(embed.dtype), embed[:, p + 1:]], dim=1)
         ids = torch.cat([tokens[:, :p], tokens.new_full(media.shape[:2], self.media_token_id),
@@ -359,8 +367,15 @@ class VlmScorer(nn.Module):
         mask = (ids != self.pad_id).long()
         # The publishers' positions: sequential over the sequence in all three M-RoPE sections.
         position = (mask.cumsum(-1) - 1).clamp(min=0)
+        extra = {}
+        deepstack = getattr(vision, "deepstack_features", None)
+        if deepstack:  # Qwen3-VL: (N * media tokens, width) per layer, in the splice's order
+            span = torch.zeros_like(ids, dtype=torch.bool)
+            span[:, p: p + media.shape[1]] = True
+            extra = {"visual_pos_masks": span,
+                     "deepstack_visual_embeds": [f.to(embed.dtype) for f in deepstack]}
         out = self.net.language_model(inputs_embeds=embeds, attention_mask=mask,
-                                      position_ids=position[None].expand(3, -1, -1))
+                                      position_ids=position[None].expand(3, -1, -1), **extra)
         return out.last_hidden_state, ids
 
     def _width(self) -> int:
@@ -444,7 +459,8 @@ def pretrained_state_dict(path: str, model: VlmScorer) -> dict[str, Tensor]:
 
 def _merge(state: dict[str, Tensor], published: dict[str, Tensor]) -> set[str]:
     """Copy ``published`` into ``state`` (in place) by ``_ours``; an embedding with another
-    row count is cut or zero-extended, as ``resize_token_embeddings`` keeps the first rows.
+    row count is cut, or extended by rows at the mean embedding, as
+    ``resize_token_embeddings`` keeps the first rows.
     Returns the keys set."""
     done = set()
     for key, value in published.items():
@@ -454,8 +470,12 @@ def _merge(state: dict[str, Tensor], published: dict[str, Tensor]) -> set[str]:
         target = state[ours]
         if value.shape != target.shape and key.endswith("embed_tokens.weight"):
             rows = min(value.shape[0], target.shape[0])
-            target.zero_()
             target[:rows] = value[:rows]
+            # The added tokens (<|Reward|>, ...) start at the mean embedding, where
+            # transformers' resize_token_embeddings puts them (mean_resizing: the mean plus
+            # 1e-9-scaled noise). A zero row would reach the first RMSNorm as a zero vector,
+            # whose gradient is 1/sqrt(eps) large (measured: 2.4e5 on a tiny Qwen3-VL).
+            target[rows:] = value.float().mean(0).to(target.dtype)
         elif value.shape != target.shape:
             raise ValueError(f"{key}: shape {tuple(value.shape)}, the model's config gives "
                              f"{tuple(target.shape)}")
