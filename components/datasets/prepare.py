@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from ..config import DataConfig
@@ -75,43 +76,61 @@ def prepare(plan: ReadPlan, out_dir: str, opts: DecodeOptions, rule: SplitRule, 
     decode_s = time.perf_counter() - t0
     shutil.rmtree(journal_dir, ignore_errors=True)
 
-    meta = storage.dataset(out_dir).to_table(
-        columns=["split", "status", "reason", "source_sizes"] + (CONSISTENCY_COLUMNS if spec.video else [])
-    )
-    if rule.only is None and meta.num_rows != plan.rows:
+    counts, sizes, written = _status_counts(out_dir)
+    if rule.only is None and written != plan.rows:
         raise RuntimeError(  # an internal invariant, not a user error
-            f"ingest wrote {meta.num_rows} rows but the shards hold {plan.rows}: rows were lost"
+            f"ingest wrote {written} rows but the shards hold {plan.rows}: rows were lost"
         )
+    consistency: dict[str, dict[str, float]] = {}
+    if spec.video:
+        consistency = consistency_stats(storage.dataset(out_dir).to_table(
+            columns=["split", "status", *CONSISTENCY_COLUMNS]))
+    return PreparedData(out_dir, counts, dict(sizes.most_common(50)), decode_s, consistency)
+
+
+def _status_counts(out_dir: str) -> tuple[dict[str, RowCounts], Counter[str], int]:
+    """Counts by split (with reasons), the source image sizes and the rows written, from the
+    status columns of prepared data, one record batch at a time: the driver holds one batch
+    and the distinct (split, status, reason) groups, never a Python object per row."""
     counts: dict[str, RowCounts] = {}
-    for sp, st, rs in zip(
-        meta["split"].to_pylist(), meta["status"].to_pylist(), meta["reason"].to_pylist(),
-        strict=True,
-    ):
-        c = counts.setdefault(sp, RowCounts())
-        c.read += 1
-        if st == OK:
-            c.used += 1
-        elif st == QUARANTINED:
-            c.quarantined += 1
-            key = rs.split(" (", 1)[0]
-            c.reasons[key] = c.reasons.get(key, 0) + 1
-        else:
-            c.excluded += 1
-            c.reasons[rs] = c.reasons.get(rs, 0) + 1
     sizes: Counter[str] = Counter()
-    for s in meta["source_sizes"].to_pylist():
-        if s:
-            sizes.update(s.split(","))
-    return PreparedData(out_dir, counts, dict(sizes.most_common(50)), decode_s,
-                        consistency_stats(meta) if spec.video else {})
+    written = 0
+    for batch in storage.dataset(out_dir).to_batches(
+            columns=["split", "status", "reason", "source_sizes"]):
+        written += batch.num_rows
+        t = pa.Table.from_batches([batch])
+        groups = t.group_by(["split", "status", "reason"], use_threads=False).aggregate(
+            [([], "count_all")])
+        for sp, st, rs, n in zip(*(groups[c].to_pylist() for c in
+                                   ("split", "status", "reason", "count_all")), strict=True):
+            c = counts.setdefault(sp, RowCounts())
+            c.read += n
+            if st == OK:
+                c.used += n
+            elif st == QUARANTINED:
+                c.quarantined += n
+                key = rs.split(" (", 1)[0]
+                c.reasons[key] = c.reasons.get(key, 0) + n
+            else:
+                c.excluded += n
+                c.reasons[rs] = c.reasons.get(rs, 0) + n
+        for v in pc.value_counts(t["source_sizes"]).to_pylist():
+            if v["values"]:
+                for size in v["values"].split(","):
+                    sizes[size] += v["counts"]
+    return counts, sizes, written
 
 
 def train_pairs(prepared_path: str) -> TrainPairs:
     """The usable pairs of prepared training data (pair_id and content hash), read on the
     driver: only these were trained on, so only these make an eval pair leak."""
-    t = storage.dataset(prepared_path).to_table(
-        columns=["pair_id", "content_hash"], filter=pads.field("status") == OK)
-    return TrainPairs.of(t["pair_id"].to_pylist(), t["content_hash"].to_pylist())
+    ds = storage.dataset(prepared_path)
+
+    def values(column: str):  # a batch at a time: TrainPairs keeps 8 bytes a pair, not strings
+        for b in ds.to_batches(columns=[column], filter=pads.field("status") == OK):
+            yield from b.column(0).to_pylist()
+
+    return TrainPairs.of(values("pair_id"), values("content_hash"))
 
 
 def consistency_stats(meta: pa.Table) -> dict[str, dict[str, float]]:

@@ -7,6 +7,7 @@ stay typed.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .contract import ReadUnit, TrainPairs, canonical_rows, encoded_size, in_validation
+from .contract import ReadUnit, Shard, TrainPairs, canonical_rows, encoded_size, in_validation
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,27 @@ def canonical_tables(rows: Iterator[dict[str, Any]], frame_lists: bool) -> Itera
 
 
 
+FOOTER_CACHE_SHARDS = 4096  # footers kept per read process: ~4 KB each for 4 row groups
+_footers: OrderedDict[tuple[str, int, int], pq.FileMetaData] = OrderedDict()
+
+
+def shard_footer(shard: Shard, f: pa.NativeFile) -> pq.FileMetaData:
+    """The Parquet footer of ``shard`` (open as ``f``), parsed once per read process and kept
+    by URI, size and mtime: a shard's row groups are separate read units, read again every
+    streaming epoch, and on an object store each footer parse is a request of its own. A
+    replaced file (other size or mtime) is parsed again."""
+    key = (shard.uri, shard.size, shard.mtime_ns)
+    md = _footers.get(key)
+    if md is None:
+        md = pq.read_metadata(f)
+        _footers[key] = md
+        if len(_footers) > FOOTER_CACHE_SHARDS:
+            _footers.popitem(last=False)
+    else:
+        _footers.move_to_end(key)
+    return md
+
+
 def read_unit(batch: dict[str, np.ndarray], units: list[ReadUnit], rule: SplitRule, ties: str,
               max_bytes: int, in_train: TrainPairs | None) -> Iterator[pa.Table]:
     """Ray Data read stage: one ReadUnit index per input row -> canonical rows in slices,
@@ -80,7 +102,8 @@ def read_unit(batch: dict[str, np.ndarray], units: list[ReadUnit], rule: SplitRu
     for i in batch["unit"]:
         unit = units[int(i)]
         with unit.shard.filesystem.open_input_file(unit.shard.path) as f:
-            table = pq.ParquetFile(f).read_row_group(unit.row_group)
+            table = pq.ParquetFile(f, metadata=shard_footer(unit.shard, f)).read_row_group(
+                unit.row_group)
         rows = canonical_rows(unit, table, rule.eval_fraction, ties, max_bytes=max_bytes,
                               in_train=in_train)
         rows = _with_split(rows, rule.fixed, rule.val_fraction)
