@@ -200,8 +200,18 @@ def _add_model_commands(sub: Any, tracking: argparse.ArgumentParser) -> None:
                     help="image pairs or clip pairs (default image)")
     sd.add_argument("--out", required=True, help="directory; gets train/ and eval/ subfolders")
     sd.add_argument("--pairs", type=int, default=600, help="pairs in all (a quarter go to eval/)")
-    sd.add_argument("--size", type=int, default=64, help="side of the square images/frames")
+    sd.add_argument("--size", type=_sample_size, default=64,
+                    help="side of the square images/frames, or WIDTHxHEIGHT of the frames "
+                         "(video), e.g. 1280x720 (default 64)")
     sd.add_argument("--frames", type=int, default=16, help="frames per clip (video)")
+    sd.add_argument("--image-format", choices=["mixed", "jpeg", "png", "webp"], default="mixed",
+                    help="encoding of every image (image; default mixed: one drawn per pair)")
+    sd.add_argument("--codec", choices=["h264", "vp9"], default="h264",
+                    help="clip codec: h264 in MP4 or vp9 in WebM (video; default h264)")
+    sd.add_argument("--fps", type=_positive, default=8, help="frames per second (video; default 8)")
+    sd.add_argument("--gop", type=_positive, help="a keyframe every GOP frames exactly (video; "
+                    "default: the encoder's choice). Realistic clips: --size 1280x720 "
+                    "--frames 72 --fps 24 --gop 48")
     sd.add_argument("--layout", choices=["canonical", "pickapic"], default="canonical",
                     help="column layout of the shards (image)")
     sd.add_argument("--shards", type=int, default=2, help="Parquet files per split")
@@ -209,6 +219,22 @@ def _add_model_commands(sub: Any, tracking: argparse.ArgumentParser) -> None:
                     help="the prompt-dependent set: the caption names one photo; the chosen side "
                          "shows it, the rejected side another photo, equally degraded")
     sd.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _sample_size(text: str) -> int | tuple[int, int]:
+    """``sample-data --size``: ``"1024"`` -> 1024, ``"1280x720"`` -> (1280, 720)."""
+    parts = text.lower().split("x")
+    if len(parts) > 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected a side (1024) or WIDTHxHEIGHT (1280x720), "
+                                         f"got {text!r}")
+    return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
 
 
 def _cli_overrides(a: argparse.Namespace) -> dict[str, Any]:
@@ -381,25 +407,34 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "serve":
         return _serve(a, unknown)
     if a.command == "sample-data":
+        from components.sample.videos import ClipEncoding
+
+        image_format = None if a.image_format == "mixed" else a.image_format
+        encoding = ClipEncoding(a.codec, a.fps, a.gop)
+        if a.modality == "image" and not isinstance(a.size, int):
+            parser.error("--size WIDTHxHEIGHT is for clips (--modality video); images are "
+                         "square: --size 1024")
         if a.prompted:
             from components.sample.images import write_prompted_image_pairs
             from components.sample.videos import write_prompted_video_pairs
 
             paths = (write_prompted_video_pairs(a.out, pairs=a.pairs, size=a.size,
-                                                frames=a.frames, shards=a.shards, seed=a.seed)
+                                                frames=a.frames, shards=a.shards, seed=a.seed,
+                                                encoding=encoding)
                      if a.modality == "video" else
                      write_prompted_image_pairs(a.out, pairs=a.pairs, size=a.size,
-                                                shards=a.shards, seed=a.seed))
+                                                shards=a.shards, seed=a.seed,
+                                                image_format=image_format))
         elif a.modality == "video":
             from components.sample.videos import write_video_pairs
 
             paths = write_video_pairs(a.out, pairs=a.pairs, size=a.size, frames=a.frames,
-                                      shards=a.shards, seed=a.seed)
+                                      shards=a.shards, seed=a.seed, encoding=encoding)
         else:
             from components.sample.images import write_image_pairs
 
             paths = write_image_pairs(a.out, pairs=a.pairs, size=a.size, layout=a.layout,
-                                      shards=a.shards, seed=a.seed)
+                                      shards=a.shards, seed=a.seed, image_format=image_format)
         print(json.dumps({"status": "ok", "paths": paths}))
         return EXIT_OK
 

@@ -115,11 +115,13 @@ def temporal_consistency(frames: np.ndarray) -> float:
     return float(-np.mean((x[:, 1:] - x[:, :-1]) ** 2))
 
 
-def encode_video(frames: np.ndarray, fmt: str = "mp4", fps: int = 8) -> bytes:
+def encode_video(frames: np.ndarray, fmt: str = "mp4", fps: int = 8, gop: int | None = None) -> bytes:
     """uint8 ``(T, H, W, 3)`` RGB frames -> encoded bytes.
 
     ``fmt``: "mp4" (libx264, else mpeg4), "webm" (libvpx-vp9, else libvpx) or "gif" (palette
-    per frame). MP4 and WebM use yuv420p, so H and W must be even. The bytes are reproducible:
+    per frame). MP4 and WebM use yuv420p, so H and W must be even. ``gop``: a keyframe every
+    ``gop`` frames exactly (no scene-cut keyframes in between); None leaves the encoder's own
+    choice (x264: at most every 250 frames, plus scene cuts). The bytes are reproducible:
     encoders run single-threaded, x264 without macroblock-tree and muxers in bitexact mode
     (see the comments below).
     """
@@ -151,6 +153,12 @@ def encode_video(frames: np.ndarray, fmt: str = "mp4", fps: int = 8) -> bytes:
         codec, options, pix_fmt, container_fmt = "gif", {}, "pal8", "gif"
     else:
         raise ValueError(f"fmt must be mp4, webm or gif, got {fmt!r}")
+    if gop is not None:
+        if gop < 1 or fmt == "gif":
+            raise ValueError(f"gop must be >= 1 frames, for mp4 or webm; got {gop} for {fmt}")
+        # g = keyint_min: a fixed interval (libvpx only honours kf_min_dist when they are
+        # equal); sc_threshold=0: no extra keyframe at a scene cut (x264).
+        options = {**options, "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
 
     buf = io.BytesIO()
     # fflags=+bitexact: the Matroska/WebM muxer otherwise writes random segment and track UIDs

@@ -3,6 +3,11 @@
 The preferred image is a clean crop of a photo; the rejected one is the same crop degraded
 (blur, noise, heavy JPEG, down/up-sampling). Photos are split between train and eval, so eval
 accuracy measures generalisation to photos the model never saw. Nothing is downloaded.
+
+Each pair is encoded as JPEG, PNG or WebP, drawn at random, unless ``image_format`` names one.
+The photos are 191-1411 px (most about 512), so a crop at a realistic size (``size=1024``)
+is upsampled: it has a real 1024 px photo's pixel count but less fine detail, so its files
+are smaller than a camera photo's at that size.
 """
 
 from __future__ import annotations
@@ -25,6 +30,17 @@ EVAL_PHOTOS = (
 )
 DEGRADATIONS = ("blur", "noise", "jpeg", "downsample")
 FORMATS = ("JPEG", "PNG", "WEBP")
+
+
+def _format(image_format: str | None) -> str | None:
+    """``"jpeg"``/``"png"``/``"webp"`` (any case) -> the Pillow name; None stays None (mixed)."""
+    if image_format is None:
+        return None
+    fmt = image_format.upper()
+    if fmt not in FORMATS:
+        raise ValueError(f"image_format must be one of jpeg, png, webp (or None: mixed), "
+                         f"got {image_format!r}")
+    return fmt
 
 
 def load_photo(name: str) -> Image.Image:
@@ -75,7 +91,8 @@ def encode(img: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _pairs(photos: tuple[str, ...], n: int, size: int, seed: int, prefix: str) -> list[dict]:
+def _pairs(photos: tuple[str, ...], n: int, size: int, seed: int, prefix: str,
+           image_format: str | None = None) -> list[dict]:
     rng = np.random.default_rng(seed)
     loaded = {p: load_photo(p) for p in photos}
     rows = []
@@ -87,7 +104,8 @@ def _pairs(photos: tuple[str, ...], n: int, size: int, seed: int, prefix: str) -
         clean = _crop(photo, size, rng)
         kind = DEGRADATIONS[int(rng.integers(len(DEGRADATIONS)))]
         bad = degrade(clean, kind, rng)
-        fmt = FORMATS[int(rng.integers(len(FORMATS)))]
+        fmt = FORMATS[int(rng.integers(len(FORMATS)))]  # drawn either way: same crops
+        fmt = image_format or fmt
         rows.append(
             {
                 "pair_id": f"{prefix}-{i:06d}",
@@ -164,8 +182,14 @@ def write_image_pairs(
     eval_share: float = 0.25,
     tie_fraction: float = 0.1,
     seed: int = 0,
+    image_format: str | None = None,
 ) -> dict[str, list[str]]:
-    """Write ``out_dir/train/*.parquet`` and ``out_dir/eval/*.parquet``; returns the paths."""
+    """Write ``out_dir/train/*.parquet`` and ``out_dir/eval/*.parquet``; returns the paths.
+
+    ``size``: side of the square images in px (1024 for realistic decode costs);
+    ``image_format``: "jpeg", "png" or "webp" for every image, None for a random one per pair.
+    """
+    fmt = _format(image_format)
     if pairs < 8:
         raise ValueError("--pairs must be at least 8 (some for train, some for eval)")
     n_eval = max(4, int(pairs * eval_share))
@@ -175,7 +199,7 @@ def write_image_pairs(
         ("train", TRAIN_PHOTOS, n_train, shards),
         ("eval", EVAL_PHOTOS, n_eval, 1),
     ):
-        rows = _pairs(photos, n, size, seed + (0 if split == "train" else 1000), split)
+        rows = _pairs(photos, n, size, seed + (0 if split == "train" else 1000), split, fmt)
         table = (
             _canonical_table(rows)
             if layout == "canonical"
@@ -273,7 +297,8 @@ def _crop_prompted(img: Image.Image, size: int, rng: np.random.Generator) -> Ima
     return img.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.LANCZOS)
 
 
-def _prompted_image_rows(n: int, size: int, seed: int, split: str) -> list[dict]:
+def _prompted_image_rows(n: int, size: int, seed: int, split: str,
+                         image_format: str | None = None) -> list[dict]:
     rng = np.random.default_rng(seed)
     names = list(PROMPTED_PHOTOS)
     loaded = {p: load_photo(p).convert("RGB") for p in names}
@@ -281,7 +306,8 @@ def _prompted_image_rows(n: int, size: int, seed: int, split: str) -> list[dict]
     for i, (a, b) in enumerate(prompted_schedule(n, len(names), rng)):
         good, bad = names[a], names[b]
         kind = PROMPTED_DEGRADATIONS[int(rng.integers(len(PROMPTED_DEGRADATIONS)))]
-        fmt = FORMATS[int(rng.integers(len(FORMATS)))]
+        fmt = FORMATS[int(rng.integers(len(FORMATS)))]  # drawn either way: same crops
+        fmt = image_format or fmt
         deg_seed = int(rng.integers(2**63))  # same strength (and noise) on both sides
         sides = []
         for name in (good, bad):
@@ -339,6 +365,7 @@ def write_prompted_image_pairs(
     shards: int = 2,
     eval_share: float = 0.25,
     seed: int = 0,
+    image_format: str | None = None,
 ) -> dict[str, list[str]]:
     """Write prompt-dependent pairs to ``out_dir/train/train-XXXXX.parquet`` (``shards`` files)
     and ``out_dir/eval/eval-00000.parquet``; returns the paths per split.
@@ -347,15 +374,16 @@ def write_prompted_image_pairs(
     columns ``photo_chosen``, ``photo_rejected``, ``degradation`` (shared by both sides) and
     ``format``. ``round(pairs * eval_share)`` pairs go to eval. With the defaults (450 train,
     150 eval, 6 photos) every photo is chosen exactly as often as it is rejected in each split.
-    Deterministic given ``seed``.
+    Deterministic given ``seed``. ``image_format`` as for ``write_image_pairs``.
     """
+    fmt = _format(image_format)
     n_train, n_eval = prompted_split_sizes(pairs, eval_share, len(PROMPTED_PHOTOS))
     written: dict[str, list[str]] = {}
     for split, n, n_shards, split_seed in (
         ("train", n_train, shards, seed),
         ("eval", n_eval, 1, seed + 1000),
     ):
-        rows = _prompted_image_rows(n, size, split_seed, split)
+        rows = _prompted_image_rows(n, size, split_seed, split, fmt)
         written[split] = _write_shards(
             _string_or_binary_table(rows), os.path.join(out_dir, split), split, n_shards, 128
         )
