@@ -117,6 +117,39 @@ def _product(name: str, directory, head: RewardHead, spec_kwargs: dict):
     return spec, model.eval()
 
 
+def _hpsv3_reference(directory, images: list[bytes], prompts: list[str],
+                     side: int = 56) -> torch.Tensor:
+    """hpsv3/inference.py ``HPSv3RewardInferencer`` on ``side`` px PNG ``images`` and
+    ``prompts``: the ``(mu, log sigma)`` logits, ``(N, 2)``."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from components.training import vlm_prompts as P
+
+    weights = load_file(str(directory / "HPSv3.safetensors"))
+    hidden = weights["model.embed_tokens.weight"].shape[1]
+    rm_head = nn.Sequential(nn.Linear(hidden, 1024), nn.ReLU(), nn.Dropout(0.05),
+                            nn.Linear(1024, 16), nn.ReLU(), nn.Linear(16, 2))
+    processor, forward = _publisher_model(directory, P.HPSV3_TOKENS, weights, rm_head)
+    pixels = side * side  # hpsv3: max_pixels = min_pixels = 256 * 28 * 28
+    message_list = [[{"role": "user", "content": [
+        {"type": "image", "image": Image.open(io.BytesIO(b)).convert("RGB"),
+         "min_pixels": pixels, "max_pixels": pixels},
+        {"type": "text", "text": P.HPSV3_INSTRUCTION.format(text_prompt=text)}]}]
+        for text, b in zip(prompts, images, strict=True)]
+    image_inputs = [m[0]["content"][0]["image"] for m in message_list]  # smart_resize keeps them
+    # hpsv3's fetch_image resizes to the message's pixel budget before the processor, whose
+    # own budget (Qwen2-VL-7B-Instruct's: 3136 .. 12845056 pixels) then keeps the size; the
+    # tiny base's processor has a 56x56 budget, so the message's is passed to it.
+    batch = processor(text=processor.apply_chat_template(message_list, tokenize=False,
+                                                         add_generation_prompt=True),
+                      images=image_inputs, padding=True, return_tensors="pt",
+                      images_kwargs={"size": {"shortest_edge": pixels, "longest_edge": pixels}})
+    assert batch["image_grid_thw"].tolist() == [[1, side // 14, side // 14]] * len(images)
+    with torch.no_grad():
+        return forward(**batch)["logits"]
+
+
 @pytest.mark.parametrize("key_names", ["transformers-4.45", "transformers-4.52"])
 def test_hpsv3_layout_scores_as_hpsv3_inference(tmp_path, key_names):
     """hpsv3/inference.py ``HPSv3RewardInferencer``: ``prepare_batch`` (the message with
@@ -126,42 +159,25 @@ def test_hpsv3_layout_scores_as_hpsv3_inference(tmp_path, key_names):
     (mu). Tiny: 56x56 pixels where HPSv3 has 256*28*28. ``HPSv3.safetensors`` as hpsv3 1.0.0
     saves it (transformers 4.45: ``visual.*``, ``model.*``) and as a re-save under
     transformers >= 4.52 names it (``model.visual.*``, ``model.language_model.*``)."""
-    from PIL import Image
     from safetensors.torch import load_file
 
-    from components.training import vlm_prompts as P
     from tests.tiny_checkpoints import write_hpsv3_layout
 
     directory = write_hpsv3_layout(tmp_path / "hpsv3", seed=5)
     images = [_png(i) for i in range(3)]
 
     # The publisher's path.
-    weights = load_file(str(directory / "HPSv3.safetensors"))
-    hidden = weights["model.embed_tokens.weight"].shape[1]
-    rm_head = nn.Sequential(nn.Linear(hidden, 1024), nn.ReLU(), nn.Dropout(0.05),
-                            nn.Linear(1024, 16), nn.ReLU(), nn.Linear(16, 2))
-    processor, forward = _publisher_model(directory, P.HPSV3_TOKENS, weights, rm_head)
+    reference = _hpsv3_reference(directory, images, PROMPTS)
     if key_names == "transformers-4.52":  # the same tensors under the new names
         from safetensors.torch import save_file
 
+        weights = load_file(str(directory / "HPSv3.safetensors"))
         renamed = {("model." + k if k.startswith("visual.") else
                     k.replace("model.", "model.language_model.", 1) if k.startswith("model.")
                     else k): v for k, v in weights.items()}
         assert "model.language_model.embed_tokens.weight" in renamed
         assert "model.visual.patch_embed.proj.weight" in renamed
         save_file(renamed, str(directory / "HPSv3.safetensors"))
-    pixels = 56 * 56  # hpsv3: max_pixels = min_pixels = 256 * 28 * 28
-    message_list = [[{"role": "user", "content": [
-        {"type": "image", "image": Image.open(io.BytesIO(b)).convert("RGB"),
-         "min_pixels": pixels, "max_pixels": pixels},
-        {"type": "text", "text": P.HPSV3_INSTRUCTION.format(text_prompt=text)}]}]
-        for text, b in zip(PROMPTS, images, strict=True)]
-    image_inputs = [m[0]["content"][0]["image"] for m in message_list]  # 56x56: smart_resize keeps it
-    batch = processor(text=processor.apply_chat_template(message_list, tokenize=False,
-                                                         add_generation_prompt=True),
-                      images=image_inputs, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        reference = forward(**batch)["logits"]
 
     # The product's path: decode contract, tokens from the decode actors, the scorer.
     spec, model = _product("vlm", directory, RewardHead("mu_sigma"),
@@ -217,18 +233,15 @@ def _videoalign_lora(base, path):
     return base, non_lora["rm_head.weight"]
 
 
-def test_videoalign_layout_scores_as_videoalign_inference(tmp_path):
-    """VideoAlign's inference.py ``VideoVLMRewardInference.reward``: ``prepare_batch`` (the
-    video entry + ``build_prompt(prompt, eval_dim, "detailed_special")``, ``fetch_video``'s
-    frames as a float ``(T, C, H, W)`` tensor, ``processor(..., padding=True,
-    videos_kwargs={"do_rescale": True})``), ``logits`` = VQ, MQ, TA at the three reward
-    tokens, ``_norm`` with ``inference_config``, Overall = VQ + MQ + TA. The LoRA runs unmerged
-    in peft here and merged in the product."""
-    from components.training import vlm_prompts as P
-    from tests.tiny_checkpoints import VIDEOALIGN_NORM, write_videoalign_layout
-
-    directory = write_videoalign_layout(tmp_path / "videoreward", seed=7)
+def _videoalign_reference(directory, clips: torch.Tensor,
+                          prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """VideoAlign's inference.py on uint8 ``(N, 3, T, S, S)`` clips (the frames
+    ``fetch_video`` would give) and ``prompts``: the normalised VQ, MQ, TA ``(N, 3)`` and
+    Overall ``(N,)``."""
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    from components.training import vlm_prompts as P
+    from tests.tiny_checkpoints import VIDEOALIGN_NORM
 
     processor = AutoProcessor.from_pretrained(directory, padding_side="right",
                                               local_files_only=True)
@@ -241,16 +254,13 @@ def test_videoalign_layout_scores_as_videoalign_inference(tmp_path):
     rm_head.weight.data.copy_(head_weight)
     base.eval()
     forward = _reward_model_bt(base, ids, rm_head)
-
-    rng = np.random.default_rng(3)
-    clips = torch.from_numpy(rng.integers(0, 256, (2, 3, 4, 56, 56), dtype=np.uint8))
-    prompts = PROMPTS[:2]
+    side = clips.shape[-1]
     chat_data = [[{"role": "user", "content": [
-        {"type": "video", "video": clip.permute(1, 0, 2, 3).float(), "max_pixels": 56 * 56,
+        {"type": "video", "video": clip.permute(1, 0, 2, 3).float(), "max_pixels": side * side,
          "fps": 2.0},
         {"type": "text", "text": P.VIDEOALIGN_INSTRUCTION.format(text_prompt=p)}]}]
         for clip, p in zip(clips, prompts, strict=True)]
-    video_inputs = [c[0]["content"][0]["video"] for c in chat_data]  # 56x56: smart_resize keeps it
+    video_inputs = [c[0]["content"][0]["video"] for c in chat_data]  # smart_resize keeps them
     batch = processor(text=processor.apply_chat_template(chat_data, tokenize=False,
                                                          add_generation_prompt=True),
                       videos=video_inputs, padding=True, return_tensors="pt",
@@ -259,7 +269,23 @@ def test_videoalign_layout_scores_as_videoalign_inference(tmp_path):
         logits = forward(**batch)["logits"]
     reference = torch.stack([(logits[:, k] - VIDEOALIGN_NORM[f"{n}_mean"]) / VIDEOALIGN_NORM[f"{n}_std"]
                              for k, n in enumerate(("VQ", "MQ", "TA"))], dim=1)
-    overall = reference.sum(1)
+    return reference, reference.sum(1)
+
+
+def test_videoalign_layout_scores_as_videoalign_inference(tmp_path):
+    """VideoAlign's inference.py ``VideoVLMRewardInference.reward``: ``prepare_batch`` (the
+    video entry + ``build_prompt(prompt, eval_dim, "detailed_special")``, ``fetch_video``'s
+    frames as a float ``(T, C, H, W)`` tensor, ``processor(..., padding=True,
+    videos_kwargs={"do_rescale": True})``), ``logits`` = VQ, MQ, TA at the three reward
+    tokens, ``_norm`` with ``inference_config``, Overall = VQ + MQ + TA. The LoRA runs unmerged
+    in peft here and merged in the product."""
+    from tests.tiny_checkpoints import write_videoalign_layout
+
+    directory = write_videoalign_layout(tmp_path / "videoreward", seed=7)
+    rng = np.random.default_rng(3)
+    clips = torch.from_numpy(rng.integers(0, 256, (2, 3, 4, 56, 56), dtype=np.uint8))
+    prompts = PROMPTS[:2]
+    reference, overall = _videoalign_reference(directory, clips, prompts)
 
     head = RewardHead("named", ("VQ", "MQ", "TA"), (1.0, 1.0, 1.0))
     spec, model = _product("vlm-video", directory, head,
@@ -420,3 +446,89 @@ def test_qwen3_vl_base_scores_as_transformers_qwen3_vl(tmp_path):
     assert float((no_deepstack - reference).abs().max()) > 1e-3  # DeepStack matters here
     print(f"qwen3-vl max abs difference: {float((out - reference).abs().max()):.2e}")
     torch.testing.assert_close(out, reference, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow  # a registered model: an MLflow store and a pyfunc load, ~15 s
+def test_hpsv3_registers_published_and_its_pyfunc_scores_as_hpsv3_inference(
+        tmp_path, tracking_uri, capsys):
+    """``visual-dpo register-published`` on the HPSv3 layout: the version registered in a real
+    sqlite MLflow store, loaded by alias with ``mlflow.pyfunc.load_model``, scores raw PNG
+    bytes + prompts as hpsv3's inference does (``mu``), the checkpoint directory gone."""
+    import json
+    import shutil
+
+    import mlflow
+    import pandas as pd
+
+    from pipelines.__main__ import main
+    from tests.tiny_checkpoints import write_hpsv3_layout
+
+    directory = write_hpsv3_layout(tmp_path / "hpsv3", seed=5)
+    images = [_png(30 + i, size=448) for i in range(3)]  # HPSv3's own 448x448 (its layout's
+    reference = _hpsv3_reference(directory, images, PROMPTS, side=448)  # pixel budget)
+    summary = tmp_path / "register.json"
+    rc = main(["register-published", "--model-name", "hpsv3", "--alias", "champion",
+               "--tracking-uri", tracking_uri, "--summary", str(summary), "model.name=vlm",
+               f"model.pretrained={directory}", "model.head=mu_sigma", "loss.type=uncertainty",
+               "data.image_size=448"])
+    capsys.readouterr()
+    s = json.loads(summary.read_text())
+    assert rc == 0, s
+    assert s["aliases"] == ["champion"] and s["model_version"] == "1"
+    shutil.rmtree(directory)  # what a consumer scores with travelled with the model
+
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/hpsv3@champion")
+    ours = model.predict(pd.DataFrame({"image": images, "prompt": PROMPTS}))
+    assert float(reference[:, 0].max() - reference[:, 0].min()) > 1e-2  # the scores differ
+    np.testing.assert_allclose(np.asarray(ours, dtype=np.float64),
+                               reference[:, 0].double().numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow  # a registered model: an MLflow store and a pyfunc load, ~15 s
+def test_videoalign_registers_published_and_its_pyfunc_scores_as_videoalign_inference(
+        tmp_path, tracking_uri, capsys):
+    """``visual-dpo register-published`` on the VideoAlign layout: the registered pyfunc,
+    loaded by alias, scores raw MP4 bytes + prompts per head (VQ, MQ, TA, normalised) and in
+    total as VideoAlign's inference does on the frames the registered decode contract
+    samples, the checkpoint directory gone."""
+    import json
+    import shutil
+
+    import mlflow
+    import pandas as pd
+
+    from components.media.video import encode_video
+    from components.tracking.models import load_scorer
+    from pipelines.__main__ import main
+    from tests.tiny_checkpoints import write_videoalign_layout
+
+    directory = write_videoalign_layout(tmp_path / "videoreward", seed=7)
+    rng = np.random.default_rng(8)
+    mp4 = [encode_video(rng.integers(0, 256, (8, 56, 56, 3), dtype=np.uint8), "mp4", fps=4)
+           for _ in range(2)]
+    prompts = PROMPTS[:2]
+    summary = tmp_path / "register.json"
+    rc = main(["register-published", "--model-name", "videoreward", "--alias", "champion",
+               "--modality", "video", "--tracking-uri", tracking_uri, "--summary", str(summary),
+               "model.name=vlm-video", f"model.pretrained={directory}", "model.head=named",
+               "model.head_names=VQ,MQ,TA", "loss.type=btt", "data.image_size=56",
+               "data.video.frames=4", "data.video.fps=2"])
+    capsys.readouterr()
+    s = json.loads(summary.read_text())
+    assert rc == 0, s
+    scorer = load_scorer("models:/videoreward@champion")
+    clips = torch.from_numpy(np.stack([scorer.spec.decode(b)[0] for b in mp4]))
+    assert tuple(clips.shape) == (2, 3, 4, 56, 56)
+    reference, overall = _videoalign_reference(directory, clips, prompts)
+    shutil.rmtree(directory)
+
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/videoreward@champion")
+    out = model.predict(pd.DataFrame({"video": mp4, "prompt": prompts}))
+    assert list(out.columns) == ["score", "VQ", "MQ", "TA"]
+    assert float((reference[0] - reference[1]).abs().max()) > 1e-2  # the clips score apart
+    np.testing.assert_allclose(out[["VQ", "MQ", "TA"]].to_numpy(dtype=np.float64),
+                               reference.double().numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(out["score"].to_numpy(dtype=np.float64),
+                               overall.double().numpy(), atol=1e-4, rtol=0)
