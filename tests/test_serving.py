@@ -100,3 +100,47 @@ def test_served_scorers_answer_like_pyfunc_predict(tmp_path):
         assert set(answer) == {"predictions"}, answer
         np.testing.assert_allclose(answer["predictions"], expected, rtol=1e-5, atol=1e-6)
         assert len(set(np.round(expected, 6))) == len(items)  # real, distinct scores
+
+
+def test_a_served_vision_language_scorer_answers_image_and_prompt(tmp_path, capsys):
+    """A vision-language scorer (a tiny HPSv3 layout, registered with ``register-published``)
+    served by ``mlflow models serve`` from the registry alone (the checkpoint directory
+    deleted): base64 PNG bytes + prompts over HTTP answer as ``pyfunc.predict``, and the
+    prompt changes the score."""
+    import shutil
+
+    pytest.importorskip("transformers")
+    from pipelines.__main__ import main
+    from tests.tiny_checkpoints import write_hpsv3_layout
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    directory = write_hpsv3_layout(tmp_path / "hpsv3", seed=5)
+    rc = main(["register-published", "--model-name", "served-vlm", "--alias", "champion",
+               "--tracking-uri", uri, "model.name=vlm", f"model.pretrained={directory}",
+               "model.head=mu_sigma", "loss.type=uncertainty", "data.image_size=448"])
+    capsys.readouterr()
+    assert rc == 0
+    shutil.rmtree(directory)
+    images = [photo_bytes(448, fmt, seed=i) for i, fmt in enumerate(["PNG", "JPEG"])]
+    prompts = ["a photo of a cat", "two dogs playing in the snow"]
+    frame = pd.DataFrame({"image": images * 2, "prompt": [prompts[0]] * 2 + [prompts[1]] * 2})
+    model_uri = "models:/served-vlm@champion"
+    mlflow.set_tracking_uri(uri)
+    expected = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(frame), dtype=np.float64)
+    proc, url = _serve(model_uri, uri, tmp_path / "served-vlm.log")
+    try:
+        payload = {"dataframe_split": {
+            "columns": ["image", "prompt"],
+            "data": [[base64.b64encode(b).decode(), p] for b, p in zip(frame["image"],
+                                                                      frame["prompt"],
+                                                                      strict=True)]}}
+        req = urllib.request.Request(url + "/invocations", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=300) as r:
+            answer = json.loads(r.read())
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    assert set(answer) == {"predictions"}, answer
+    np.testing.assert_allclose(answer["predictions"], expected, rtol=1e-5, atol=1e-6)
+    assert abs(expected[0] - expected[2]) > 1e-4  # the same image, another prompt
