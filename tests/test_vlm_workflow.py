@@ -71,6 +71,18 @@ def test_vlm_fine_tunes_registers_and_serves(ray_cluster, tmp_path, capsys, trac
                             torch.from_numpy(scorer.spec.tokenize(prompts)))
     np.testing.assert_allclose(out, direct.numpy(), atol=1e-4)
 
+    # Batch scoring on the cluster (``visual-dpo score``) with the candidates' prompts.
+    import pyarrow as pa
+
+    cand = tmp_path / "cand.parquet"
+    pq.write_table(pa.table({"image": images, "caption": prompts, "id": [0, 1, 2]}), cand)
+    assert main(["score", "--model", uri, "--input", str(cand), "--output",
+                 str(tmp_path / "scored"), "--prompt-column", "caption",
+                 "--tracking-uri", tracking_uri]) == 0
+    capsys.readouterr()
+    scored = pq.read_table(tmp_path / "scored").to_pandas().sort_values("id")
+    np.testing.assert_allclose(scored["score"].to_numpy(), out, atol=1e-4)
+
 
 def test_vlm_video_trains_with_named_heads_and_registers(ray_cluster, tmp_path, capsys,
                                                          tracking_uri):
