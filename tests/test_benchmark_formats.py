@@ -401,3 +401,42 @@ def test_evaluate_hpdv2_and_pickapic_with_the_tie_protocol(ray_cluster, hpdv2, t
     assert m["eval/benchmark/pickapic/val_pairs"] == 18
     assert m["eval/benchmark/pickapic/test_pairs"] == s["rows"]["eval"]["used"]
     assert 0 <= m["eval/benchmark/pickapic/accuracy_with_ties"] <= 1
+
+
+@pytest.mark.slow
+def test_evaluate_videogen_rewardbench_per_dimension_with_a_registered_videoalign(
+        ray_cluster, videogen, tmp_path, tracking_uri, capsys):
+    """A tiny VideoAlign registered from its layout, evaluated by the CLI on
+    VideoGen-RewardBench's CSV (auto-detected): the three usable rows scored, the other three
+    counted as excluded with their reasons, and accuracy with and without ties reported for
+    Overall and for each of VQ, MQ, TA from its own head."""
+    import mlflow
+
+    from pipelines.__main__ import main
+    from tests.tiny_checkpoints import write_videoalign_layout
+
+    directory = write_videoalign_layout(tmp_path / "videoreward", seed=7)
+    assert main(["register-published", "--model-name", "videoreward", "--alias", "champion",
+                 "--modality", "video", "--tracking-uri", tracking_uri, "model.name=vlm-video",
+                 f"model.pretrained={directory}", "model.head=named",
+                 "model.head_names=VQ,MQ,TA", "loss.type=btt", "data.image_size=56",
+                 "data.video.frames=4", "data.video.fps=0"]) == 0
+    path, _ = videogen
+    summary = tmp_path / "videogen.json"
+    rc = main(["evaluate", "--model", "models:/videoreward@champion", "--tracking-uri",
+               tracking_uri, "--output-dir", str(tmp_path / "out"), "--run-name", "videogen",
+               "--summary", str(summary), "ties=soft", "--data", str(path)])
+    capsys.readouterr()
+    s = json.loads(summary.read_text())
+    assert rc == 0, s
+    assert s["rows"]["eval"]["used"] == 3
+    m = s["metrics"]
+    for dim in ("Overall", "VQ", "MQ", "TA"):
+        for kind in ("accuracy_with_ties", "accuracy_without_ties"):
+            assert 0 <= m[f"eval/benchmark/videogen/{dim}/{kind}"] <= 1, (dim, kind, m)
+    mlflow.set_tracking_uri(tracking_uri)
+    logged = mlflow.get_run(s["run_id"]).data.metrics
+    assert logged["eval/benchmark/videogen/Overall/accuracy_with_ties"] == \
+        m["eval/benchmark/videogen/Overall/accuracy_with_ties"]
+    excluded = {k: v for k, v in logged.items() if k.startswith("benchmark/excluded/")}
+    assert sum(excluded.values()) == 3, excluded
