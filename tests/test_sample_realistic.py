@@ -47,6 +47,7 @@ def test_images_are_1024_px_in_the_format_asked_for(tmp_path, fmt, pillow_name):
         assert (img.format, img.size) == (pillow_name, (1024, 1024))
 
 
+@pytest.mark.slow  # 16 PNG encodes at 1024 px: ~4 s, in `make test` only
 def test_the_cli_writes_1024_px_png(tmp_path, capsys):
     assert main(["sample-data", "--out", str(tmp_path), "--pairs", "8", "--size", "1024",
                  "--image-format", "png", "--shards", "1"]) == 0
@@ -71,6 +72,7 @@ def test_a_fixed_format_keeps_the_crops_of_the_mixed_set(tmp_path):
             assert m == p
 
 
+@pytest.mark.slow  # 720p encodes: ~5 s each, in `make test` only
 @pytest.mark.parametrize("codec, container", [("h264", "mov,mp4,m4a,3gp,3g2,mj2"),
                                               ("vp9", "matroska,webm")])
 def test_clips_are_720p_at_24_fps_with_the_gop_asked_for(tmp_path, codec, container):
