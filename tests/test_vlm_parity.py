@@ -322,31 +322,15 @@ def test_instructions_are_the_publishers_verbatim():
     assert [t in P.VIDEOALIGN_INSTRUCTION for t in P.VIDEOALIGN_TOKENS] == [True] * 3
 
 
-def test_qwen2_5_vl_base_scores_as_transformers_qwen2_5_vl(tmp_path):
-    """``vlm`` on a Qwen2.5-VL base (``model_type: qwen2_5_vl``: windowed vision attention,
-    here 28 px windows with the second block full, so window order matters) scores as the
-    publishers' reward forward run on transformers' own ``Qwen2_5_VLForConditionalGeneration``
-    holding the same weights: the image processor's ``pixel_values`` through its vision
-    tower, spliced at the image tokens, its language model, the same head at the reward
-    token. Only the token ids are shared (the product's, with the one image placeholder
-    expanded to the processor's count)."""
+def _transformers_twin(cls, directory, model, spec, images: list[bytes], tokens: torch.Tensor):
+    """transformers' own ``cls`` (a ``*ForConditionalGeneration``) holding ``model``'s weights
+    (the added reward token's row included), the image processor's ``pixel_values`` of the
+    decoded ``images``, and the product's ``tokens`` with the one image placeholder expanded
+    to the processor's count: (base, pixels, ids, image token id)."""
     from PIL import Image
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoProcessor
 
-    from tests.tiny_checkpoints import write_qwen2_vl_base
-
-    directory = write_qwen2_vl_base(tmp_path / "qwen2.5-vl", seed=3, family="qwen2_5_vl")
-    images = [_png(10 + i) for i in range(3)]
-    spec, model = _product("vlm", directory, RewardHead(),
-                           dict(modality="image", size=56, max_pixels=10**8))
-    assert type(model.net).__name__ == "Qwen2_5_VLModel"
-    x = torch.from_numpy(np.stack([spec.decode(b)[0] for b in images]))
-    tokens = torch.from_numpy(spec.tokenize(PROMPTS))
-    with torch.no_grad():
-        out = model(to_model_input(x, torch.device("cpu"), False), tokens, outputs=True)
-
-    # transformers' model with the product's weights (the added reward token's row included).
-    base = Qwen2_5_VLForConditionalGeneration.from_pretrained(directory, local_files_only=True)
+    base = cls.from_pretrained(directory, local_files_only=True)
     net = {k[len("net."):]: v for k, v in model.state_dict().items() if k.startswith("net.")}
     base.resize_token_embeddings(net["language_model.embed_tokens.weight"].shape[0])
     missing, unexpected = base.model.load_state_dict(net, strict=False)
@@ -364,8 +348,34 @@ def test_qwen2_5_vl_base_scores_as_transformers_qwen2_5_vl(tmp_path):
     width = max(len(r) for r in expanded)
     ids = torch.stack([torch.cat([r, r.new_full((width - len(r),), model.pad_id)])
                        for r in expanded])
+    return base.eval(), pixels, ids, media
+
+
+def test_qwen2_5_vl_base_scores_as_transformers_qwen2_5_vl(tmp_path):
+    """``vlm`` on a Qwen2.5-VL base (``model_type: qwen2_5_vl``: windowed vision attention,
+    here 28 px windows with the second block full, so window order matters) scores as the
+    publishers' reward forward run on transformers' own ``Qwen2_5_VLForConditionalGeneration``
+    holding the same weights: the image processor's ``pixel_values`` through its vision
+    tower, spliced at the image tokens, its language model, the same head at the reward
+    token. Only the token ids are shared (the product's, with the one image placeholder
+    expanded to the processor's count)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from tests.tiny_checkpoints import write_qwen2_vl_base
+
+    directory = write_qwen2_vl_base(tmp_path / "qwen2.5-vl", seed=3, family="qwen2_5_vl")
+    images = [_png(10 + i) for i in range(3)]
+    spec, model = _product("vlm", directory, RewardHead(),
+                           dict(modality="image", size=56, max_pixels=10**8))
+    assert type(model.net).__name__ == "Qwen2_5_VLModel"
+    x = torch.from_numpy(np.stack([spec.decode(b)[0] for b in images]))
+    tokens = torch.from_numpy(spec.tokenize(PROMPTS))
+    with torch.no_grad():
+        out = model(to_model_input(x, torch.device("cpu"), False), tokens, outputs=True)
+
+    base, pixels, ids, media = _transformers_twin(Qwen2_5_VLForConditionalGeneration, directory,
+                                                  model, spec, images, tokens)
     # _reward_model_bt's steps (Qwen2.5-VL's vision tower has no ``get_dtype``).
-    base.eval()
     with torch.no_grad():
         embeds = base.model.language_model.embed_tokens(ids)
         image = base.model.visual(pixels["pixel_values"],
@@ -389,8 +399,7 @@ def test_qwen3_vl_base_scores_as_transformers_qwen3_vl(tmp_path):
     injection (vision block 0's features added after language-model layer 0 at the image
     tokens), at the publishers' sequential positions, the same head at the reward token. A
     scorer that skipped the DeepStack features would differ (checked)."""
-    from PIL import Image
-    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+    from transformers import Qwen3VLForConditionalGeneration
 
     from tests.tiny_checkpoints import write_qwen2_vl_base
 
@@ -405,28 +414,11 @@ def test_qwen3_vl_base_scores_as_transformers_qwen3_vl(tmp_path):
     with torch.no_grad():
         out = model(to_model_input(x, torch.device("cpu"), False), tokens, outputs=True)
 
-    base = Qwen3VLForConditionalGeneration.from_pretrained(directory, local_files_only=True)
-    net = {k[len("net."):]: v for k, v in model.state_dict().items() if k.startswith("net.")}
-    base.resize_token_embeddings(net["language_model.embed_tokens.weight"].shape[0])
-    missing, unexpected = base.model.load_state_dict(net, strict=False)
-    assert not unexpected and not missing, (missing, unexpected)
-    processor = AutoProcessor.from_pretrained(directory, local_files_only=True)
-    decoded = [Image.fromarray(spec.decode(b)[0].transpose(1, 2, 0)) for b in images]
-    pixels = processor.image_processor(images=decoded, return_tensors="pt")
-    per_image = int(pixels["image_grid_thw"][0].prod()) // 4  # 2x2 merge
-    media = base.config.image_token_id
-    expanded = []
-    for row in tokens.long():
-        row = row[row != model.pad_id]
-        at = int((row == media).nonzero()[0, 0])
-        expanded.append(torch.cat([row[:at], row.new_full((per_image,), media), row[at + 1:]]))
-    width = max(len(r) for r in expanded)
-    ids = torch.stack([torch.cat([r, r.new_full((width - len(r),), model.pad_id)])
-                       for r in expanded])
+    base, pixels, ids, media = _transformers_twin(Qwen3VLForConditionalGeneration, directory,
+                                                  model, spec, images, tokens)
     mask = (ids != model.pad_id).long()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[None].expand(3, -1, -1)
     (reward,) = model.reward_token_ids
-    base.eval()
     with torch.no_grad():
         hidden = base.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                             pixel_values=pixels["pixel_values"],
