@@ -382,6 +382,40 @@ def _serve(a: argparse.Namespace, extra: list[str]) -> int:
     return EXIT_OK
 
 
+def _sample_data(a: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``visual-dpo sample-data``: write the sample pairs the options ask for."""
+    from components.sample.videos import ClipEncoding
+
+    image_format = None if a.image_format == "mixed" else a.image_format
+    encoding = ClipEncoding(a.codec, a.fps, a.gop)
+    if a.modality == "image" and not isinstance(a.size, int):
+        parser.error("--size WIDTHxHEIGHT is for clips (--modality video); images are "
+                     "square: --size 1024")
+    if a.prompted:
+        from components.sample.images import write_prompted_image_pairs
+        from components.sample.videos import write_prompted_video_pairs
+
+        paths = (write_prompted_video_pairs(a.out, pairs=a.pairs, size=a.size,
+                                            frames=a.frames, shards=a.shards, seed=a.seed,
+                                            encoding=encoding)
+                 if a.modality == "video" else
+                 write_prompted_image_pairs(a.out, pairs=a.pairs, size=a.size,
+                                            shards=a.shards, seed=a.seed,
+                                            image_format=image_format))
+    elif a.modality == "video":
+        from components.sample.videos import write_video_pairs
+
+        paths = write_video_pairs(a.out, pairs=a.pairs, size=a.size, frames=a.frames,
+                                  shards=a.shards, seed=a.seed, encoding=encoding)
+    else:
+        from components.sample.images import write_image_pairs
+
+        paths = write_image_pairs(a.out, pairs=a.pairs, size=a.size, layout=a.layout,
+                                  shards=a.shards, seed=a.seed, image_format=image_format)
+    print(json.dumps({"status": "ok", "paths": paths}))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # key=value overrides may sit between options: collect them wherever they are.
@@ -407,36 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "serve":
         return _serve(a, unknown)
     if a.command == "sample-data":
-        from components.sample.videos import ClipEncoding
-
-        image_format = None if a.image_format == "mixed" else a.image_format
-        encoding = ClipEncoding(a.codec, a.fps, a.gop)
-        if a.modality == "image" and not isinstance(a.size, int):
-            parser.error("--size WIDTHxHEIGHT is for clips (--modality video); images are "
-                         "square: --size 1024")
-        if a.prompted:
-            from components.sample.images import write_prompted_image_pairs
-            from components.sample.videos import write_prompted_video_pairs
-
-            paths = (write_prompted_video_pairs(a.out, pairs=a.pairs, size=a.size,
-                                                frames=a.frames, shards=a.shards, seed=a.seed,
-                                                encoding=encoding)
-                     if a.modality == "video" else
-                     write_prompted_image_pairs(a.out, pairs=a.pairs, size=a.size,
-                                                shards=a.shards, seed=a.seed,
-                                                image_format=image_format))
-        elif a.modality == "video":
-            from components.sample.videos import write_video_pairs
-
-            paths = write_video_pairs(a.out, pairs=a.pairs, size=a.size, frames=a.frames,
-                                      shards=a.shards, seed=a.seed, encoding=encoding)
-        else:
-            from components.sample.images import write_image_pairs
-
-            paths = write_image_pairs(a.out, pairs=a.pairs, size=a.size, layout=a.layout,
-                                      shards=a.shards, seed=a.seed, image_format=image_format)
-        print(json.dumps({"status": "ok", "paths": paths}))
-        return EXIT_OK
+        return _sample_data(a, parser)
 
     try:
         from components.training.models import config_problems  # checks that need the models

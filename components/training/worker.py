@@ -523,6 +523,51 @@ def _memory_by_rank(model, updater: Updater, device: torch.device, world: int) -
     return out
 
 
+class TrainBatches:
+    """A worker's training batches, epoch by epoch, from its ``get_dataset_shard("train")``:
+    a dataset of one pass iterated again each epoch (the decoded cache), or, streaming
+    (``spec.stream_passes``), one iteration of the stream cut into epochs (``EpochCutter``).
+
+    Iterated once, the actor pool keeps decoding across epoch ends. Every epoch has exactly
+    ``train_pairs // world`` rows; the shuffle buffer runs across the cuts, so up to
+    ``batch_size * 8`` rows of one pass may be trained in a neighbouring epoch (with one
+    worker, each pair is still trained ``train.epochs`` times in the run). A resumed run reads
+    a fresh stream and uses its first epochs-left passes."""
+
+    def __init__(self, shard: Any, spec: WorkerSpec, device: torch.device, first_epoch: int,
+                 world: int):
+        self.shard, self.spec, self.device = shard, spec, device
+        self.cutter = None
+        if spec.stream_passes:
+            t = spec.train
+            assert t.epochs - first_epoch <= spec.stream_passes, (t.epochs, spec.stream_passes)
+            self.cutter = EpochCutter(self._iterate(first_epoch), spec.train_pairs // world,
+                                      t.batch_size)
+
+    def _iterate(self, epoch: int) -> Iterable[dict[str, torch.Tensor]]:
+        t = self.spec.train
+        return self.shard.iter_torch_batches(
+            batch_size=t.batch_size, dtypes=BATCH_DTYPES,
+            device="cpu",  # uint8 stays uint8 until train_step copies it (non_blocking)
+            prefetch_batches=2,
+            pin_memory=self.device.type == "cuda",  # page-locked host batches: async H2D copies
+            local_shuffle_buffer_size=t.batch_size * 8,
+            local_shuffle_seed=t.seed + epoch,
+        )
+
+    def of(self, epoch: int) -> Iterable[dict[str, torch.Tensor]]:
+        """The batches of ``epoch``."""
+        return self.cutter.epoch() if self.cutter is not None else self._iterate(epoch)
+
+    def check(self, epoch: int) -> None:
+        """After ``epoch``: say so when the stream ended before the epoch had its rows."""
+        c = self.cutter
+        if c is not None and c.short_by:
+            log.warning("the training stream ended %d rows short of epoch %d's %d rows (the "
+                        "prepare step counted %d usable training pairs)", c.short_by, epoch + 1,
+                        c.rows, self.spec.train_pairs)
+
+
 def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
     """Ray Train's per-worker function; ``config = {"spec": WorkerSpec}``."""
     import ray.train
@@ -564,37 +609,14 @@ def train_loop_per_worker(config: dict[str, WorkerSpec]) -> None:
     shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if spec.validate else None
 
-    def train_batches(epoch: int):
-        return shard.iter_torch_batches(
-            batch_size=t.batch_size, dtypes=BATCH_DTYPES,
-            device="cpu",  # uint8 stays uint8 until train_step copies it (non_blocking)
-            prefetch_batches=2,
-            pin_memory=device.type == "cuda",  # page-locked host batches: async H2D copies
-            local_shuffle_buffer_size=t.batch_size * 8,
-            local_shuffle_seed=t.seed + epoch,
-        )
-
-    cutter = None
-    if spec.stream_passes:
-        # Iterated once: the actor pool keeps decoding across epoch ends. Every epoch has
-        # exactly train_pairs // world rows; the shuffle buffer runs across the cuts, so up
-        # to batch_size * 8 rows of one pass may be trained in a neighbouring epoch (with one
-        # worker, each pair is still trained train.epochs times in the run). A resumed run
-        # reads a fresh stream and uses its first epochs-left passes.
-        assert t.epochs - progress.epoch <= spec.stream_passes, (t.epochs, spec.stream_passes)
-        cutter = EpochCutter(train_batches(progress.epoch), spec.train_pairs // world,
-                             t.batch_size)
+    batches = TrainBatches(shard, spec, device, progress.epoch, world)
     try:
         for epoch in range(progress.epoch, t.epochs):
             _fail_once_for_tests(epoch, rank)
             epoch_start_step = progress.step
-            batches = cutter.epoch() if cutter is not None else train_batches(epoch)
-            sums = run_epoch(model, updater, batches, spec.loss, device, progress, on_step,
-                             reference)
-            if cutter is not None and cutter.short_by:
-                log.warning("the training stream ended %d rows short of epoch %d's %d rows "
-                            "(the prepare step counted %d usable training pairs)",
-                            cutter.short_by, epoch + 1, cutter.rows, spec.train_pairs)
+            sums = run_epoch(model, updater, batches.of(epoch), spec.loss, device, progress,
+                             on_step, reference)
+            batches.check(epoch)
             metrics = epoch_metrics(sums, _all_reduce_sum(sums.values.clone()).cpu(), world, epoch)
             metrics.update(_memory_by_rank(model, updater, device, world))
             progress.epoch = epoch + 1
