@@ -163,3 +163,16 @@ def test_status_counts_by_record_batch_match_a_row_by_row_count(tmp_path):
                            for r in mine if r[1] != OK)
         assert c.reasons == dict(expected)
     assert sizes == Counter(s for r in rows if r[3] for s in r[3].split(","))
+
+
+def test_ranking_shuffles_in_partitions_sized_by_the_scored_rows():
+    """`score --group-by` shuffles by group: a few thousand candidates in one partition (not
+    Ray Data's 200, 7-8 s of scheduling on 2 cores for 72 rows), more as rows grow, capped."""
+    from ray.data import DataContext
+
+    from components.evaluation.batch_scoring import ROWS_PER_RANK_PARTITION, rank_partitions
+
+    most = DataContext.get_current().default_hash_shuffle_parallelism
+    assert rank_partitions(0) == rank_partitions(72) == rank_partitions(ROWS_PER_RANK_PARTITION) == 1
+    assert rank_partitions(ROWS_PER_RANK_PARTITION + 1) == 2
+    assert rank_partitions(10**12) == most
