@@ -29,7 +29,7 @@ from components.runtime.cluster import check_storage, cluster_resources, ensure_
 from components.runtime.pinning import plan_for_run
 from components.tracking import lineage, models, runs
 from components.tracking.steps import Workflow
-from components.training.models import RewardHead, model_options, text_contract
+from components.training.models import RewardHead, clip_grid, model_options, text_contract
 from components.training.trainer import TrainOutcome, resolve_use_gpu
 from pipelines import stages
 from pipelines.stages import RunInputs
@@ -46,7 +46,8 @@ def resolve_inputs(cfg: RunConfig, train: list[Shard], evals: list[Shard]) -> Ru
     storage.check_writable(run_root(cfg))  # a wrong bucket or endpoint fails here, before Ray
     eval_plan = ReadPlan.of(evals, cfg.data.layout, cfg.modality) if evals else None
     options = model_options(cfg.model.name, cfg.model.arch, RewardHead.from_config(cfg.model),
-                            pretrained=cfg.model.pretrained, score_scale=cfg.model.score_scale)
+                            pretrained=cfg.model.pretrained, score_scale=cfg.model.score_scale,
+                            clip=clip_grid(cfg))
     spec = MediaSpec.from_config(cfg.modality, cfg.data, text_contract(cfg.model.name, options))
     plan = plan_for_run(cfg.preprocess, cfg.train)
     decode = DecodeOptions.from_config(cfg.data, cfg.preprocess, cfg.ties, spec, plan.to_dict())

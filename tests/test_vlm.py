@@ -179,9 +179,13 @@ def test_config_problems_say_what_to_fix(base, tmp_path):
     qwen3 = write_qwen2_vl_base(tmp_path / "qwen3", family="qwen3_vl", min_pixels=64 * 64,
                                 max_pixels=64 * 64)
     assert problems("model.name=vlm", f"model.pretrained={qwen3}", "data.image_size=64") == ""
-    assert "timestamp" in problems("model.name=vlm-video", f"model.pretrained={qwen3}",
-                                   "data.image_size=64", "data.video.frames=4",
-                                   modality="video")
+    # Qwen3-VL clips: frame times need a fixed rate; the budget is the clip's, frames included.
+    qwen3_clip = ("model.name=vlm-video", f"model.pretrained={qwen3}", "data.video.frames=4")
+    assert "data.video.fps" in problems(*qwen3_clip, "data.image_size=64", modality="video")
+    assert problems(*qwen3_clip, "data.image_size=64", "data.video.fps=2",
+                    modality="video") == ""
+    assert "side^2 in [4096, 4096]" in problems(*qwen3_clip, "data.image_size=96",
+                                                "data.video.fps=2", modality="video")
     clip = tmp_path / "clip"
     clip.mkdir()
     (clip / "config.json").write_text(json.dumps({"model_type": "clip"}))
@@ -287,20 +291,29 @@ def test_memory_format_leaves_a_vlm_scorer_usable(base, video):
     assert torch.allclose(before, after, atol=1e-5)
 
 
-def test_qwen3_vl_trains_through_its_deepstack_mergers(tmp_path):
-    """A Qwen3-VL ``vlm`` scorer: the reward token added to the base's vocabulary starts at the
-    mean embedding; a gradient reaches the vision tower's DeepStack mergers (their features
-    enter the language model at the image tokens), the language model and the head, and a
-    small step along it moves the pair's margin the right way."""
+@pytest.mark.parametrize("name", ["vlm", "vlm-video"])
+def test_qwen3_vl_trains_through_its_deepstack_mergers(tmp_path, name):
+    """A Qwen3-VL ``vlm`` scorer (and ``vlm-video``: 4-frame clips at 2 fps, the conversation
+    holding every frame group's media tokens after its time): the reward token added to the
+    base's vocabulary starts at the mean embedding; a gradient reaches the vision tower's
+    DeepStack mergers (their features enter the language model at the media tokens), the
+    language model and the head, and a small step along it moves the pair's margin the right
+    way."""
     from tests.tiny_checkpoints import write_qwen2_vl_base
 
     qwen3 = write_qwen2_vl_base(tmp_path / "qwen3", seed=2, family="qwen3_vl",
                                 min_pixels=64 * 64, max_pixels=64 * 64)
-    options = model_options("vlm", "", RewardHead(), pretrained=str(qwen3))
-    spec = MediaSpec("image", 64, 10**8, **text_contract("vlm", options))
+    video = name == "vlm-video"
+    options = model_options(name, "", RewardHead(), pretrained=str(qwen3),
+                            clip=(64, 4, 2.0) if video else (0, 0, 0.0))
+    spec = MediaSpec("video" if video else "image", 64, 10**8, frames=4 if video else 0,
+                     fps=2.0 if video else 0.0, **text_contract(name, options))
+    if video:  # two frame groups, each after its mean time: (0 + 0.5) / 2 and (1 + 1.5) / 2
+        assert "<0.2 seconds><|vision_start|>" in options["chat_template"]
+        assert "<1.2 seconds><|vision_start|>" in options["chat_template"]
     torch.manual_seed(0)
-    model = build_scorer("vlm", options)
-    model.load_state_dict(initial_weights("vlm", options, 0, pretrained=str(qwen3)))
+    model = build_scorer(name, options)
+    model.load_state_dict(initial_weights(name, options, 0, pretrained=str(qwen3)))
     from safetensors.torch import load_file
 
     rows = load_file(str(qwen3 / "model.safetensors"))["model.language_model.embed_tokens.weight"]
@@ -310,8 +323,9 @@ def test_qwen3_vl_trains_through_its_deepstack_mergers(tmp_path):
     # ... at the checkpoint's mean embedding (transformers' mean_resizing), not zeros: a zero
     # row made the embedding's gradient 2.4e5 here, against about 10 now
     torch.testing.assert_close(embed[reward], rows.mean(0), atol=1e-6, rtol=0)
-    x = to_model_input(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8),
-                       torch.device("cpu"), False)
+    shape = (2, 3, 4, 64, 64) if video else (2, 3, 64, 64)
+    x = to_model_input(torch.randint(0, 256, shape, dtype=torch.uint8), torch.device("cpu"),
+                       False)
     tokens = torch.from_numpy(spec.tokenize(["a red apple", "a red apple"]))
     model.eval()  # no dropout: the step's effect is compared on the same function
     margin = model(x[:1], tokens[:1]) - model(x[1:], tokens[1:])
@@ -325,3 +339,37 @@ def test_qwen3_vl_trains_through_its_deepstack_mergers(tmp_path):
     with torch.no_grad():
         after = model(x[:1], tokens[:1]) - model(x[1:], tokens[1:])
     assert float(after) > float(margin.detach())  # the step moved the pair the right way
+
+
+def test_qwen3_vl_clip_scorer_from_the_config_scores_raw_mp4_bytes(tmp_path):
+    """``vlm-video`` on a Qwen3-VL directory from a video config, as ``run video`` and
+    ``register-published`` resolve it (``clip_grid``: the config's side, frames and fps): the
+    conversation spells out the configured 4 frames at 2 fps (two timed frame groups), and
+    the registry's pyfunc scores raw MP4 bytes + prompts with it; the prompt matters."""
+    import pandas as pd
+
+    from components.config import load_config
+    from components.media.video import encode_video
+    from components.registry.published import published_scorer
+    from components.registry.pyfunc import ScorerModel
+    from tests.tiny_checkpoints import write_qwen2_vl_base
+
+    qwen3 = write_qwen2_vl_base(tmp_path / "qwen3", seed=6, family="qwen3_vl",
+                                min_pixels=64 * 64, max_pixels=64 * 64)
+    cfg = load_config(None, require_train=False, modality="video", overrides=[
+        "model.name=vlm-video", f"model.pretrained={qwen3}", "data.image_size=64",
+        "data.video.frames=4", "data.video.fps=2"])
+    assert config_problems(cfg) == []
+    scorer = published_scorer(cfg).scorer
+    template = scorer.options["chat_template"]
+    assert template.count("<0.2 seconds><|vision_start|>") == 1
+    assert template.count("<1.2 seconds><|vision_start|>") == 1
+    assert template.count("<|video_pad|>") == 2 * (64 // 32) ** 2  # every media token
+    served = ScorerModel()
+    served.load(scorer)
+    rng = np.random.default_rng(6)
+    clips = [encode_video(rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8), "mp4", fps=8)
+             for n in (8, 24)]
+    scores = served.predict(None, pd.DataFrame({"video": clips * 2, "prompt": [
+        "a dog runs", "a dog runs", "a red car at night", "a red car at night"]}))
+    assert np.isfinite(scores).all() and len(set(np.round(scores, 6))) == 4

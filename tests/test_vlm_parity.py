@@ -110,7 +110,9 @@ def _publisher_model(directory, tokens, weights: dict[str, torch.Tensor], rm_hea
 
 
 def _product(name: str, directory, head: RewardHead, spec_kwargs: dict):
-    options = model_options(name, "", head, pretrained=str(directory))
+    k = spec_kwargs
+    clip = (k["size"], k["frames"], k.get("fps", 0.0)) if k["modality"] == "video" else (0, 0, 0.0)
+    options = model_options(name, "", head, pretrained=str(directory), clip=clip)
     spec = MediaSpec(**spec_kwargs, **text_contract(name, options))
     model = build_scorer(name, options)
     model.load_state_dict(initial_weights(name, options, 0, pretrained=str(directory)))
@@ -441,6 +443,68 @@ def test_qwen3_vl_base_scores_as_transformers_qwen3_vl(tmp_path):
 
 
 @pytest.mark.slow  # a registered model: an MLflow store and a pyfunc load, ~15 s
+def test_qwen3_vl_clips_score_as_transformers_qwen3_vl(tmp_path):
+    """``vlm-video`` on a Qwen3-VL base: the conversation is the one Qwen3-VL's own processor
+    writes for the clip (every frame group after its time, ``<0.2 seconds>`` ...: the same
+    token ids, checked), and the scores are those of transformers' ``Qwen3VLModel`` forward on
+    the processor's ``pixel_values_videos`` (its splice and DeepStack at the video tokens) at
+    the publishers' sequential positions, the same head at the reward token."""
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+    from transformers.video_utils import VideoMetadata
+
+    from components.media.vlm_text import PROMPT
+    from components.training import vlm_prompts as P
+    from tests.tiny_checkpoints import write_qwen2_vl_base
+
+    directory = write_qwen2_vl_base(tmp_path / "qwen3-vl", seed=5, family="qwen3_vl",
+                                    min_pixels=64 * 64, max_pixels=64 * 64)
+    frames, fps = 4, 2.0
+    spec, model = _product("vlm-video", directory, RewardHead(),
+                           dict(modality="video", size=64, frames=frames, fps=fps,
+                                max_pixels=10**8))
+    rng = np.random.default_rng(5)
+    clips = rng.integers(0, 256, (3, 3, frames, 64, 64), dtype=np.uint8)
+    tokens = torch.from_numpy(spec.tokenize(PROMPTS))
+    with torch.no_grad():
+        out = model(to_model_input(torch.from_numpy(clips), torch.device("cpu"), False),
+                    tokens, outputs=True)
+
+    processor = AutoProcessor.from_pretrained(directory, local_files_only=True)
+    processor.tokenizer.add_special_tokens({"additional_special_tokens": list(P.PLAIN_TOKENS)})
+    texts = [processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text":
+          P.PLAIN_VIDEO_INSTRUCTION.format(text_prompt=p)}]}],
+        tokenize=False, add_generation_prompt=True) for p in PROMPTS]
+    videos = [list(c.transpose(1, 2, 3, 0)) for c in clips]  # T frames of (H, W, 3)
+    metadata = [VideoMetadata(total_num_frames=frames, fps=fps, width=64, height=64,
+                              frames_indices=list(range(frames))) for _ in clips]
+    inputs = processor(text=texts, videos=videos, video_metadata=metadata,
+                       do_sample_frames=False, padding=True, return_tensors="pt")
+    ids = inputs["input_ids"]
+    assert "<0.2 seconds>" in processor.batch_decode(ids)[0]  # frames 0-1 at 0 and 0.5 s
+    for row, real, product in zip(ids, inputs["attention_mask"], tokens.long(), strict=True):
+        # The conversation is the processor's, token for token (the prompt where it goes).
+        assert row[real.bool()].tolist() == product[product != model.pad_id].tolist()
+    assert PROMPT not in processor.batch_decode(ids)[0]
+    base = Qwen3VLForConditionalGeneration.from_pretrained(directory, local_files_only=True)
+    net = {k[len("net."):]: v for k, v in model.state_dict().items() if k.startswith("net.")}
+    base.resize_token_embeddings(net["language_model.embed_tokens.weight"].shape[0])
+    base.model.load_state_dict(net)
+    mask = inputs["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[None].expand(3, -1, -1)
+    (reward,) = model.reward_token_ids
+    with torch.no_grad():
+        hidden = base.eval().model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                   pixel_values_videos=inputs["pixel_values_videos"],
+                                   video_grid_thw=inputs["video_grid_thw"]).last_hidden_state
+        reference = model.rm_head(hidden)[ids == reward]
+
+    assert reference.shape == out.shape == (3, 1)
+    assert float(reference.max() - reference.min()) > 1e-2  # the clips score apart
+    print(f"qwen3-vl clip max abs difference: {float((out - reference).abs().max()):.2e}")
+    torch.testing.assert_close(out, reference, atol=1e-4, rtol=0)
+
+
 def test_hpsv3_registers_published_and_its_pyfunc_scores_as_hpsv3_inference(
         tmp_path, tracking_uri, capsys):
     """``visual-dpo register-published`` on the HPSv3 layout: the version registered in a real

@@ -172,7 +172,8 @@ def write_qwen2_vl_base(directory: Path, seed: int = 0, min_pixels: int = 56 * 5
     vision tower with a gated MLP and an output projection to the text width).
     ``family="qwen3_vl"``: a Qwen3-VL-*-Instruct directory (16 px patches, interpolated
     position embeddings, DeepStack: vision block 0's merged features added to the first
-    language-model layer's output at the image tokens); pass pixel budgets of 64 x 64."""
+    language-model layer's output at the image tokens; Qwen3-VL's video processor, whose
+    budget is 4 frames of the image budget); pass pixel budgets of 64 x 64."""
     import transformers
     from transformers import (
         Qwen2VLConfig,
@@ -228,10 +229,14 @@ def write_qwen2_vl_base(directory: Path, seed: int = 0, min_pixels: int = 56 * 5
     pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels,
                   patch_size=16 if family == "qwen3_vl" else 14, merge_size=2,
                   temporal_patch_size=2, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
+    video = Qwen2VLVideoProcessor(**pixels)
+    if family == "qwen3_vl":  # its own video processor: a clip's budget counts its frames
+        clip = {k: v for k, v in pixels.items() if not k.endswith("_pixels")}
+        video = transformers.Qwen3VLVideoProcessor(
+            **clip, size={"shortest_edge": 4 * min_pixels, "longest_edge": 4 * max_pixels})
     getattr(transformers, processor_class)(
         image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(**pixels),
-        chat_template=QWEN2_VL_CHAT_TEMPLATE).save_pretrained(directory)
+        video_processor=video, chat_template=QWEN2_VL_CHAT_TEMPLATE).save_pretrained(directory)
     return directory
 
 

@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 from ..config import RunConfig
 from ..media.spec import MediaSpec
 from ..runtime import storage
-from ..training.models import RewardHead, model_options, text_contract
+from ..training.models import RewardHead, clip_grid, model_options, text_contract
 from ..training.reference import initial_scorer
 from .scorer_files import TrainedScorer
 
@@ -77,7 +77,7 @@ def published_scorer(cfg: RunConfig) -> PublishedScorer:
         raise ValueError("register-published needs model.pretrained=PATH: the published "
                          "checkpoint (a Hugging Face directory for hf-clip, the .pt for clip)")
     options = model_options(m.name, m.arch, RewardHead.from_config(m), pretrained=m.pretrained,
-                            score_scale=m.score_scale)
+                            score_scale=m.score_scale, clip=clip_grid(cfg))
     spec = MediaSpec.from_config(cfg.modality, cfg.data, text_contract(m.name, options))
     scorer = initial_scorer(m.name, options, cfg.train.seed, spec, m.pretrained, m.weights)
     digest, files = checkpoint_digest(m.pretrained)

@@ -390,18 +390,28 @@ def takes_head(name: str) -> bool:
 
 
 def model_options(name: str, arch: str, head: RewardHead = SCORE, *, pretrained: str = "",
-                  score_scale: str = "logit_scale") -> dict[str, Any]:
+                  score_scale: str = "logit_scale",
+                  clip: tuple[int, int, float] = (0, 0, 0.0)) -> dict[str, Any]:
     """The construction options of scorer ``name`` from the config (``model.arch``,
     ``model.head``; ``hf-clip``: the model directory ``model.pretrained``;
-    ``model.score_scale``), in a form that travels with the weights (no file path: a consumer
-    rebuilds it anywhere). A ``score`` head (a ``logit_scale`` score scale) is not stored:
-    options from before they existed still match."""
-    options = _architecture_options(name, arch, pretrained, score_scale)
+    ``model.score_scale``; ``vlm-video``: ``clip``, the (side, frames, fps) the data pipeline
+    samples), in a form that travels with the weights (no file path: a consumer rebuilds it
+    anywhere). A ``score`` head (a ``logit_scale`` score scale) is not stored: options from
+    before they existed still match."""
+    options = _architecture_options(name, arch, pretrained, score_scale, clip)
     return {**options, "head": head.to_options()} if head != SCORE else options
 
 
-def _architecture_options(name: str, arch: str, pretrained: str,
-                          score_scale: str) -> dict[str, Any]:
+def clip_grid(cfg: Any) -> tuple[int, int, float]:
+    """(side, frames, fps) of the clips a run's data pipeline makes (``model_options``'s
+    ``clip``); zeros for images."""
+    if cfg.modality != "video":
+        return (0, 0, 0.0)
+    return (cfg.data.image_size, cfg.data.video.frames, float(cfg.data.video.fps))
+
+
+def _architecture_options(name: str, arch: str, pretrained: str, score_scale: str,
+                          clip: tuple[int, int, float] = (0, 0, 0.0)) -> dict[str, Any]:
     if name == "clip":
         from .clip import clip_config
 
@@ -414,7 +424,7 @@ def _architecture_options(name: str, arch: str, pretrained: str,
     if name in ("vlm", "vlm-video"):
         from .vlm import vlm_options
 
-        return vlm_options(pretrained, video=name == "vlm-video")
+        return vlm_options(pretrained, video=name == "vlm-video", clip=clip)
     return {}
 
 
@@ -527,7 +537,7 @@ def config_problems(cfg: Any) -> list[str]:
         video = m.name == "vlm-video"
         return directory_problems(m.pretrained, video, cfg.data.image_size,
                                   cfg.data.video.frames if video else 0,
-                                  RewardHead.from_config(m))
+                                  RewardHead.from_config(m), cfg.data.video.fps)
     if m.name != "clip":
         return []
     try:

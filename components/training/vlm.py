@@ -12,7 +12,8 @@ Where the work happens (why): the decode actors produce what the processor would
 uint8 ``(3, S, S)`` images or ``(3, T, S, S)`` clips sampled at ``data.video.fps`` /
 ``data.video.frames`` (so a clip's length never changes how many frames the model sees), and
 tokenise the conversation with the checkpoint's tokenizer (media/vlm_text.py), one media
-placeholder per item. The processor's float work (rescale, normalise, cut into
+placeholder per item (Qwen3-VL clips: every media token, each frame group after its time,
+``_timed_clip``). The processor's float work (rescale, normalise, cut into
 ``patch x patch x temporal`` patches) runs here, on the training device: it is a reshape of
 the uint8 batch that is already there, and doing it in the actors would ship 4-byte floats
 through the object store. ``S`` is the pixel budget: ``S*S`` within the processor's
@@ -62,6 +63,10 @@ FAMILIES = {"qwen2_vl": "Qwen2VLModel", "qwen2_5_vl": "Qwen2_5_VLModel",
 """``config.json``'s ``model_type`` -> the transformers backbone (vision tower + language
 model, no LM head). Qwen3-VL's vision tower also returns DeepStack features, added to the
 first language-model layers' outputs at the media tokens (``hidden_states``)."""
+TIMED_CLIPS = ("qwen3_vl",)
+"""Families whose processor writes a clip as timed frame groups, ``<t seconds>
+<|vision_start|> media <|vision_end|>`` each: their conversation holds every media token
+(``_timed_clip``), where the others hold one placeholder the model expands."""
 NOT_YET = {"qwen3_vl_moe": "the Qwen3-VL mixture-of-experts models are not supported yet (their "
            "expert layers are untested here)"}
 PROMPT_TOKENS = 128  # prompt ids per conversation beyond the template (longer ones are cut)
@@ -88,10 +93,10 @@ def layout(path: str) -> str:
 
 
 def directory_problems(path: str, video: bool, size: int, frames: int,
-                       head: RewardHead) -> list[str]:
+                       head: RewardHead, fps: float = 0.0) -> list[str]:
     """What keeps a local directory from being a ``vlm`` scorer at ``data.image_size=size``
-    (and ``frames`` per clip): family, pixel budget, layout and head. A URI is checked when
-    the run reads it."""
+    (and ``frames`` per clip sampled at ``fps``): family, pixel budget, layout and head. A URI
+    is checked when the run reads it."""
     if "://" in path:
         return [f"model.pretrained: {path} is a URI; model.name=vlm reads a local directory "
                 "(its several weight files are not copied from object storage yet): copy it "
@@ -112,17 +117,12 @@ def directory_problems(path: str, video: bool, size: int, frames: int,
         return [f"model.pretrained: {path}/config.json has model_type {family!r}; model.name="
                 f"vlm scores {', '.join(FAMILIES)} models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL)"]
     p = []
-    if video and family == "qwen3_vl":
-        p.append(f"model.pretrained: {path} is a Qwen3-VL model, whose processor puts a "
-                 "timestamp before each frame group of a clip, which vlm-video's single clip "
-                 "placeholder does not do yet: score clips with a Qwen2-VL or Qwen2.5-VL "
-                 "checkpoint (Qwen3-VL scores images: model.name=vlm)")
-    factor = int(vision.get("patch_size", 14)) * int(vision.get("spatial_merge_size", 2))
-    low, high = _pixel_budget(path)
-    if size % factor or not low <= size * size <= high:
-        p.append(f"data.image_size: {size}, but {path} takes a side that is a multiple of "
-                 f"{factor} with side^2 in [{low}, {high}] pixels (its processor's min/max "
-                 f"pixels); e.g. data.image_size={max(factor, round(high ** 0.5) // factor * factor)}")
+    timed = video and family in TIMED_CLIPS
+    if timed and not fps > 0:
+        p.append(f"data.video.fps: 0 (frames spread over the whole clip), but {path} is a "
+                 f"{family} model, whose prompt gives each frame group its time in seconds: "
+                 "sample at a fixed rate, e.g. data.video.fps=2 (VideoAlign's rate)")
+    p += _size_problems(path, vision, size, frames if timed else 0)
     temporal = int(vision.get("temporal_patch_size", 2))
     if video and frames % temporal:
         p.append(f"data.video.frames: {frames}, but the vision tower takes frames in groups "
@@ -134,6 +134,21 @@ def directory_problems(path: str, video: bool, size: int, frames: int,
                  f"{want[0]} with {want[1]} outputs; set model.head={want[0]}"
                  + (" model.head_names=VQ,MQ,TA" if kind == "videoalign" else ""))
     return p
+
+
+def _size_problems(path: str, vision: dict[str, Any], size: int, clip_frames: int) -> list[str]:
+    """``data.image_size`` against the processor's pixel budget: an image's, or with
+    ``clip_frames`` (Qwen3-VL's video processor) a whole clip's, frames included."""
+    factor = int(vision.get("patch_size", 14)) * int(vision.get("spatial_merge_size", 2))
+    low, high = _pixel_budget(path)
+    if clip_frames:
+        low, high = _clip_pixel_budget(path)
+        low, high = -(-low // clip_frames), high // clip_frames
+    if size % factor or not low <= size * size <= high:
+        return [f"data.image_size: {size}, but {path} takes a side that is a multiple of "
+                f"{factor} with side^2 in [{low}, {high}] pixels (its processor's min/max "
+                f"pixels); e.g. data.image_size={max(factor, round(high ** 0.5) // factor * factor)}"]
+    return []
 
 
 def _pixel_budget(path: str) -> tuple[int, int]:
@@ -157,6 +172,26 @@ def _pixel_budget(path: str) -> tuple[int, int]:
         if low and high:
             return int(low), int(high)
     return 56 * 56, 28 * 28 * 1280  # Qwen2-VL's processor defaults
+
+
+def _clip_pixel_budget(path: str) -> tuple[int, int]:
+    """(min, max) pixels of a whole clip (frames x height x width) for Qwen3-VL's video
+    processor: its ``size`` (shortest/longest edge) in ``video_preprocessor_config.json``
+    (the published checkpoints) or ``processor_config.json`` (transformers 5), else its
+    defaults."""
+    size = {}
+    for name, key in (("video_preprocessor_config.json", None),
+                      ("processor_config.json", "video_processor")):
+        try:
+            with open(os.path.join(path, name), encoding="utf-8") as f:
+                cfg = json.load(f)
+        except (OSError, ValueError):
+            continue
+        size = (cfg.get(key, {}) if key else cfg).get("size") or {}
+        if size:
+            break
+    return (int(size.get("shortest_edge") or 128 * 32 * 32),
+            int(size.get("longest_edge") or 768 * 32 * 32))
 
 
 def _videoalign_config(path: str) -> dict[str, Any]:
@@ -209,9 +244,12 @@ def _chat_template(d: str, tokenizer: Any) -> str:
                      "tokenizer's): copy the checkpoint's processor files into the directory")
 
 
-def vlm_options(path: str, video: bool) -> dict[str, Any]:
+def vlm_options(path: str, video: bool, clip: tuple[int, int, float] = (0, 0, 0.0)
+                ) -> dict[str, Any]:
     """The construction options of a ``vlm`` / ``vlm-video`` scorer from the directory
-    ``path``, all plain JSON (they travel with the weights; no path in them)."""
+    ``path``, all plain JSON (they travel with the weights; no path in them). ``clip``:
+    (side, frames, fps) of the clips the data pipeline makes, which a Qwen3-VL clip
+    conversation spells out (``_timed_clip``)."""
     from ..media.vlm_text import PROMPT
     from .hf_clip import _without_paths
 
@@ -235,6 +273,8 @@ def vlm_options(path: str, video: bool) -> dict[str, Any]:
                                                   text_prompt=PROMPT)}]}]
     template = tokenizer.apply_chat_template(messages, chat_template=_chat_template(d, tokenizer),
                                              tokenize=False, add_generation_prompt=True)
+    if video and config.model_type in TIMED_CLIPS:
+        template = _timed_clip(t, d, template, config.vision_config, *clip)
     hf = _without_paths(json.loads(config.to_json_string(use_diff=False)))
     text = hf.get("text_config", hf)
     # HPSv3 and VideoAlign resize the embeddings to the tokenizer with their tokens added.
@@ -255,6 +295,32 @@ def vlm_options(path: str, video: bool) -> dict[str, Any]:
             "mlp": kind != "videoalign", "affine": affine,
             "tokenizer": tokenizer.backend_tokenizer.to_str(), "chat_template": template,
             "context_length": n_template + PROMPT_TOKENS}
+
+
+def _timed_clip(t: Any, d: str, template: str, vision: Any, side: int, frames: int,
+                fps: float) -> str:
+    """``template`` with its one video placeholder written out as the checkpoint's processor
+    writes a ``frames`` x ``side`` x ``side`` clip sampled at ``fps`` (frame i at i/fps s,
+    as the decode actors sample it): per group of ``temporal_patch_size`` frames, its mean
+    time ``<t seconds>`` and the group's media tokens between vision start/end. The
+    processor's own ``replace_video_token`` writes it, so the text is its text."""
+    if not (side > 0 and frames > 0 and fps > 0):
+        raise ValueError(f"{d}: a Qwen3-VL clip scorer needs the clip's side, frame count and "
+                         f"fps (> 0) to write its frame times, got {side}, {frames}, {fps}")
+    from transformers.video_utils import VideoMetadata
+
+    processor = t.AutoProcessor.from_pretrained(d, local_files_only=True)
+    temporal, patch = int(vision.temporal_patch_size), int(vision.patch_size)
+    grid = torch.tensor([[frames // temporal, side // patch, side // patch]])
+    metadata = VideoMetadata(total_num_frames=frames, fps=fps, width=side, height=side,
+                             frames_indices=list(range(frames)))
+    written = processor.replace_video_token({"video_grid_thw": grid,
+                                             "video_metadata": [metadata]}, 0)
+    token = processor.video_token
+    if template.count(token) != 1:
+        raise ValueError(f"{d}: the chat template wrote {template.count(token)} video "
+                         "placeholders for one clip")
+    return template.replace(token, written)
 
 
 def _videoalign_affine(path: str) -> list[list[float]] | None:
@@ -351,28 +417,35 @@ class VlmScorer(nn.Module):
         placeholder replaced by the vision tower's ``(S/patch/merge)^2`` (x frame groups)
         features, padding beyond the longest conversation dropped."""
         tokens = tokens.long()[:, : int((tokens != self.pad_id).sum(1).max())]
-        at = (tokens == self.media_token_id).nonzero()
         n = tokens.shape[0]
-        if at.shape[0] != n or not bool((at[:, 1] == at[0, 1]).all()):
-            raise ValueError("each conversation must hold one media placeholder, at the same "
-                             "place (the template puts the image or clip before the prompt)")
-        p = int(at[0, 1])
         pixels, grid = self.pixel_values(x)
         vision = self.net.visual(pixels, grid_thw=grid)
         media = _pooled(vision).view(n, -1, self._width())
         embed = self.net.get_input_embeddings()(tokens)
-        embeds = torch.cat([embed[:, :p], media.to(embed.dtype), embed[:, p + 1:]], dim=1)
-        ids = torch.cat([tokens[:, :p], tokens.new_full(media.shape[:2], self.media_token_id),
-                         tokens[:, p + 1:]], dim=1)
+        at = tokens == self.media_token_id
+        if media.shape[1] > 1 and bool((at.sum(1) == media.shape[1]).all()):
+            # Every media token is in the conversation (Qwen3-VL clips: timed frame groups):
+            # the features go there in order, as transformers' masked_scatter puts them.
+            ids = tokens
+            embeds = embed.masked_scatter(at.unsqueeze(-1), media.to(embed.dtype))
+        else:  # one placeholder per conversation, expanded here to the item's features
+            where = at.nonzero()
+            if where.shape[0] != n or not bool((where[:, 1] == where[0, 1]).all()):
+                raise ValueError("each conversation must hold one media placeholder, at the "
+                                 "same place (the template puts the image or clip before the "
+                                 "prompt), or all of the item's media tokens")
+            p = int(where[0, 1])
+            embeds = torch.cat([embed[:, :p], media.to(embed.dtype), embed[:, p + 1:]], dim=1)
+            ids = torch.cat([tokens[:, :p], tokens.new_full(media.shape[:2],
+                                                            self.media_token_id),
+                             tokens[:, p + 1:]], dim=1)
         mask = (ids != self.pad_id).long()
         # The publishers' positions: sequential over the sequence in all three M-RoPE sections.
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         extra = {}
         deepstack = getattr(vision, "deepstack_features", None)
         if deepstack:  # Qwen3-VL: (N * media tokens, width) per layer, in the splice's order
-            span = torch.zeros_like(ids, dtype=torch.bool)
-            span[:, p: p + media.shape[1]] = True
-            extra = {"visual_pos_masks": span,
+            extra = {"visual_pos_masks": ids == self.media_token_id,
                      "deepstack_visual_embeds": [f.to(embed.dtype) for f in deepstack]}
         out = self.net.language_model(inputs_embeds=embeds, attention_mask=mask,
                                       position_ids=position[None].expand(3, -1, -1), **extra)
