@@ -276,3 +276,35 @@ def test_a_value_that_is_not_bytes_is_a_decode_error_not_a_crash(modality, value
         assert e.value.reason == f"null {modality}"
     else:
         assert f"got a {type(value).__name__} value" in e.value.reason
+
+
+def test_loading_the_webp_decoder_is_not_charged_to_the_first_items_deadline():
+    """The first WebP in a process loads torchvision's decoder (torch + torchvision: about
+    2 s on an idle core, far more on a busy one). That one-time load is not the item's decode
+    time: under a 0.2 s ``data.decode_timeout_s`` the first WebP of a fresh process decodes
+    (through torchvision, which was not loaded before), and a decode that really runs past
+    its deadline is still refused."""
+    script = (
+        "import sys, time\n"
+        "from components.media.image import Deadline, DecodeError\n"
+        "from components.media.spec import MediaSpec\n"
+        "from tests.media_bytes import photo_bytes\n"
+        "assert 'torchvision' not in sys.modules\n"
+        "spec = MediaSpec('image', 32, 10**8, decode_timeout_s=0.2)\n"
+        "began = time.monotonic()\n"
+        "pixels, size, _ = spec.decode(photo_bytes(64, 'WEBP'))\n"
+        "assert 'torchvision' in sys.modules and pixels.shape == (3, 32, 32), size\n"
+        "print('first', round(time.monotonic() - began, 2))\n"
+        "late = Deadline.start(0.01)\n"
+        "time.sleep(0.05)\n"
+        "try:\n"
+        "    late.check('after the header')\n"
+        "except DecodeError as e:\n"
+        "    print('refused', e.reason)\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first = float(out.stdout.split("first ")[1].split()[0])
+    assert first > 0.2  # the load itself took longer than the budget: the case this covers
+    assert "refused decode exceeded 0.01 s (data.decode_timeout_s) after the header" in out.stdout

@@ -85,11 +85,13 @@ def test_vlm_fine_tunes_registers_and_serves(ray_cluster, tmp_path, capsys, trac
 
 
 def test_vlm_video_trains_with_named_heads_and_registers(ray_cluster, tmp_path, capsys,
-                                                         tracking_uri):
+                                                         tracking_uri, fail_training_once):
     """``run video`` with ``model.name=vlm-video``: frames sampled in the decode actors at
     ``data.video.fps`` / ``data.video.frames``, three named heads at VideoAlign's layout
     (here fresh, on a plain Qwen2-VL directory), Bradley-Terry with ties, LoRA on the
-    language model only; the registered model scores clip bytes + prompts per head."""
+    language model only; the registered model scores clip bytes + prompts per head. The
+    worker fails at the start of the second epoch: Ray Train restarts it from the first
+    epoch's checkpoint (LoRA factors, heads, optimiser), which it continues, not repeats."""
     from components.sample.videos import write_prompted_video_pairs
     from components.tracking.models import load_scorer
     from tests.tiny_checkpoints import write_qwen2_vl_base
@@ -98,8 +100,9 @@ def test_vlm_video_trains_with_named_heads_and_registers(ray_cluster, tmp_path, 
     write_prompted_video_pairs(str(data), pairs=16, size=56, frames=8, shards=1, seed=0)
     directory = write_qwen2_vl_base(tmp_path / "qwen2-vl", seed=4)
     summary = tmp_path / "summary.json"
+    failed = fail_training_once(epoch=1)
     rc = main(["run", "video", "--train", str(data / "train"), "--eval", str(data / "eval"),
-               "--epochs", "1", "--tracking-uri", tracking_uri,
+               "--epochs", "2", "--tracking-uri", tracking_uri,
                "--output-dir", str(tmp_path / "out"), "--run-name", "vlm-video",
                "model.name=vlm-video", f"model.pretrained={directory}", "data.image_size=56",
                "data.video.frames=4", "data.video.fps=4", "model.head=named",
@@ -111,6 +114,9 @@ def test_vlm_video_trains_with_named_heads_and_registers(ray_cluster, tmp_path, 
     capsys.readouterr()
     s = json.loads(summary.read_text())
     assert rc == 0, s
+    assert failed.exists(), "the failure was not injected"  # so the run really restarted
+    history = mlflow.MlflowClient(tracking_uri).get_metric_history(s["run_id"], "epoch")
+    assert [m.value for m in history] == [1.0, 2.0]  # resumed from epoch 1's checkpoint
     uri = f"models:/vlm-video/{s['model_version']}"
     scorer = load_scorer(uri)
     assert scorer.spec.frames == 4 and scorer.spec.fps == 4 and "<|video_pad|>" in \
