@@ -53,7 +53,7 @@ _SETUP_S = 0.0
 to the deadline of the item that happened to need them first. Importing torch and
 torchvision takes 2 s on an idle core and far longer on a loaded one; charged to a 30 s
 budget it quarantined a 32 px WebP pair on a busy 2-core machine."""
-_WEBP: tuple | None = None  # (torch, ImageReadMode, decode_webp), or () when unavailable
+_WEBP: tuple | None = None  # (torch, torchvision.io), or () when unavailable
 
 
 def _webp_decoder() -> tuple:
@@ -64,9 +64,9 @@ def _webp_decoder() -> tuple:
         began = monotonic()
         try:
             import torch
-            from torchvision.io import ImageReadMode, decode_webp
+            import torchvision.io
 
-            _WEBP = (torch, ImageReadMode, decode_webp)
+            _WEBP = (torch, torchvision.io)
         except Exception:  # no torchvision: Pillow decodes every WebP
             _WEBP = ()
         _SETUP_S += monotonic() - began
@@ -179,10 +179,10 @@ def _fast_pixels(data: bytes, img: Image.Image) -> Image.Image | None:
     decoder = _webp_decoder()
     if not decoder:
         return None
-    torch, ImageReadMode, decode_webp = decoder
+    torch, tv_io = decoder
     try:
-        chw = decode_webp(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                          ImageReadMode.RGB)
+        chw = tv_io.decode_webp(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                tv_io.ImageReadMode.RGB)
     except Exception:  # a decoder's complaint; Pillow decides whether the bytes are usable
         return None
     if tuple(chw.shape) != (3, img.height, img.width):
