@@ -226,12 +226,28 @@ def ray_cluster(fault_plan_path):
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # With a dashboard of its own (a free port, loopback): Ray Train's PlacementGroupCleaner
+    # asks the state API every second whether the run's controller is alive. A cluster
+    # without a dashboard still records 127.0.0.1:8265 as its API server, so when another
+    # cluster's dashboard holds that port (the lease-race test's subprocess runs start one,
+    # while this cluster trains) the answer comes from that cluster: no such actor, read as
+    # a dead controller, and the live run's placement group is removed ("Destroying worker
+    # since its placement group was removed"). Measured from a task on this cluster:
+    # get_actor(live actor) raised ServerUnavailable alone and returned None with another
+    # cluster's dashboard on 8265; with its own dashboard, ALIVE in both cases.
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=_free_port(), log_to_driver=False)
     from components.runtime.cluster import ensure_ray
 
     ensure_ray()  # the pipelines' Ray Data settings, on the cluster just started
     yield ray
     ray.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

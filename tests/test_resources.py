@@ -81,3 +81,32 @@ def test_use_gpu_auto_counts_gpu_nodes_the_autoscaler_can_add(ray_cluster, monke
     assert resolve_use_gpu(auto) is True
     assert cluster.cluster_resources()["GPU"] == 8.0  # the resource plan counts them too
     assert resolve_use_gpu(TrainConfig(use_gpu="false")) is False
+
+
+def test_the_clusters_own_state_api_answers_for_its_live_actors(ray_cluster):
+    """Ray Train's PlacementGroupCleaner (an actor of every run) asks the state API each
+    second whether the run's controller is alive, and removes the run's placement group when
+    the answer is not "alive". Asked from inside the test cluster, as the cleaner asks, the
+    state API must be this cluster's own and know a live actor: a cluster without a
+    dashboard asks 127.0.0.1:8265, where another cluster on the machine may answer "no such
+    actor" (tests/conftest.py, ray_cluster)."""
+    ray = ray_cluster
+
+    @ray.remote(num_cpus=0)
+    class Alive:
+        def ping(self) -> int:
+            return 1
+
+    @ray.remote(num_cpus=0)
+    def state_of(actor_id: str) -> str | None:
+        from ray.util.state import get_actor
+
+        found = get_actor(actor_id, timeout=30)
+        return None if found is None else found.state
+
+    actor = Alive.remote()
+    try:
+        assert ray.get(actor.ping.remote()) == 1
+        assert ray.get(state_of.remote(actor._actor_id.hex())) == "ALIVE"
+    finally:
+        ray.kill(actor)
