@@ -216,8 +216,8 @@ def score_candidates(shards: list[Shard], output: str, quarantine_path: str,
         raise RuntimeError(f"scoring read {total} rows but scored {n_scored} and quarantined "
                            f"{len(bad)}: rows were lost")
     if group_by:
-        good = good.groupby(group_by, num_partitions=rank_partitions(n_scored)).map_groups(_rank, fn_kwargs={"top_k": top_k},
-                                                 batch_format="pandas")
+        grouped = good.groupby(group_by, num_partitions=rank_partitions(n_scored))
+        good = grouped.map_groups(_rank, fn_kwargs={"top_k": top_k}, batch_format="pandas")
     shutil.rmtree(output, ignore_errors=True)
     os.makedirs(output)
     with open(os.path.join(output, OUTPUT_MARKER), "w") as f:

@@ -51,8 +51,8 @@ class DecodeError(ValueError):
 _SETUP_S = 0.0
 """Seconds this process spent loading decoders on first use (``_webp_decoder``): not charged
 to the deadline of the item that happened to need them first. Importing torch and
-torchvision takes 2 s on an idle core and far longer on a loaded one; charged to a 30 s
-budget it quarantined a 32 px WebP pair on a busy 2-core machine."""
+torchvision takes about 2 s on an idle core and longer on a loaded one; charged to the item,
+it refused the first WebP of a fresh process at a 0.2 s budget (tests/test_decode.py)."""
 _WEBP: tuple | None = None  # (torch, torchvision.io), or () when unavailable
 
 
