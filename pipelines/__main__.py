@@ -17,7 +17,7 @@ import traceback
 from typing import Any
 
 from components import scorer_catalog
-from components.config import LAYOUTS, LOSS_TYPES, MODALITIES, ConfigError, load_config
+from components.config import LAYOUTS, LOSS_TYPES, MODALITIES, ConfigError, RunConfig, load_config
 from components.registry.manifest import ModelVerificationError
 from components.runtime.locks import LeaseHeld
 from components.runtime.resources import ResourcePlanError
@@ -416,6 +416,34 @@ def _sample_data(a: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_OK
 
 
+def _redacted_logging() -> None:
+    """INFO logging for this process, every handler redacting secrets from its lines."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # this process is ours: no secret in a log line
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
+def _workflow(a: argparse.Namespace, cfg: RunConfig) -> dict[str, Any]:
+    """Run the workflow the command names on the validated ``cfg``: its summary."""
+    if a.command == "register-published":
+        from pipelines.register_published import run_register_published
+
+        return run_register_published(cfg, a.alias)
+    if a.command == "evaluate":
+        from pipelines.evaluate import run_evaluate
+
+        return run_evaluate(cfg, a.model)
+    if a.command == "score":
+        from pipelines.score import run_score
+
+        return run_score(cfg, a.model, a.input, a.output, a.group_by, a.top_k, a.overwrite,
+                         prompt_column=a.prompt_column)
+    from pipelines.preference import run_preference
+
+    return run_preference(cfg, check_only=a.check)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # key=value overrides may sit between options: collect them wherever they are.
@@ -432,10 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow prints "View run ... at: <tracking URI>" for every run it ends, credentials
     # included; this CLI prints the run's address once, redacted (runs.announce).
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:  # this process is ours: no secret in a log line
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter())
+    _redacted_logging()
     if a.command == "verify":
         return _verify(a.model_uri, a.tracking_uri, a.download)
     if a.command == "serve":
@@ -460,23 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     try:
-        if a.command == "register-published":
-            from pipelines.register_published import run_register_published
-
-            summary = run_register_published(cfg, a.alias)
-        elif a.command == "evaluate":
-            from pipelines.evaluate import run_evaluate
-
-            summary = run_evaluate(cfg, a.model)
-        elif a.command == "score":
-            from pipelines.score import run_score
-
-            summary = run_score(cfg, a.model, a.input, a.output, a.group_by, a.top_k,
-                                a.overwrite, prompt_column=a.prompt_column)
-        else:
-            from pipelines.preference import run_preference
-
-            summary = run_preference(cfg, check_only=a.check)
+        summary = _workflow(a, cfg)
     except ResourcePlanError as e:  # the user must change a setting (or the cluster)
         print(redact(str(e)), file=sys.stderr)
         _emit({"status": "failed", "reason": str(e).replace("\n", " ")}, a.summary)
