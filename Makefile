@@ -110,9 +110,9 @@ demo-video: install
 		--epochs $(EPOCHS) data.image_size=32 data.video.frames=8 train.batch_size=16 train.lr=3e-3 \
 		--summary outputs/demo-video-summary.json
 
-# Two pytest-xdist workers (2 cores): one runs every test on the session's 2-CPU Ray cluster, the
-# other the tests that start servers and clusters of their own, then the rest (tests/conftest.py,
-# XDIST_GROUPS). Each test has 10 minutes (pytest-timeout, pyproject.toml).
+# Two pytest-xdist workers (2 cores): each runs half of the tests on a session 2-CPU Ray
+# cluster of its own, then the tests that start servers and clusters of their own and the rest
+# as it comes free (tests/xdist_groups.py). Each test has 10 minutes (pytest-timeout, pyproject.toml).
 test: install
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.xdist_groups import xdist_group
+
 # Fixtures that start a Ray cluster or connect to one: ray_cluster (here, ray.init in this
 # process), ray_head (tests/test_job.py, `ray start --head`), two_node_cluster
 # (tests/two_nodes.py). Every test that runs the workflow (`main(["run" | "evaluate" |
@@ -44,13 +46,6 @@ TEST_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 for _key, _value in TEST_RAY_ENV.items():
     os.environ.setdefault(_key, _value)
 
-# `make test` runs two pytest-xdist workers with `--dist loadgroup`; a group runs in one worker.
-# All tests on the session's ray_cluster share one worker, so the suite starts one 2-CPU
-# cluster, sized like the machine, not one per worker. The tests that start servers and
-# clusters of their own (test_job.py, test_two_nodes.py: mostly waiting for them to start,
-# stop and run jobs) share the other, which also takes the rest as it comes free.
-XDIST_GROUPS = {"ray_cluster": "ray_cluster", "ray_head": "own_clusters",
-                "two_node_cluster": "own_clusters", "s3_server": "own_clusters"}
 # pytest-xdist 3.8 on pytest 9.2 ignores `xdist_group` (pytest-dev/pytest-xdist#1386: the
 # worker appends the group to the node id, which pytest 9.2 no longer lets it change). Until
 # that is fixed, each worker writes every test's group to a file and the controller schedules
@@ -66,7 +61,7 @@ def pytest_collection_modifyitems(config, items):
         fixtures = getattr(item, "fixturenames", ())
         if RAY_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.ray)
-        group = next((g for f, g in XDIST_GROUPS.items() if f in fixtures), None)
+        group = xdist_group(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
             groups[item.nodeid] = group
