@@ -9,6 +9,7 @@ or a raylet runs under this process fails, naming the test to mark. Media helper
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -231,13 +232,35 @@ def ray_cluster(fault_plan_path):
     # since its placement group was removed"). Measured from a task on this cluster:
     # get_actor(live actor) raised ServerUnavailable alone and returned None with another
     # cluster's dashboard on 8265; with its own dashboard, ALIVE in both cases.
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-             dashboard_port=_free_port(), log_to_driver=False)
+    # The cluster's workers are told where that state API is (RAY_API_SERVER_ADDRESS, in the
+    # environment of the raylet that starts them): asked with no address, a worker looks for
+    # the machine's Ray instance, and with another cluster up (the other xdist worker's, a job
+    # test's) it fails with "Found multiple active Ray instances" (seen in a full run). Set
+    # only while ray.init starts the cluster, so that the clusters this process starts later
+    # (`ray start` in tests/test_job.py, tests/two_nodes.py) do not inherit it.
+    port = _free_port()
+    with _environ(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}"):
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=port, log_to_driver=False)
     from components.runtime.cluster import ensure_ray
 
     ensure_ray()  # the pipelines' Ray Data settings, on the cluster just started
     yield ray
     ray.shutdown()
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _free_port() -> int:

@@ -40,7 +40,10 @@ def ray_head(tmp_path_factory):
     # No 30 s drain at teardown (`ray start --block` drains the node on SIGTERM first).
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+           # its workers' state API (Ray Train's placement-group cleaner asks it): this head's
+           # dashboard, not whichever cluster on the machine answers (tests/conftest.py)
+           "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}"}
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
            f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",

@@ -4,6 +4,7 @@ or it fails at once naming the setting to change. The defaults fit a 2-CPU machi
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -83,13 +84,22 @@ def test_use_gpu_auto_counts_gpu_nodes_the_autoscaler_can_add(ray_cluster, monke
     assert resolve_use_gpu(TrainConfig(use_gpu="false")) is False
 
 
-def test_the_clusters_own_state_api_answers_for_its_live_actors(ray_cluster):
+def test_the_clusters_own_state_api_answers_for_its_live_actors(ray_cluster, tmp_path):
     """Ray Train's PlacementGroupCleaner (an actor of every run) asks the state API each
     second whether the run's controller is alive, and removes the run's placement group when
-    the answer is not "alive". Asked from inside the test cluster, as the cleaner asks, the
-    state API must be this cluster's own and know a live actor: a cluster without a
-    dashboard asks 127.0.0.1:8265, where another cluster on the machine may answer "no such
-    actor" (tests/conftest.py, ray_cluster)."""
+    the answer is not "alive". Asked from inside the test cluster, as the cleaner asks, with
+    another Ray instance up on the machine (as the other xdist worker's cluster and the job
+    tests' are), the state API must be this cluster's own and know a live actor. Asked with no
+    address, a worker instead fails with "Found multiple active Ray instances", and a cluster
+    without a dashboard asks 127.0.0.1:8265, where another cluster may answer "no such actor"
+    (tests/conftest.py, ray_cluster)."""
+    import shutil
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from tests.two_nodes import Managed, free_ports, ray_node_ports
+
     ray = ray_cluster
 
     @ray.remote(num_cpus=0)
@@ -104,9 +114,23 @@ def test_the_clusters_own_state_api_answers_for_its_live_actors(ray_cluster):
         found = get_actor(actor_id, timeout=30)
         return None if found is None else found.state
 
+    # Another Ray instance on the machine: a bare head, no CPUs, no dashboard.
+    gcs, client = free_ports(2)
+    short = tempfile.mkdtemp(prefix="vdpo-other-", dir="/tmp")  # socket paths < 107 bytes
+    other = Managed([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                     f"--port={gcs}", "--num-cpus=0", "--include-dashboard=false",
+                     f"--ray-client-server-port={client}", f"--temp-dir={short}",
+                     *[f"--{k}={v}" for k, v in ray_node_ports().items()]],
+                    tmp_path / "other-head.log", name="other-ray-head")
     actor = Alive.remote()
     try:
+        deadline = time.time() + 60
+        while not list(Path(short).glob("session_*/sockets/raylet")):
+            assert other.alive() and time.time() < deadline, (tmp_path / "other-head.log").read_text()
+            time.sleep(0.5)
         assert ray.get(actor.ping.remote()) == 1
         assert ray.get(state_of.remote(actor._actor_id.hex())) == "ALIVE"
     finally:
         ray.kill(actor)
+        other.stop()
+        shutil.rmtree(short, ignore_errors=True)

@@ -506,6 +506,8 @@ def start_two_node_cluster(logs: Path, head_cpus: int = 1, worker_cpus: int = 1,
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)
     gcs, dash, client_port = free_ports(3)
+    # Both nodes' workers ask this head's dashboard for actor states (tests/conftest.py).
+    env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dash}"
     ray_bin = str(BIN / "ray")
     common = ["--block", "--num-gpus=0", "--node-ip-address=127.0.0.1",
               f"--object-store-memory={object_store_mb * 2**20}"]
