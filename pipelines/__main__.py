@@ -72,8 +72,19 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="visual-dpo", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    tracking, common, shards = _shared_options()
+    commands = (_add_run(sub, shards, common), _add_evaluate(sub, shards, common),
+                _add_score(sub, common), _add_register_published(sub, common))
+    _add_model_commands(sub, tracking)
+    for command in commands:  # after each command's own positionals (run's modality)
+        command.add_argument("overrides", nargs="*", metavar="key=value",
+                             help="config overrides anywhere on the line, e.g. train.lr=3e-4")
+    return p
 
-    # Options every command that reads a config takes, declared once.
+
+def _shared_options() -> tuple[argparse.ArgumentParser, ...]:
+    """Parent parsers: the options of every command that reads MLflow (``tracking``), of
+    every command that reads a config (``common``) and of those that read preference shards."""
     tracking = argparse.ArgumentParser(add_help=False)  # every command that reads MLflow
     tracking.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
                           "MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
@@ -92,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     shards.add_argument("--output-dir", help="local directory for prepared data, quarantine "
                         "and checkpoints (default outputs/); see --storage")
 
+    return tracking, common, shards
+
+
+def _add_run(sub: Any, shards: argparse.ArgumentParser,
+             common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a training workflow", epilog=_run_epilog(),
                          parents=[shards, common],
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
                      "gs://..., or a path every node mounts (with storage.shared=true); "
                      "required on a cluster of more than one node")
 
+    return run
+
+
+def _add_evaluate(sub: Any, shards: argparse.ArgumentParser,
+                  common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a registered scorer on preference data",
                         parents=[shards, common])
     ev.add_argument("--model", required=True, help="model URI, e.g. models:/image-scorer@champion")
@@ -127,6 +148,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="Pick-a-Pic validation shards to tune the tie threshold on, applied to "
                     "--data (PickScore's protocol; eval.tie_validation, with ties=soft)")
 
+    return ev
+
+
+def _add_score(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help="score candidate images or clips with a registered scorer",
                         parents=[common])
     sc.add_argument("--model", required=True, help="model URI, e.g. models:/image-scorer@champion")
@@ -142,6 +167,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="column with each candidate's prompt (required by a prompt-conditioned "
                          "scorer, e.g. prompt or caption)")
 
+    return sc
+
+
+def _add_register_published(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     rp = sub.add_parser("register-published", parents=[common],
                         help="register a published scorer checkpoint (PickScore, HPSv2, ...) as "
                         "a model version, without training",
@@ -157,11 +186,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="what the scorer scores (default image)")
     rp.add_argument("--experiment", help="MLflow experiment (default image-dpo / video-dpo)")
     rp.add_argument("--run-name", help="MLflow run name")
-    _add_model_commands(sub, tracking)
-    for command in (run, ev, sc, rp):  # after each command's own positionals (run's modality)
-        command.add_argument("overrides", nargs="*", metavar="key=value",
-                             help="config overrides anywhere on the line, e.g. train.lr=3e-4")
-    return p
+    return rp
 
 
 def _add_model_commands(sub: Any, tracking: argparse.ArgumentParser) -> None:

@@ -33,7 +33,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -581,58 +581,19 @@ def canonical_rows(
     limit = BINARY_CELL_MAX if max_bytes is None else min(max_bytes, BINARY_CELL_MAX)
     for i, row in enumerate(table.to_pylist()):
         idx = unit.row_offset + i
-        status, reason = OK, ""
-        target, swap = 1.0, False
         margin = _number(row, "margin", 0.0)
         weight = _number(row, "weight", 1.0)
-        if unit.layout == "canonical":
-            pid, first, second = row.get("pair_id"), row.get("chosen"), row.get("rejected")
-            prompt = row.get("prompt")
-            skip = {"pair_id", "prompt", "chosen", "rejected"}
-            t = _number(row, "target", 1.0)
-            if t is None or not 0 <= t <= 1:
-                status, reason = QUARANTINED, (
-                    f"invalid target (target={row.get('target')!r}: must be a finite number "
-                    "in [0, 1])")
-            else:
-                status, reason, swap, target = _preference(t, 1.0 - t, ties)
-        else:
-            rid = row.get("ranking_id")
-            first, second = row.get("jpg_0"), row.get("jpg_1")
-            pid = str(rid) if rid is not None else _content_id(first, second)
-            prompt = row.get("caption")
-            skip = {"jpg_0", "jpg_1", "caption"}
-            l0, l1 = _number(row, "label_0", None), _number(row, "label_1", None)
-            shown = f"label_0={row.get('label_0')!r}, label_1={row.get('label_1')!r}"
-            if l0 is None or l1 is None or not (0 <= l0 <= 1 and 0 <= l1 <= 1):
-                status, reason = QUARANTINED, (
-                    f"invalid labels ({shown}: each must be a finite number in [0, 1])")
-            elif l0 == l1 == 0:
-                status, reason = QUARANTINED, f"invalid labels ({shown}: both 0, no preference)"
-            else:
-                status, reason, swap, target = _preference(l0, l1, ties)
-        chosen, rejected = (second, first) if swap else (first, second)
+        r = _labelled(row, unit.layout, ties)
+        status, reason, pid, prompt = r.status, r.reason, r.pair_id, r.prompt
+        chosen, rejected = (r.second, r.first) if r.swap else (r.first, r.second)
         if pid is None:
             pid = f"{unit.shard.uri}#{idx}"
             if status == OK:
                 status, reason = QUARANTINED, "null pair_id"
         pid = str(pid)
-        if status == OK and idx in dups:
-            status, reason = EXCLUDED, "duplicate pair_id"
-        if status == OK and margin is None:
-            status, reason = QUARANTINED, (
-                f"invalid margin (margin={row.get('margin')!r}: must be a finite number)")
-        if status == OK and (weight is None or weight < 0):
-            status, reason = QUARANTINED, (
-                f"invalid weight (weight={row.get('weight')!r}: must be a finite number >= 0)")
-        if status == OK and (chosen is None or rejected is None):
-            side = "chosen" if chosen is None else "rejected"
-            status, reason = QUARANTINED, f"null {side} image"
         if status == OK:
-            for side, item in (("chosen", chosen), ("rejected", rejected)):
-                if (n := encoded_size(item)) > limit:
-                    status, reason = QUARANTINED, f"{side}: over max_bytes={limit} ({n} bytes)"
-                    break
+            status, reason = _pair_problem(row, idx in dups, margin, weight, chosen, rejected,
+                                           limit)
         content = content_hash(chosen, rejected) if status == OK else ""
         if status == OK and in_train is not None and in_train.holds(pid, content):
             status, reason = EXCLUDED, "also in train"
@@ -646,9 +607,73 @@ def canonical_rows(
             "split": split_of(pid, eval_fraction) if eval_fraction is not None else "",
             "status": status,
             "reason": reason,
-            "meta": _meta_json(row, skip),
-            "target": target,
+            "meta": _meta_json(row, r.skip),
+            "target": r.target,
             "margin": margin if margin is not None else 0.0,
             "weight": weight if weight is not None else 1.0,
             "content_hash": content,
         }
+
+
+class _Labelled(NamedTuple):
+    """One row read in its layout: the pair id, the items in file order, the prompt, the
+    columns that are not metadata, and what the label says (status, whether to swap the
+    items so that ``chosen`` comes first, and the target)."""
+
+    pair_id: Any
+    first: Any
+    second: Any
+    prompt: Any
+    skip: set[str]
+    status: str
+    reason: str
+    swap: bool
+    target: float
+
+
+def _labelled(row: dict[str, Any], layout: str, ties: str) -> _Labelled:
+    status, reason, swap, target = OK, "", False, 1.0
+    if layout == "canonical":
+        t = _number(row, "target", 1.0)
+        if t is None or not 0 <= t <= 1:
+            status, reason = QUARANTINED, (
+                f"invalid target (target={row.get('target')!r}: must be a finite number "
+                "in [0, 1])")
+        else:
+            status, reason, swap, target = _preference(t, 1.0 - t, ties)
+        return _Labelled(row.get("pair_id"), row.get("chosen"), row.get("rejected"),
+                         row.get("prompt"), {"pair_id", "prompt", "chosen", "rejected"},
+                         status, reason, swap, target)
+    rid = row.get("ranking_id")
+    first, second = row.get("jpg_0"), row.get("jpg_1")
+    l0, l1 = _number(row, "label_0", None), _number(row, "label_1", None)
+    shown = f"label_0={row.get('label_0')!r}, label_1={row.get('label_1')!r}"
+    if l0 is None or l1 is None or not (0 <= l0 <= 1 and 0 <= l1 <= 1):
+        status, reason = QUARANTINED, (
+            f"invalid labels ({shown}: each must be a finite number in [0, 1])")
+    elif l0 == l1 == 0:
+        status, reason = QUARANTINED, f"invalid labels ({shown}: both 0, no preference)"
+    else:
+        status, reason, swap, target = _preference(l0, l1, ties)
+    return _Labelled(str(rid) if rid is not None else _content_id(first, second), first, second,
+                     row.get("caption"), {"jpg_0", "jpg_1", "caption"}, status, reason, swap,
+                     target)
+
+
+def _pair_problem(row: dict[str, Any], duplicate: bool, margin: float | None,
+                  weight: float | None, chosen: Any, rejected: Any, limit: int) -> tuple[str, str]:
+    """The status and reason of a row whose label is usable: the first problem found."""
+    if duplicate:
+        return EXCLUDED, "duplicate pair_id"
+    if margin is None:
+        return QUARANTINED, (
+            f"invalid margin (margin={row.get('margin')!r}: must be a finite number)")
+    if weight is None or weight < 0:
+        return QUARANTINED, (
+            f"invalid weight (weight={row.get('weight')!r}: must be a finite number >= 0)")
+    if chosen is None or rejected is None:
+        return QUARANTINED, f"null {'chosen' if chosen is None else 'rejected'} image"
+    for side, item in (("chosen", chosen), ("rejected", rejected)):
+        if (n := encoded_size(item)) > limit:
+            return QUARANTINED, f"{side}: over max_bytes={limit} ({n} bytes)"
+    return OK, ""

@@ -258,10 +258,25 @@ def prepare_splits(train: ReadPlan | None, evals: ReadPlan | None, run_dir: str,
     n_quarantined = write_quarantine(prepared, quarantine_path)
     written = prepared + pixel_copies
     metrics, consistency = _metrics(counts, prepared, written, streaming)
+    report = _data_report(counts, prepared, n_quarantined, metrics, consistency, opts, data,
+                          has_eval, has_train=train is not None, cache=cache)
+    log.info("rows: %s", report["counts"])
+    if opts.spec.video:
+        log.info("video: %d frames per clip, pad policy %r, fps %s; consistency %s", opts.spec.frames,
+                 opts.spec.pad, opts.spec.fps or "uniform", consistency)
+    return PreparedSplits(train_path, eval_path, counts, quarantine_path, opts.spec.size, metrics,
+                          report, cache, val_path)
+
+
+def _data_report(counts: dict[str, RowCounts], prepared: list[PreparedData], n_quarantined: int,
+                 metrics: dict[str, float], consistency: dict[str, dict[str, float]],
+                 opts: DecodeOptions, data: DataConfig, has_eval: bool, has_train: bool,
+                 cache: str) -> dict[str, Any]:
+    """The prepare step's data report: counts, source sizes, media contract, splits, cache."""
     sizes: Counter[str] = Counter()
     for p in prepared:
         sizes.update(p.image_sizes)
-    report = {
+    return {
         "counts": {s: c.as_dict() for s, c in counts.items()},
         "quarantined_total": n_quarantined,
         "source_image_sizes": dict(sizes.most_common(50)),
@@ -273,19 +288,11 @@ def prepare_splits(train: ReadPlan | None, evals: ReadPlan | None, run_dir: str,
         "split": "separate eval data" if has_eval
         else f"hash of pair_id, eval_fraction={data.eval_fraction}",
         "validation": (f"hash of pair_id (salted), val_fraction={data.val_fraction} of the "
-                       "training pairs" if data.val_fraction > 0 and train is not None else "none"),
+                       "training pairs" if data.val_fraction > 0 and has_train else "none"),
         "decode_s": metrics["data/decode_s"],
         "cache": cache,
         "bytes_written": metrics["data/bytes_written"],
     }
-    log.info("rows: %s", report["counts"])
-    if opts.spec.video:
-        log.info("video: %d frames per clip, pad policy %r, fps %s; consistency %s", opts.spec.frames,
-                 opts.spec.pad, opts.spec.fps or "uniform", consistency)
-    return PreparedSplits(train_path, eval_path, counts, quarantine_path, opts.spec.size, metrics,
-                          report, cache, val_path)
-
-
 
 
 def _metrics(counts: dict[str, RowCounts], prepared: list[PreparedData],

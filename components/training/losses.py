@@ -107,20 +107,48 @@ def preference_loss(
     lr_r = s_rejected - (ref_rejected.float() if ref_rejected is not None else 0.0)
     h = lr_c - lr_r
     m = margin.float() if margin is not None else torch.zeros_like(h)
-    z = beta * h - m
     eps = label_smoothing
     p = target.float() if target is not None else torch.ones_like(h)
     p = p * (1 - eps) + (1 - p) * eps  # cDPO label smoothing on top of the soft label
+    sigmas = None if log_sigma_chosen is None or log_sigma_rejected is None else (
+        log_sigma_chosen, log_sigma_rejected)
+    losses, extra = _pair_losses(loss_type, h, beta * h - m, m, p, beta, eps, target, sigmas,
+                                 tie_theta)
+    if weight is not None:
+        w = weight.float()
+        loss = (losses * w).sum() / w.sum().clamp_min(1e-12)
+    else:
+        loss = losses.mean()
+    if center_rewards_coefficient:
+        loss = loss + center_rewards_coefficient * ((s_chosen + s_rejected) ** 2).mean()
+    r_c = (beta * lr_c).detach()
+    r_r = (beta * lr_r).detach()
+    metrics = {
+        "rewards/chosen": r_c.mean(),
+        "rewards/rejected": r_r.mean(),
+        "rewards/margins": (r_c - r_r).mean(),
+        "rewards/accuracies": (r_c > r_r).float().mean(),
+        **extra,
+    }
+    return loss, metrics
+
+
+def _pair_losses(loss_type: str, h: Tensor, z: Tensor, m: Tensor, p: Tensor, beta: float,
+                 eps: float, target: Tensor | None, log_sigmas: tuple[Tensor, Tensor] | None,
+                 tie_theta: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """Each pair's loss under ``loss_type`` (the formulas in the module docstring), from the
+    log-ratio difference ``h``, the logit ``z = beta h - margin``, the margin ``m`` and the
+    smoothed soft label ``p``; and the objective's own metrics."""
     extra: dict[str, Tensor] = {}
     if loss_type in ("bt", "dpo"):
         losses = -p * F.logsigmoid(z) - (1 - p) * F.logsigmoid(-z)
     elif loss_type == "uncertainty":
-        if log_sigma_chosen is None or log_sigma_rejected is None:
+        if log_sigmas is None:
             raise ValueError("loss_type='uncertainty' needs log_sigma_chosen/log_sigma_rejected "
                              "(a scorer with a mu_sigma head)")
         # sigma_z = sqrt(sigma_c^2 + sigma_r^2) from the logs: no overflow, no sqrt(0)
-        sigma_z = torch.exp(0.5 * torch.logaddexp(2 * log_sigma_chosen.float(),
-                                                  2 * log_sigma_rejected.float()))
+        sigma_z = torch.exp(0.5 * torch.logaddexp(2 * log_sigmas[0].float(),
+                                                  2 * log_sigmas[1].float()))
         std = beta * sigma_z
         losses = -p * expected_logsigmoid(z, std) - (1 - p) * expected_logsigmoid(-z, std)
         extra["rewards/sigma"] = std.detach().mean()
@@ -141,23 +169,7 @@ def preference_loss(
     else:
         raise ValueError(f"unknown loss_type {loss_type!r}; use bt, dpo, ipo, hinge, robust, btt "
                          "or uncertainty")
-    if weight is not None:
-        w = weight.float()
-        loss = (losses * w).sum() / w.sum().clamp_min(1e-12)
-    else:
-        loss = losses.mean()
-    if center_rewards_coefficient:
-        loss = loss + center_rewards_coefficient * ((s_chosen + s_rejected) ** 2).mean()
-    r_c = (beta * lr_c).detach()
-    r_r = (beta * lr_r).detach()
-    metrics = {
-        "rewards/chosen": r_c.mean(),
-        "rewards/rejected": r_r.mean(),
-        "rewards/margins": (r_c - r_r).mean(),
-        "rewards/accuracies": (r_c > r_r).float().mean(),
-        **extra,
-    }
-    return loss, metrics
+    return losses, extra
 
 
 @functools.cache
