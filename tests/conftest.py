@@ -47,6 +47,11 @@ TEST_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
                 "RAY_num_workers_soft_limit": "6"}
 for _key, _value in TEST_RAY_ENV.items():
     os.environ.setdefault(_key, _value)
+# Every `mlflow server` the tests start (they inherit this) runs without MLflow 3's job runner:
+# the project submits no server jobs, and its `huey_consumer` processes, started with each
+# server and polling while idle, used 71 CPU-seconds (21 processes) in the last 12 minutes
+# of one full run (docs/cluster.md).
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 # pytest-xdist 3.8 on pytest 9.2 ignores `xdist_group` (pytest-dev/pytest-xdist#1386: the
 # worker appends the group to the node id, which pytest 9.2 no longer lets it change). Until
