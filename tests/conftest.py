@@ -320,7 +320,7 @@ def sample_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def _tracking_store_template(tmp_path_factory) -> Path:
     """An empty sqlite tracking store with MLflow's schema, created once per session: MLflow
-    creates and migrates the tables of a new store file (about 1.5-2 s on 2 cores), which every
+    creates and migrates the tables of a new store file (1.0-2.2 s on 2 cores), which every
     test's own store would otherwise repeat. Runs that create their store themselves (the CLI
     and job subprocesses, the demo) still take that path."""
     from mlflow import MlflowClient
