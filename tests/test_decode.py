@@ -279,7 +279,7 @@ def test_a_value_that_is_not_bytes_is_a_decode_error_not_a_crash(modality, value
 
 
 def test_loading_the_webp_decoder_is_not_charged_to_the_first_items_deadline():
-    """The first WebP in a process loads torchvision's decoder (torch + torchvision: about
+    """The first large WebP in a process loads torchvision's decoder (torch + torchvision: about
     2 s on an idle core, far more on a busy one). That one-time load is not the item's decode
     time: under a 0.2 s ``data.decode_timeout_s`` the first WebP of a fresh process decodes
     (through torchvision, which was not loaded before), and a decode that really runs past
@@ -292,7 +292,7 @@ def test_loading_the_webp_decoder_is_not_charged_to_the_first_items_deadline():
         "assert 'torchvision' not in sys.modules\n"
         "spec = MediaSpec('image', 32, 10**8, decode_timeout_s=0.2)\n"
         "began = time.monotonic()\n"
-        "pixels, size, _ = spec.decode(photo_bytes(64, 'WEBP'))\n"
+        "pixels, size, _ = spec.decode(photo_bytes(512, 'WEBP'))\n"
         "assert 'torchvision' in sys.modules and pixels.shape == (3, 32, 32), size\n"
         "print('first', round(time.monotonic() - began, 2))\n"
         "late = Deadline.start(0.01)\n"

@@ -99,7 +99,10 @@ def _photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture
 def webp_calls(monkeypatch):
-    """Every call of torchvision's decode_webp made by decode_image, recorded."""
+    """Every call of torchvision's decode_webp made by decode_image, recorded. The fast path is
+    taken at every size here (``FAST_WEBP_MIN_PIXELS=0``), so the small pictures below check
+    its pixels and its hardening; the size rule itself is tested on its own."""
+    monkeypatch.setattr(image_mod, "FAST_WEBP_MIN_PIXELS", 0)
     calls = []
     real = torchvision.io.decode_webp
 
@@ -116,6 +119,22 @@ def _pillow_only(monkeypatch, b: bytes, size: int, max_pixels: int = 1 << 24):
     with monkeypatch.context() as m:
         m.setattr(image_mod, "_fast_pixels", lambda data, img: None)
         return decode_image(b, size, max_pixels)
+
+
+def test_only_webps_of_the_size_where_it_pays_take_the_fast_path(monkeypatch):
+    """Below ``FAST_WEBP_MIN_PIXELS`` Pillow decodes (the process need not load torchvision for
+    a gain under a millisecond); from it, torchvision does, with Pillow's pixels."""
+    calls = []
+    real = torchvision.io.decode_webp
+    monkeypatch.setattr(torchvision.io, "decode_webp",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    side = int(image_mod.FAST_WEBP_MIN_PIXELS ** 0.5)
+    small = _webp(_photo_like(side - 1, side), quality=85)
+    assert decode_image(small, 32, 1 << 24)[0].shape == (3, 32, 32) and calls == []
+    large = _webp(_photo_like(side, side), quality=85)
+    ours = decode_image(large, 64, 1 << 24)[0]
+    assert len(calls) == 1
+    np.testing.assert_array_equal(ours, _pillow_only(monkeypatch, large, 64)[0])
 
 
 @pytest.mark.parametrize("kw", [{"quality": 80}, {"quality": 95}, {"lossless": True}])

@@ -55,6 +55,14 @@ torchvision takes about 2 s on an idle core and longer on a loaded one; charged 
 it refused the first WebP of a fresh process at a 0.2 s budget (tests/test_decode.py)."""
 _WEBP: tuple | None = None  # (torch, torchvision.io), or () when unavailable
 
+FAST_WEBP_MIN_PIXELS = 512 * 512
+"""The smallest still WebP (width x height) whose pixels come from torchvision. Loading torch
+and torchvision costs a process 2-3 CPU-s (2.4 in a decode actor of the image workflow);
+the decode it saves is about 0.1 ms a picture at 256 px, 0.5 ms at 512 px and 1.2 ms at
+1024 px (one core of the 2-core test machine; docs/decoders.md has the 1024 px run). So a
+process that decodes only small WebPs (thumbnails, the test sets) never loads them; the
+first large WebP loads them, once for the process."""
+
 
 def _webp_decoder() -> tuple:
     """torchvision's WebP decoder, loaded once per process (its load time goes to
@@ -175,6 +183,8 @@ def _fast_pixels(data: bytes, img: Image.Image) -> Image.Image | None:
     reduced scale, and neither simplejpeg nor PyTurboJPEG at that scale was faster.
     """
     if img.format != "WEBP" or img.mode != "RGB" or getattr(img, "is_animated", False):
+        return None
+    if img.width * img.height < FAST_WEBP_MIN_PIXELS:
         return None
     decoder = _webp_decoder()
     if not decoder:
