@@ -1,8 +1,12 @@
 """Prompt-conditioned scoring end to end, on the prompt-dependent sample set (the caption
 names the preferred photo; each photo is chosen as often as rejected): the workflow with a
 validation split and best-checkpoint selection, reproducible on CPU; the registered pyfunc
-needs the prompt and normalises on request; ``score --prompt-column``; and the image-only
-default stays near chance on the same data."""
+needs the prompt and normalises on request; ``score --prompt-column``.
+
+That the image-only default cannot learn these pairs is not run here as a second workflow: the
+sample set's balance (each photo chosen exactly as often as rejected in each split) is checked
+on the files (tests/test_sample_prompted.py), and an image-only scorer trained
+on pairs balanced the same way stays at chance (tests/test_prompt_scorers.py)."""
 
 from __future__ import annotations
 
@@ -110,12 +114,6 @@ def test_prompt_conditioned_scorer_learns_what_the_caption_asks_for(
     capsys.readouterr()
     scored = pq.read_table(tmp_path / "s1").to_pandas().sort_values("id")
     np.testing.assert_allclose(scored["score"].to_numpy(), raw, rtol=1e-4, atol=1e-4)
-
-
-def test_the_image_only_scorer_stays_near_chance_on_prompt_dependent_pairs(
-        ray_cluster, prompted, tmp_path, capsys, tracking_uri):
-    s = _run(prompted, tmp_path, capsys, tracking_uri, "image-only")  # model.name=bn-cnn
-    assert 0.3 <= s["metrics"]["eval/accuracy"] <= 0.7, s["metrics"]
 
 
 def test_prompt_conditioned_video_scorer_learns_the_caption(ray_cluster, tmp_path, capsys,
