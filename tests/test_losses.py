@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from components.training.losses import preference_loss
+from components.config import LossConfig
+from components.training.losses import PairTerms, preference_loss
 
 
 def t(*v):
@@ -17,12 +18,12 @@ def t(*v):
 
 
 def test_bt_matches_hand_computed_values():
-    loss, m = preference_loss(t(2.0), t(0.0), loss_type="bt", beta=1.0)
+    loss, m = preference_loss(t(2.0), t(0.0), LossConfig(type="bt", beta=1.0))
     assert loss.item() == pytest.approx(0.126928, abs=1e-6)
-    loss, _ = preference_loss(t(0.0), t(3.0), loss_type="bt", beta=0.5)
+    loss, _ = preference_loss(t(0.0), t(3.0), LossConfig(type="bt", beta=0.5))
     assert loss.item() == pytest.approx(1.701413, abs=1e-6)
     # mean over the batch: (0.126928 + log 2) / 2
-    loss, m = preference_loss(t(2.0, 1.0), t(0.0, 1.0), loss_type="bt", beta=1.0)
+    loss, m = preference_loss(t(2.0, 1.0), t(0.0, 1.0), LossConfig(type="bt", beta=1.0))
     assert loss.item() == pytest.approx((0.126928 + math.log(2)) / 2, abs=1e-6)
     assert m["rewards/chosen"].item() == pytest.approx(1.5)
     assert m["rewards/rejected"].item() == pytest.approx(0.5)
@@ -33,7 +34,7 @@ def test_bt_matches_hand_computed_values():
 def test_bt_is_the_seed_formula_where_that_is_finite():
     s_c, s_r, beta = t(0.3, -1.2, 4.0), t(0.1, 0.7, -2.0), 0.7
     seed = torch.log(1 + torch.exp(beta * (s_r - s_c))).mean()
-    loss, _ = preference_loss(s_c, s_r, loss_type="bt", beta=beta)
+    loss, _ = preference_loss(s_c, s_r, LossConfig(type="bt", beta=beta))
     assert loss.item() == pytest.approx(seed.item(), rel=1e-6)
 
 
@@ -44,13 +45,13 @@ def test_large_gaps_give_finite_loss_and_gradients(gap):
     for loss_type in ("bt", "ipo", "hinge", "robust"):
         s_c = t(0.0).requires_grad_()
         s_r = t(gap).requires_grad_()
-        loss, _ = preference_loss(s_c, s_r, loss_type=loss_type, beta=1.0, label_smoothing=0.1
-                                  if loss_type == "robust" else 0.0)
+        loss, _ = preference_loss(s_c, s_r, LossConfig(type=loss_type, beta=1.0, label_smoothing=0.1
+                                  if loss_type == "robust" else 0.0))
         loss.backward()
         assert torch.isfinite(loss), loss_type
         assert torch.isfinite(s_c.grad).all() and torch.isfinite(s_r.grad).all(), loss_type
     s_c = t(0.0).requires_grad_()
-    loss, _ = preference_loss(s_c, t(gap), loss_type="bt", beta=1.0)
+    loss, _ = preference_loss(s_c, t(gap), LossConfig(type="bt", beta=1.0))
     loss.backward()
     assert loss.item() == pytest.approx(gap, rel=1e-6)  # softplus(x) -> x
     assert s_c.grad.item() == pytest.approx(-1.0)  # d/ds_c = -sigmoid(beta * (s_r - s_c))
@@ -58,28 +59,28 @@ def test_large_gaps_give_finite_loss_and_gradients(gap):
 
 def test_other_objectives_match_hand_computed_values():
     # ipo: (h - 1/(2 beta))^2 with h = 2, beta = 1 -> 1.5^2 = 2.25
-    assert preference_loss(t(2.0), t(0.0), loss_type="ipo", beta=1.0)[0].item() == pytest.approx(2.25)
+    assert preference_loss(t(2.0), t(0.0), LossConfig(type="ipo", beta=1.0))[0].item() == pytest.approx(2.25)
     # hinge: relu(1 - beta h): h = 0.25 -> 0.75; h = 2 -> 0
-    assert preference_loss(t(0.25), t(0.0), loss_type="hinge")[0].item() == pytest.approx(0.75)
-    assert preference_loss(t(2.0), t(0.0), loss_type="hinge")[0].item() == 0.0
+    assert preference_loss(t(0.25), t(0.0), LossConfig(type="hinge"))[0].item() == pytest.approx(0.75)
+    assert preference_loss(t(2.0), t(0.0), LossConfig(type="hinge"))[0].item() == 0.0
     # robust, eps = 0.1, h = 2: (0.9 * 0.126928 + 0.1 * -2.126928) / 0.8 = -0.123072
-    loss, _ = preference_loss(t(2.0), t(0.0), loss_type="robust", label_smoothing=0.1)
+    loss, _ = preference_loss(t(2.0), t(0.0), LossConfig(type="robust", label_smoothing=0.1))
     assert loss.item() == pytest.approx(-0.123072, abs=1e-5)
     # cDPO (bt with label smoothing 0.1), h = 2: 0.9 * 0.126928 + 0.1 * 2.126928 = 0.326928
-    loss, _ = preference_loss(t(2.0), t(0.0), loss_type="bt", label_smoothing=0.1)
+    loss, _ = preference_loss(t(2.0), t(0.0), LossConfig(type="bt", label_smoothing=0.1))
     assert loss.item() == pytest.approx(0.326928, abs=1e-5)
     # center_rewards_coefficient 0.01 adds 0.01 * (2 + 0)^2 = 0.04
-    loss, _ = preference_loss(t(2.0), t(0.0), center_rewards_coefficient=0.01)
+    loss, _ = preference_loss(t(2.0), t(0.0), LossConfig(center_rewards_coefficient=0.01))
     assert loss.item() == pytest.approx(0.166928, abs=1e-5)
 
 
 def test_dpo_is_log2_when_policy_equals_reference():
     s_c, s_r = t(1.3, -0.2), t(0.4, 2.0)
-    loss, m = preference_loss(s_c, s_r, loss_type="dpo", beta=0.1, ref_chosen=s_c, ref_rejected=s_r)
+    loss, m = preference_loss(s_c, s_r, LossConfig(type="dpo", beta=0.1), PairTerms(ref_chosen=s_c, ref_rejected=s_r))
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
     assert m["rewards/margins"].item() == 0.0
     with pytest.raises(ValueError, match="reference"):
-        preference_loss(s_c, s_r, loss_type="dpo")
+        preference_loss(s_c, s_r, LossConfig(type="dpo"))
 
 
 def test_swapping_chosen_and_rejected_mirrors_the_bt_loss():
@@ -92,7 +93,7 @@ def test_swapping_chosen_and_rejected_mirrors_the_bt_loss():
 
 def test_unknown_loss_type_is_an_error():
     with pytest.raises(ValueError, match="unknown loss_type"):
-        preference_loss(t(1.0), t(0.0), loss_type="nope")
+        preference_loss(t(1.0), t(0.0), LossConfig(type="nope"))
 
 
 def test_temporal_prior_shifts_the_reward_by_lambda_times_consistency():
@@ -105,20 +106,21 @@ def test_temporal_prior_shifts_the_reward_by_lambda_times_consistency():
     for lam, want_loss, want_grad in ((2.0, 0.241008, 0.214165), (0.0, 0.554355, 0.425557)):
         s_c = t(0.5).requires_grad_()
         s_r = t(0.2).requires_grad_()
-        loss, m = preference_loss(s_c, s_r, loss_type="bt", temporal_weight=lam,
-                                  chosen_c=c_c, rejected_c=c_r)
+        loss, m = preference_loss(s_c, s_r, LossConfig(type="bt", temporal_weight=lam),
+                                  PairTerms(chosen_c=c_c, rejected_c=c_r))
         loss.backward()
         assert loss.item() == pytest.approx(want_loss, abs=1e-6)
         assert s_c.grad.item() == pytest.approx(-want_grad, abs=1e-6)
         assert s_r.grad.item() == pytest.approx(want_grad, abs=1e-6)
     assert m["rewards/margins"].item() == pytest.approx(0.3)  # lambda = 0: the scorer's own gap
     # dpo: the prior adds to the policy side only, so h = 1.3 - (ref_c - ref_r) = 1.3 - 0.5
-    loss, m = preference_loss(t(0.5), t(0.2), loss_type="dpo", ref_chosen=t(0.5),
-                              ref_rejected=t(0.0), temporal_weight=2.0, chosen_c=c_c, rejected_c=c_r)
+    loss, m = preference_loss(t(0.5), t(0.2), LossConfig(type="dpo", temporal_weight=2.0),
+                              PairTerms(ref_chosen=t(0.5), ref_rejected=t(0.0), chosen_c=c_c,
+                                        rejected_c=c_r))
     assert loss.item() == pytest.approx(math.log1p(math.exp(-0.8)), abs=1e-6)
     assert m["rewards/margins"].item() == pytest.approx(0.8, abs=1e-6)
     with pytest.raises(ValueError, match="chosen_c/rejected_c"):
-        preference_loss(t(0.5), t(0.2), temporal_weight=1.0)
+        preference_loss(t(0.5), t(0.2), LossConfig(temporal_weight=1.0))
 
 
 def test_btt_is_rao_kupper_with_videoaligns_theta():
@@ -129,27 +131,28 @@ def test_btt_is_rao_kupper_with_videoaligns_theta():
     h = 2: win = log(1 + 5 e^-2) = 0.516814, loss = log(1 + 5 e^2) = 3.636145,
            tie = 0.516814 + 3.636145 - log 24 = 0.974905; soft label 0.7:
            0.7 * 0.516814 + 0.3 * 3.636145 = 1.452613."""
-    loss, m = preference_loss(t(0.0, 2.0), t(0.0, 0.0), loss_type="btt", target=t(1.0, 1.0))
+    loss, m = preference_loss(t(0.0, 2.0), t(0.0, 0.0), LossConfig(type="btt"), PairTerms(target=t(1.0, 1.0)))
     assert loss.item() == pytest.approx((1.791759 + 0.516814) / 2, abs=1e-6)
-    loss, _ = preference_loss(t(0.0, 2.0), t(0.0, 0.0), loss_type="btt", target=t(0.5, 0.5))
+    loss, _ = preference_loss(t(0.0, 2.0), t(0.0, 0.0), LossConfig(type="btt"), PairTerms(target=t(0.5, 0.5)))
     assert loss.item() == pytest.approx((0.405465 + 0.974905) / 2, abs=1e-6)
-    loss, _ = preference_loss(t(2.0), t(0.0), loss_type="btt", target=t(0.7))
+    loss, _ = preference_loss(t(2.0), t(0.0), LossConfig(type="btt"), PairTerms(target=t(0.7)))
     assert loss.item() == pytest.approx(1.452613, abs=1e-6)
     assert m["tie_theta"].item() == 5.0  # logged with the loss (train/tie_theta)
     # the three outcomes' probabilities add up to 1 at any gap and theta
     for h, theta in ((0.0, 5.0), (2.0, 5.0), (-3.0, 1.5)):
-        probs = [math.exp(-preference_loss(t(h), t(0.0), loss_type="btt", tie_theta=theta,
-                                           target=t(p))[0].item()) for p in (1.0, 0.0, 0.5)]
+        rk = LossConfig(type="btt", tie_theta=theta)
+        probs = [math.exp(-preference_loss(t(h), t(0.0), rk, PairTerms(target=t(p)))[0].item())
+                 for p in (1.0, 0.0, 0.5)]
         assert sum(probs) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_btt_ties_pull_the_gap_to_zero_and_wins_push_it_up():
     h = t(0.3, -0.2).requires_grad_()
-    loss, _ = preference_loss(h, t(0.0, 0.0), loss_type="btt", target=t(0.5, 0.5))
+    loss, _ = preference_loss(h, t(0.0, 0.0), LossConfig(type="btt"), PairTerms(target=t(0.5, 0.5)))
     loss.backward()
     assert h.grad[0] > 0 > h.grad[1]  # descent moves each gap toward 0
     h = t(0.3).requires_grad_()
-    preference_loss(h, t(0.0), loss_type="btt")[0].backward()
+    preference_loss(h, t(0.0), LossConfig(type="btt"))[0].backward()
     assert h.grad.item() < 0
 
 
@@ -164,12 +167,13 @@ def test_uncertainty_matches_hand_computed_values():
     cases = [(0.0, zero, 1.0, 0.902662), (2.0, zero, 1.0, 0.241174), (2.0, half, 1.0, 0.154179),
              (2.0, zero, 0.5, 0.361241), (2.0, t(-30.0), 1.0, 0.126928)]
     for h, log_sigma, beta, want in cases:
-        loss, m = preference_loss(t(h), t(0.0), loss_type="uncertainty", beta=beta,
-                                  log_sigma_chosen=log_sigma, log_sigma_rejected=log_sigma)
+        loss, m = preference_loss(t(h), t(0.0), LossConfig(type="uncertainty", beta=beta),
+                                  PairTerms(log_sigma_chosen=log_sigma,
+                                            log_sigma_rejected=log_sigma))
         assert loss.item() == pytest.approx(want, abs=1e-6), (h, log_sigma, beta)
     assert m["rewards/sigma"].item() == pytest.approx(math.sqrt(2) * math.exp(-30), rel=1e-4)
     with pytest.raises(ValueError, match="log_sigma_chosen"):
-        preference_loss(t(1.0), t(0.0), loss_type="uncertainty")
+        preference_loss(t(1.0), t(0.0), LossConfig(type="uncertainty"))
 
 
 def test_uncertainty_gradients_reach_mu_and_sigma_and_stay_finite():
@@ -178,8 +182,8 @@ def test_uncertainty_gradients_reach_mu_and_sigma_and_stay_finite():
     for gap, log_sigma in ((0.5, 0.0), (-1.0, 1.0), (1e4, 0.0), (-1e4, 10.0), (3.0, -30.0)):
         s_c, s_r = t(gap).requires_grad_(), t(0.0).requires_grad_()
         ls_c, ls_r = t(log_sigma).requires_grad_(), t(log_sigma).requires_grad_()
-        loss, _ = preference_loss(s_c, s_r, loss_type="uncertainty", log_sigma_chosen=ls_c,
-                                  log_sigma_rejected=ls_r)
+        loss, _ = preference_loss(s_c, s_r, LossConfig(type="uncertainty"),
+                                  PairTerms(log_sigma_chosen=ls_c, log_sigma_rejected=ls_r))
         loss.backward()
         grads = [s_c.grad, s_r.grad, ls_c.grad, ls_r.grad]
         assert torch.isfinite(loss) and all(torch.isfinite(g) for g in grads), (gap, log_sigma)

@@ -19,7 +19,7 @@ from components.evaluation.metrics import (
     tie_aware_accuracy,
 )
 from components.registry.gate import decide, paired_bootstrap
-from components.training.losses import preference_loss
+from components.training.losses import PairTerms, preference_loss
 
 scores = st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=1, max_size=16)
 betas = st.floats(0.01, 10.0)
@@ -42,8 +42,8 @@ def test_swapping_chosen_and_rejected_with_the_flipped_label_mirrors_the_loss(a,
     target = torch.full_like(s_c, p)
     for lt in ("bt", "dpo"):
         ref = {"ref_chosen": torch.zeros_like(s_c), "ref_rejected": torch.zeros_like(s_c)}
-        l1, m1 = preference_loss(s_c, s_r, loss_type=lt, beta=beta, target=target, **ref)
-        l2, m2 = preference_loss(s_r, s_c, loss_type=lt, beta=beta, target=1 - target, **ref)
+        l1, m1 = preference_loss(s_c, s_r, LossConfig(type=lt, beta=beta), PairTerms(target=target, **ref))
+        l2, m2 = preference_loss(s_r, s_c, LossConfig(type=lt, beta=beta), PairTerms(target=1 - target, **ref))
         assert l1.item() == pytest.approx(l2.item(), rel=1e-4, abs=1e-3)
         assert m1["rewards/margins"].item() == pytest.approx(-m2["rewards/margins"].item(), rel=1e-4, abs=1e-2)
 
@@ -55,8 +55,8 @@ def test_adding_a_constant_to_every_score_changes_nothing(a, b, beta, c):
     s_c, s_r = s_c / 100, s_r / 100  # keep s + c exact enough in fp32
     for lt in TYPES:
         ref = {"ref_chosen": s_c * 0.5, "ref_rejected": s_r * 0.5} if lt == "dpo" else {}
-        l1, _ = preference_loss(s_c, s_r, loss_type=lt, beta=beta, **ref)
-        l2, _ = preference_loss(s_c + c, s_r + c, loss_type=lt, beta=beta, **ref)
+        l1, _ = preference_loss(s_c, s_r, LossConfig(type=lt, beta=beta), PairTerms(**ref))
+        l2, _ = preference_loss(s_c + c, s_r + c, LossConfig(type=lt, beta=beta), PairTerms(**ref))
         assert l1.item() == pytest.approx(l2.item(), rel=1e-3, abs=1e-3), lt
 
 
@@ -64,7 +64,7 @@ def test_adding_a_constant_to_every_score_changes_nothing(a, b, beta, c):
 @given(scores, scores, betas)
 def test_dpo_with_the_reference_equal_to_the_policy_is_log2(a, b, beta):
     s_c, s_r = _pair(a, b)
-    loss, _ = preference_loss(s_c, s_r, loss_type="dpo", beta=beta, ref_chosen=s_c, ref_rejected=s_r)
+    loss, _ = preference_loss(s_c, s_r, LossConfig(type="dpo", beta=beta), PairTerms(ref_chosen=s_c, ref_rejected=s_r))
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
 
 
@@ -76,28 +76,29 @@ def test_gradients_are_finite_for_scores_up_to_1e4(a, b, beta):
         s_c.requires_grad_()
         s_r.requires_grad_()
         kw = {"ref_chosen": torch.zeros_like(s_c), "ref_rejected": torch.zeros_like(s_c)} if lt == "dpo" else {}
-        loss, _ = preference_loss(s_c, s_r, loss_type=lt, beta=beta,
-                                  label_smoothing=0.1 if lt == "robust" else 0.0, **kw)
+        smooth = 0.1 if lt == "robust" else 0.0
+        loss, _ = preference_loss(s_c, s_r, LossConfig(type=lt, beta=beta, label_smoothing=smooth),
+                                  PairTerms(**kw))
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(s_c.grad).all() and torch.isfinite(s_r.grad).all(), lt
 
 
 def test_soft_labels_ties_margins_and_weights_by_hand():
     # A tie (target 0.5), h = 2: -0.5 logsigmoid(2) - 0.5 logsigmoid(-2) = 0.5 * (0.126928 + 2.126928)
-    loss, _ = preference_loss(t([2.0]), t([0.0]), target=t([0.5]))
+    loss, _ = preference_loss(t([2.0]), t([0.0]), pair=PairTerms(target=t([0.5])))
     assert loss.item() == pytest.approx(1.126928, abs=1e-5)
     # Soft label 0.7: 0.7 * 0.126928 + 0.3 * 2.126928 = 0.726928
-    loss, _ = preference_loss(t([2.0]), t([0.0]), target=t([0.7]))
+    loss, _ = preference_loss(t([2.0]), t([0.0]), pair=PairTerms(target=t([0.7])))
     assert loss.item() == pytest.approx(0.726928, abs=1e-5)
     # Margin 2 on h = 2 leaves z = 0: log 2
-    loss, _ = preference_loss(t([2.0]), t([0.0]), margin=t([2.0]))
+    loss, _ = preference_loss(t([2.0]), t([0.0]), pair=PairTerms(margin=t([2.0])))
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
     # Weights: (3 * 0.126928 + 1 * log 2) / 4
-    loss, _ = preference_loss(t([2.0, 0.0]), t([0.0, 0.0]), weight=t([3.0, 1.0]))
+    loss, _ = preference_loss(t([2.0, 0.0]), t([0.0, 0.0]), pair=PairTerms(weight=t([3.0, 1.0])))
     assert loss.item() == pytest.approx((3 * 0.126928 + math.log(2)) / 4, abs=1e-5)
     # DPO implicit rewards: beta * (s - s_ref) = 0.5 * (3 - 1) = 1 and 0.5 * (1 - 2) = -0.5
-    loss, m = preference_loss(t([3.0]), t([1.0]), loss_type="dpo", beta=0.5,
-                              ref_chosen=t([1.0]), ref_rejected=t([2.0]))
+    loss, m = preference_loss(t([3.0]), t([1.0]), LossConfig(type="dpo", beta=0.5),
+                              PairTerms(ref_chosen=t([1.0]), ref_rejected=t([2.0])))
     assert m["rewards/chosen"].item() == pytest.approx(1.0)
     assert m["rewards/rejected"].item() == pytest.approx(-0.5)
     assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1.5))), abs=1e-6)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -54,31 +55,40 @@ WIDE = 2.0
 """Above this std ``expected_logsigmoid`` switches from Gauss-Hermite to the split form."""
 
 
+@dataclass(frozen=True)
+class PairTerms:
+    """What a batch carries per pair besides the two scores; each ``(N,)``, each optional.
+
+    ``ref_chosen``/``ref_rejected``: the frozen reference's scores (``dpo`` needs them).
+    ``target``: the probability that ``chosen`` is preferred (1 = a hard label, 0.5 = a tie,
+    0.7 = 7 of 10 raters). ``margin``: shifts the logit. ``weight``: weighs the pair in the
+    mean. ``chosen_c``/``rejected_c``: the clips' temporal consistency (with
+    ``loss.temporal_weight``). ``log_sigma_chosen``/``log_sigma_rejected``: each item's log
+    standard deviation (``uncertainty``, from a ``mu_sigma`` head)."""
+
+    ref_chosen: Tensor | None = None
+    ref_rejected: Tensor | None = None
+    target: Tensor | None = None
+    margin: Tensor | None = None
+    weight: Tensor | None = None
+    chosen_c: Tensor | None = None
+    rejected_c: Tensor | None = None
+    log_sigma_chosen: Tensor | None = None
+    log_sigma_rejected: Tensor | None = None
+
+
 def preference_loss(
-    s_chosen: Tensor,
-    s_rejected: Tensor,
-    *,
-    loss_type: str = "bt",
-    beta: float = 1.0,
-    label_smoothing: float = 0.0,
-    center_rewards_coefficient: float = 0.0,
-    ref_chosen: Tensor | None = None,
-    ref_rejected: Tensor | None = None,
-    target: Tensor | None = None,
-    margin: Tensor | None = None,
-    weight: Tensor | None = None,
-    temporal_weight: float = 0.0,
-    chosen_c: Tensor | None = None,
-    rejected_c: Tensor | None = None,
-    log_sigma_chosen: Tensor | None = None,
-    log_sigma_rejected: Tensor | None = None,
-    tie_theta: float = 5.0,
+    s_chosen: Tensor, s_rejected: Tensor, loss: LossConfig | None = None,
+    pair: PairTerms | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted mean loss over a batch of pairs, and TRL-named metrics (detached).
 
-    Shapes: every tensor is ``(N,)``. ``target`` is the probability that ``chosen`` is
-    preferred (1 = a hard label, 0.5 = a tie, 0.7 = 7 of 10 raters); the logistic losses
-    (bt, dpo) use it as a soft label: ``-p logsigmoid(z) - (1 - p) logsigmoid(-z)``.
+    ``loss``: the objective and its settings (``type``, ``beta``, ``label_smoothing``,
+    ``center_rewards_coefficient``, ``temporal_weight``, ``tie_theta``; ``LossConfig()``'s
+    defaults when None). ``pair``: the per-pair tensors (``PairTerms``).
+
+    Shapes: every tensor is ``(N,)``. The logistic losses (bt, dpo) use ``target`` as a soft
+    label: ``-p logsigmoid(z) - (1 - p) logsigmoid(-z)``.
     ``margin`` shifts the logit, ``z = beta * h - margin`` (TRL's reward-model margin; for ipo
     the target gap becomes ``(margin + 1/2) / beta``). ``weight`` weighs pairs in the mean.
 
@@ -94,33 +104,36 @@ def preference_loss(
     counts as wrong); ``uncertainty`` adds ``rewards/sigma`` (mean ``beta * sigma_z``), ``btt``
     ``tie_theta``.
     """
+    cfg = loss if loss is not None else LossConfig()
+    t = pair if pair is not None else PairTerms()
+    beta = cfg.beta
     s_chosen = s_chosen.float()
     s_rejected = s_rejected.float()
-    if temporal_weight:
-        if chosen_c is None or rejected_c is None:
+    if cfg.temporal_weight:
+        if t.chosen_c is None or t.rejected_c is None:
             raise ValueError("temporal_weight != 0 needs chosen_c/rejected_c (video consistency)")
-        s_chosen = s_chosen + temporal_weight * chosen_c.float()
-        s_rejected = s_rejected + temporal_weight * rejected_c.float()
-    if loss_type == "dpo" and (ref_chosen is None or ref_rejected is None):
-        raise ValueError("loss_type='dpo' needs reference scores ref_chosen/ref_rejected")
-    lr_c = s_chosen - (ref_chosen.float() if ref_chosen is not None else 0.0)
-    lr_r = s_rejected - (ref_rejected.float() if ref_rejected is not None else 0.0)
+        s_chosen = s_chosen + cfg.temporal_weight * t.chosen_c.float()
+        s_rejected = s_rejected + cfg.temporal_weight * t.rejected_c.float()
+    if cfg.type == "dpo" and (t.ref_chosen is None or t.ref_rejected is None):
+        raise ValueError("loss type 'dpo' needs reference scores ref_chosen/ref_rejected")
+    lr_c = s_chosen - (t.ref_chosen.float() if t.ref_chosen is not None else 0.0)
+    lr_r = s_rejected - (t.ref_rejected.float() if t.ref_rejected is not None else 0.0)
     h = lr_c - lr_r
-    m = margin.float() if margin is not None else torch.zeros_like(h)
-    eps = label_smoothing
-    p = target.float() if target is not None else torch.ones_like(h)
+    m = t.margin.float() if t.margin is not None else torch.zeros_like(h)
+    eps = cfg.label_smoothing
+    p = t.target.float() if t.target is not None else torch.ones_like(h)
     p = p * (1 - eps) + (1 - p) * eps  # cDPO label smoothing on top of the soft label
-    sigmas = None if log_sigma_chosen is None or log_sigma_rejected is None else (
-        log_sigma_chosen, log_sigma_rejected)
-    losses, extra = _pair_losses(loss_type, h, beta * h - m, m, p, beta, eps, target, sigmas,
-                                 tie_theta)
-    if weight is not None:
-        w = weight.float()
-        loss = (losses * w).sum() / w.sum().clamp_min(1e-12)
+    sigmas = None if t.log_sigma_chosen is None or t.log_sigma_rejected is None else (
+        t.log_sigma_chosen, t.log_sigma_rejected)
+    losses, extra = _pair_losses(cfg.type, h, beta * h - m, m, p, beta, eps, t.target, sigmas,
+                                 cfg.tie_theta)
+    if t.weight is not None:
+        w = t.weight.float()
+        value = (losses * w).sum() / w.sum().clamp_min(1e-12)
     else:
-        loss = losses.mean()
-    if center_rewards_coefficient:
-        loss = loss + center_rewards_coefficient * ((s_chosen + s_rejected) ** 2).mean()
+        value = losses.mean()
+    if cfg.center_rewards_coefficient:
+        value = value + cfg.center_rewards_coefficient * ((s_chosen + s_rejected) ** 2).mean()
     r_c = (beta * lr_c).detach()
     r_r = (beta * lr_r).detach()
     metrics = {
@@ -130,7 +143,7 @@ def preference_loss(
         "rewards/accuracies": (r_c > r_r).float().mean(),
         **extra,
     }
-    return loss, metrics
+    return value, metrics
 
 
 def _pair_losses(loss_type: str, h: Tensor, z: Tensor, m: Tensor, p: Tensor, beta: float,
@@ -240,21 +253,19 @@ def configured_loss(
     ``with_prior=False`` for scores that already hold the full reward ``s + lambda * c``
     (evaluation scores them that way), so the temporal prior is not added twice.
     ``per_pair``: ``target``, ``margin``, ``weight``, ``ref_chosen``, ``ref_rejected``,
-    ``chosen_c``, ``rejected_c`` as in ``preference_loss``.
+    ``chosen_c``, ``rejected_c``: the fields of ``PairTerms``.
     """
     c = chosen if isinstance(chosen, Rewards) else Rewards(chosen)
     r = rejected if isinstance(rejected, Rewards) else Rewards(rejected)
-    settings = dict(loss_type=loss.type, beta=loss.beta, label_smoothing=loss.label_smoothing,
-                    center_rewards_coefficient=loss.center_rewards_coefficient,
-                    tie_theta=loss.tie_theta,
-                    temporal_weight=loss.temporal_weight if with_prior else 0.0)
+    settings = loss if with_prior else replace(loss, temporal_weight=0.0)
     if c.log_sigma is not None and r.log_sigma is not None:
         per_pair = {**per_pair, "log_sigma_chosen": c.log_sigma,
                     "log_sigma_rejected": r.log_sigma}
-    value, metrics = preference_loss(c.score, r.score, **settings, **per_pair)
+    terms = PairTerms(**per_pair)
+    value, metrics = preference_loss(c.score, r.score, settings, terms)
     if c.heads is None or r.heads is None:
         return value, metrics
-    per_head = [preference_loss(c.heads[:, k], r.heads[:, k], **settings, **per_pair)
+    per_head = [preference_loss(c.heads[:, k], r.heads[:, k], settings, terms)
                 for k in range(c.heads.shape[1])]
     for name, (_, m) in zip(c.names, per_head, strict=True):
         metrics[f"head/{name}/accuracy"] = m["rewards/accuracies"]
