@@ -98,11 +98,8 @@ def _photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture
-def webp_calls(monkeypatch):
-    """Every call of torchvision's decode_webp made by decode_image, recorded. The fast path is
-    taken at every size here (``FAST_WEBP_MIN_PIXELS=0``), so the small pictures below check
-    its pixels and its hardening; the size rule itself is tested on its own."""
-    monkeypatch.setattr(image_mod, "FAST_WEBP_MIN_PIXELS", 0)
+def decode_webp_calls(monkeypatch):
+    """Every call of torchvision's decode_webp made by decode_image, recorded."""
     calls = []
     real = torchvision.io.decode_webp
 
@@ -114,6 +111,15 @@ def webp_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def webp_calls(decode_webp_calls, monkeypatch):
+    """``decode_webp_calls`` with the fast path taken at every size (``FAST_WEBP_MIN_PIXELS=0``),
+    so the small pictures below check its pixels and its hardening; the size rule itself is
+    tested on its own."""
+    monkeypatch.setattr(image_mod, "FAST_WEBP_MIN_PIXELS", 0)
+    return decode_webp_calls
+
+
 def _pillow_only(monkeypatch, b: bytes, size: int, max_pixels: int = 1 << 24):
     """decode_image's result with the fast path turned off: Pillow decodes every pixel."""
     with monkeypatch.context() as m:
@@ -121,13 +127,11 @@ def _pillow_only(monkeypatch, b: bytes, size: int, max_pixels: int = 1 << 24):
         return decode_image(b, size, max_pixels)
 
 
-def test_only_webps_of_the_size_where_it_pays_take_the_fast_path(monkeypatch):
+def test_only_webps_of_the_size_where_it_pays_take_the_fast_path(decode_webp_calls,
+                                                                 monkeypatch):
     """Below ``FAST_WEBP_MIN_PIXELS`` Pillow decodes (the process need not load torchvision for
     a gain under a millisecond); from it, torchvision does, with Pillow's pixels."""
-    calls = []
-    real = torchvision.io.decode_webp
-    monkeypatch.setattr(torchvision.io, "decode_webp",
-                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    calls = decode_webp_calls
     side = int(image_mod.FAST_WEBP_MIN_PIXELS ** 0.5)
     small = _webp(_photo_like(side - 1, side), quality=85)
     assert decode_image(small, 32, 1 << 24)[0].shape == (3, 32, 32) and calls == []
