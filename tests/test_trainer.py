@@ -4,6 +4,9 @@ workflow's own tests run prepare -> train -> evaluate -> register around it)."""
 
 from __future__ import annotations
 
+import signal
+import time
+
 import numpy as np
 import pytest
 
@@ -31,9 +34,22 @@ def test_early_stopping_ends_the_run_when_validation_stops_improving(ray_cluster
                       train_pairs=64, select_by=train.selection(val_fraction=0.2),
                       validate=True)
     assert spec.select_by == "val/accuracy"
+    handler = signal.getsignal(signal.SIGINT)
     out = fit(spec, _pairs(ray_cluster, 64, seed=0), storage_path=str(tmp_path / "ray_results"),
               run_name="early", val_ds=_pairs(ray_cluster, 32, seed=1))
     assert out.metrics["train/epochs_run"] == 2
     assert out.metrics["train/selected_epoch"] in (1, 2)  # equal validation accuracy
     assert out.epochs == out.metrics["train/selected_epoch"]
     assert len(out.loss_history) == out.epochs  # the selected checkpoint's own history
+
+    # The run's actors end with it: fit puts back the SIGINT handler that Ray Train's fit
+    # leaves holding the run's controller (which holds the dataset actors).
+    assert signal.getsignal(signal.SIGINT) is handler
+    from ray.util.state import list_actors
+
+    run_actors = {"TrainController", "DatasetManager", "SplitCoordinator", "RayTrainWorker"}
+    deadline = time.monotonic() + 30
+    while alive := [a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")])
+                    if a.class_name in run_actors]:
+        assert time.monotonic() < deadline, f"still alive 30 s after fit returned: {alive}"
+        time.sleep(0.5)
