@@ -48,8 +48,12 @@ def test_early_stopping_ends_the_run_when_validation_stops_improving(ray_cluster
     from ray.util.state import list_actors
 
     run_actors = {"TrainController", "DatasetManager", "SplitCoordinator", "RayTrainWorker"}
+    # This cluster's address: asked with none, the state API looks for the machine's one Ray
+    # instance and fails while another runs (the other xdist worker's cluster, in CI).
+    address = ray_cluster.get_runtime_context().gcs_address
     deadline = time.monotonic() + 30
-    while alive := [a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")])
+    while alive := [a.class_name for a in
+                    list_actors(address=address, filters=[("state", "=", "ALIVE")])
                     if a.class_name in run_actors]:
         assert time.monotonic() < deadline, f"still alive 30 s after fit returned: {alive}"
         time.sleep(0.5)
