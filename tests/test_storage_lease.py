@@ -240,12 +240,15 @@ def test_on_s3_renewal_keeps_the_lease_alive_past_its_ttl(s3_env, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.ray  # the winner starts a Ray cluster of its own, in its subprocess
-def test_two_incremental_runs_started_together_register_once(tmp_path):
+def test_two_incremental_runs_started_together_register_once(ray_cluster, tmp_path):
     """The cron line whose previous run is still going: two `run image --incremental` on one
-    machine, same data, storage and MLflow store, each able to start its own Ray cluster
-    (RAY_ADDRESS=local: neither joins this session's). One trains and registers; the other
-    finds the lease held in the storage and exits 0 "skipped" before starting Ray."""
+    machine, same data, storage and MLflow store, both pointed at the running cluster
+    (RAY_ADDRESS, as a cron line on a head node would be). One trains and registers; the
+    other finds the lease held in the storage and exits 0 "skipped" before it connects to Ray
+    (so which cluster the winner trains on does not matter to the lease; the races above are
+    between processes that share nothing but the storage). The winner joins this session's
+    cluster instead of starting a third on the 2 cores (a whole local cluster with its
+    dashboard, about half of this test's time when it did)."""
     from components.sample.images import write_image_pairs
 
     sample_dir = tmp_path / "pairs"  # small: the winner trains one epoch on 48 pairs
@@ -253,6 +256,7 @@ def test_two_incremental_runs_started_together_register_once(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.MlflowClient(uri).create_experiment("image-dpo")  # the store exists already
     out = tmp_path / "out"
+    address = ray_cluster.get_runtime_context().gcs_address
     procs = []
     try:
         for k in range(2):
@@ -262,7 +266,7 @@ def test_two_incremental_runs_started_together_register_once(tmp_path):
                  "--incremental", "--epochs", "1", "--tracking-uri", uri,
                  "--output-dir", str(out), "--summary", str(tmp_path / f"run-{k}.json"),
                  "data.image_size=32", "train.batch_size=16"],
-                cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"}, stdout=subprocess.PIPE,
+                cwd=ROOT, env={**os.environ, "RAY_ADDRESS": address}, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True, start_new_session=True))
         errs = [p.communicate(timeout=400)[1] for p in procs]
     finally:
