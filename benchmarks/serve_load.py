@@ -6,7 +6,9 @@ sizes are what cost time; the weights do not). Each server is started, warmed up
 from this process over loopback by ``c`` concurrent clients (aiohttp), each sending one item per
 request back to back (an RL loop asking for one reward at a time), for ``--seconds`` or
 ``--max-requests``, whichever comes first; then stopped, so the two servers never share the
-cores. Ray Serve is measured with MLflow's JSON payload and with the binary form.
+cores. Ray Serve is measured with MLflow's JSON payload, with the binary form, and through
+its Python handle from this process (``form`` "handle": a caller inside Ray, such as an RL
+loop on the cluster, with no HTTP and no proxy in between).
 
     .venv/bin/python benchmarks/serve_load.py [--seconds 8] [--max-requests 2000]
         [--cases image,image-resnet18,video] [--concurrency 1,8,64]
@@ -97,38 +99,31 @@ def _json_body(column: str, item: bytes) -> bytes:
                                            "data": [[base64.b64encode(item).decode()]]}}).encode()
 
 
-async def _drive(url: str, bodies: list[bytes], content_type: str, concurrency: int,
-                 seconds: float, max_requests: int) -> dict:
-    import aiohttp
-
+async def _load(send, concurrency: int, seconds: float, max_requests: int) -> dict:
+    """``concurrency`` clients, each awaiting ``send(i)`` (one item; ``(ok, batch_sizes)``)
+    back to back, for ``seconds`` or ``max_requests`` in all."""
     latencies, errors, batch_sizes, sent = [], 0, [], 0
     stop_at = time.monotonic() + seconds
 
-    async def client(session, k: int) -> None:
+    async def client(k: int) -> None:
         nonlocal errors, sent
         i = k
         while time.monotonic() < stop_at and sent < max_requests:
             sent += 1
             t = time.perf_counter()
             try:
-                async with session.post(url, data=bodies[i % len(bodies)],
-                                        headers={"Content-Type": content_type}) as r:
-                    answer = await r.json(content_type=None)
-                    ok = r.status == 200 and not any(answer.get("errors") or [])
+                ok, sizes = await send(i)
             except Exception:
-                ok, answer = False, {}
+                ok, sizes = False, []
             latencies.append(time.perf_counter() - t)
             if not ok:
                 errors += 1
-            batch_sizes.extend(answer.get("batch_sizes", []))
+            batch_sizes.extend(sizes)
             i += concurrency
 
-    conn = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
-        started = time.monotonic()
-        await asyncio.gather(*[client(session, k) for k in range(concurrency)])
-        wall = time.monotonic() - started
+    started = time.monotonic()
+    await asyncio.gather(*[client(k) for k in range(concurrency)])
+    wall = time.monotonic() - started
     lat = np.array(latencies) * 1000
     return {"concurrency": concurrency, "requests": len(latencies), "errors": errors,
             "seconds": round(wall, 2), "throughput_rps": round(len(latencies) / wall, 1),
@@ -137,17 +132,56 @@ async def _drive(url: str, bodies: list[bytes], content_type: str, concurrency: 
             "mean_batch": round(float(np.mean(batch_sizes)), 2) if batch_sizes else None}
 
 
-def _measure(server: str, form: str, url: str, bodies: list[bytes], content_type: str,
-             args) -> list[dict]:
-    asyncio.run(_drive(url, bodies, content_type, 4, 2.0, 50))  # warm-up
+async def _drive(url: str, bodies: list[bytes], content_type: str, concurrency: int,
+                 seconds: float, max_requests: int) -> dict:
+    """HTTP clients (aiohttp) posting ``bodies`` to ``url``."""
+    import aiohttp
+
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+
+        async def send(i: int) -> tuple[bool, list[int]]:
+            async with session.post(url, data=bodies[i % len(bodies)],
+                                    headers={"Content-Type": content_type}) as r:
+                answer = await r.json(content_type=None)
+            ok = r.status == 200 and not any(answer.get("errors") or [])
+            return ok, answer.get("batch_sizes", [])
+
+        return await _load(send, concurrency, seconds, max_requests)
+
+
+async def _drive_handle(handle, items: list[bytes], concurrency: int, seconds: float,
+                        max_requests: int) -> dict:
+    """Callers inside Ray (an RL loop on the cluster): ``handle.score.remote([item])``, no HTTP
+    and no proxy; the Serve router runs in this process."""
+
+    async def send(i: int) -> tuple[bool, list[int]]:
+        answer = await handle.score.remote([items[i % len(items)]])
+        return not any(answer.get("errors") or []), answer.get("batch_sizes", [])
+
+    return await _load(send, concurrency, seconds, max_requests)
+
+
+def _measure(server: str, form: str, drive, args) -> list[dict]:
+    """``drive(concurrency, seconds, max_requests)`` -> a cell; a warm-up, then each ``c``."""
+    asyncio.run(drive(4, 2.0, 50))  # warm-up
     rows = []
     for c in args.concurrency:
-        row = asyncio.run(_drive(url, bodies, content_type, c, args.seconds, args.max_requests))
+        row = asyncio.run(drive(c, args.seconds, args.max_requests))
         # The 1-minute load average after the cell: this machine is shared, say how busy it was.
         row.update(server=server, form=form, loadavg_1m=round(os.getloadavg()[0], 1))
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
+
+
+def _http(url: str, bodies: list[bytes], content_type: str):
+    return lambda c, seconds, n: _drive(url, bodies, content_type, c, seconds, n)
+
+
+def _in_ray(handle, items: list[bytes]):
+    return lambda c, seconds, n: _drive_handle(handle, items, c, seconds, n)
 
 
 def _mlflow_serve(name: str, tracking: str, log_path: str):
@@ -214,16 +248,19 @@ def main() -> None:
             try:
                 info = serve_model(f"{name}@champion", settings, tracking)
                 print(f"== {case}", flush=True)
-                rows += _measure("ray-serve", "json", info["url"], json_bodies,
-                                 "application/json", args)
-                rows += _measure("ray-serve", "binary", info["url"], bin_bodies,
-                                 BINARY_CONTENT_TYPE, args)
+                rows += _measure("ray-serve", "json",
+                                 _http(info["url"], json_bodies, "application/json"), args)
+                rows += _measure("ray-serve", "binary",
+                                 _http(info["url"], bin_bodies, BINARY_CONTENT_TYPE), args)
+                handle = serve.get_app_handle(settings.app_name)
+                rows += _measure("ray-serve", "handle", _in_ray(handle, items), args)
             finally:
                 serve.shutdown()
                 ray.shutdown()
             proc, url = _mlflow_serve(name, tracking, os.path.join(d, f"mlflow-{case}.log"))
             try:
-                rows += _measure("mlflow", "json", url, json_bodies, "application/json", args)
+                rows += _measure("mlflow", "json", _http(url, json_bodies, "application/json"),
+                                 args)
             finally:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(60)
