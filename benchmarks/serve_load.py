@@ -6,13 +6,15 @@ sizes are what cost time; the weights do not). Each server is started, warmed up
 from this process over loopback by ``c`` concurrent clients (aiohttp), each sending one item per
 request back to back (an RL loop asking for one reward at a time), for ``--seconds`` or
 ``--max-requests``, whichever comes first; then stopped, so the two servers never share the
-cores. Ray Serve is measured with MLflow's JSON payload, with the binary form, and through
-its Python handle from this process (``form`` "handle": a caller inside Ray, such as an RL
-loop on the cluster, with no HTTP and no proxy in between).
+cores. Ray Serve is measured with MLflow's JSON payload and with the binary form over each
+HTTP ingress (``--ingress``: HAProxy forwarding to the replica's own HTTP server, the
+default of ``visual-dpo serve``; Serve's Python proxy actor), and through its Python handle
+from this process (``form`` "handle": a caller inside Ray, such as an RL loop on the cluster,
+with no HTTP and no ingress in between).
 
     .venv/bin/python benchmarks/serve_load.py [--seconds 8] [--max-requests 2000]
         [--cases image,image-resnet18,video] [--concurrency 1,8,64]
-        [--out benchmarks/serve_load.json]
+        [--ingress haproxy,proxy] [--out benchmarks/serve_load.json]
 
 Writes the JSON (every cell: requests, errors, throughput, p50/p99 latency, mean batch size)
 and prints the markdown table docs/serving.md shows.
@@ -215,6 +217,9 @@ def main() -> None:
     p.add_argument("--max-requests", type=int, default=2000, help="per cell (upper bound)")
     p.add_argument("--serve-settings", default="batch.max_size=32,batch.wait_timeout_s=0.005",
                    help="comma-separated key=value for the Ray Serve side")
+    p.add_argument("--ingress", default="haproxy,proxy",
+                   help="Ray Serve ingresses to measure, each on a cluster of its own "
+                        "(settings.ingress: haproxy, proxy)")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "serve_load.json"))
     args = p.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -223,7 +228,7 @@ def main() -> None:
     from ray import serve
 
     from components.serving.payload import BINARY_CONTENT_TYPE, encode_binary
-    from components.serving.service import serve_model
+    from components.serving.service import ingress_env, scoped_environ, serve_model
     from components.serving.settings import settings_from_overrides
 
     cpus = os.cpu_count() or 1
@@ -240,23 +245,29 @@ def main() -> None:
             json_bodies = [_json_body(modality, it) for it in items]
             bin_bodies = [encode_binary([it]) for it in items]
             rows = []
-            # Ray Serve: every core to the one replica (torch gets as many threads as mlflow's).
-            overrides = [f"port={_free_port()}", f"scaling.num_cpus={cpus}", "poll_s=0",
-                         *args.serve_settings.split(",")]
-            settings = settings_from_overrides(overrides)
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-            try:
-                info = serve_model(f"{name}@champion", settings, tracking)
-                print(f"== {case}", flush=True)
-                rows += _measure("ray-serve", "json",
-                                 _http(info["url"], json_bodies, "application/json"), args)
-                rows += _measure("ray-serve", "binary",
-                                 _http(info["url"], bin_bodies, BINARY_CONTENT_TYPE), args)
-                handle = serve.get_app_handle(settings.app_name)
-                rows += _measure("ray-serve", "handle", _in_ray(handle, items), args)
-            finally:
-                serve.shutdown()
-                ray.shutdown()
+            for k, ingress in enumerate(args.ingress.split(",")):
+                # Ray Serve: every core to the one replica (torch gets as many threads as
+                # mlflow's), on a cluster started with this ingress (as `visual-dpo serve` does).
+                overrides = [f"port={_free_port()}", f"scaling.num_cpus={cpus}", "poll_s=0",
+                             f"ingress={ingress}", *args.serve_settings.split(",")]
+                settings = settings_from_overrides(overrides)
+                with scoped_environ(ingress_env(ingress)):
+                    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+                try:
+                    info = serve_model(f"{name}@champion", settings, tracking)
+                    assert info["ingress"] == ingress, info
+                    server = f"ray-serve ({ingress})"
+                    print(f"== {case}, {server}", flush=True)
+                    rows += _measure(server, "json",
+                                     _http(info["url"], json_bodies, "application/json"), args)
+                    rows += _measure(server, "binary",
+                                     _http(info["url"], bin_bodies, BINARY_CONTENT_TYPE), args)
+                    if k == 0:  # no HTTP, no ingress: the same path whichever is set
+                        handle = serve.get_app_handle(settings.app_name)
+                        rows += _measure("ray-serve", "handle", _in_ray(handle, items), args)
+                finally:
+                    serve.shutdown()
+                    ray.shutdown()
             proc, url = _mlflow_serve(name, tracking, os.path.join(d, f"mlflow-{case}.log"))
             try:
                 rows += _measure("mlflow", "json", _http(url, json_bodies, "application/json"),

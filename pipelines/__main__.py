@@ -388,6 +388,10 @@ def _serve(a: argparse.Namespace, extra: list[str]) -> int:
              if v is not None]
     try:
         settings = settings_from_overrides([*flags, *a.settings, *extra])
+        if not a.address:  # the cluster started here: an ingress it cannot run, refused now
+            from components.serving.service import ingress_env
+
+            ingress_env(settings.ingress)
     except SettingsError as e:
         print(str(e), file=sys.stderr)
         _emit({"status": "failed", "reason": str(e).replace("\n", " ")}, None)

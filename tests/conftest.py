@@ -9,7 +9,6 @@ or a raylet runs under this process fails, naming the test to mark. Media helper
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -247,8 +246,13 @@ def ray_cluster(fault_plan_path):
     # test's) it fails with "Found multiple active Ray instances" (seen in a full run). Set
     # only while ray.init starts the cluster, so that the clusters this process starts later
     # (`ray start` in tests/test_job.py, tests/two_nodes.py) do not inherit it.
+    # Ray Serve's ingress as `visual-dpo serve` starts a local cluster (settings.ingress=auto:
+    # HAProxy here), so the reward-service tests go through the ingress users get.
+    from components.serving.service import ingress_env, scoped_environ
+
     port = _free_port()
-    with _environ(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}"):
+    with scoped_environ({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
+                         **ingress_env("auto")}):
         ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
                  dashboard_port=port, log_to_driver=False)
     from components.runtime.cluster import ensure_ray
@@ -278,27 +282,14 @@ def _shutdown_leaving_nothing(ray) -> None:
     psutil.wait_procs(alive, timeout=10)
 
 
-@contextlib.contextmanager
-def _environ(**values: str):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _is_ray(p) -> bool:
-    """A process of a Ray node: GCS, raylet, a worker (``ray::...``), dashboard, monitors."""
+    """A process of a Ray node: GCS, raylet, a worker (``ray::...``), dashboard, monitors,
+    Serve's HAProxy."""
     import psutil
 
     try:
         cmd = p.cmdline()
-        return p.name() in ("raylet", "gcs_server") or bool(cmd) and (
+        return p.name() in ("raylet", "gcs_server", "haproxy") or bool(cmd) and (
             cmd[0].startswith(("ray::", "ray-dashboard")) or
             any("site-packages/ray/" in a for a in cmd[:3]))
     except psutil.Error:

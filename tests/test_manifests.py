@@ -419,6 +419,13 @@ def test_the_rayservice_uses_only_fields_of_the_named_kuberay_release():
     templates = [cluster["headGroupSpec"]["template"],
                  *[g["template"] for g in cluster["workerGroupSpecs"]]]
     assert {c["image"] for t in templates for c in t["spec"]["containers"]} == {image}
+    # Serve's HAProxy ingress on every pod (read by Serve's controller, which may run on any
+    # pod after a restart), as `visual-dpo serve` sets it on a local cluster.
+    from components.serving.service import HAPROXY_ENV
+
+    for t in templates:
+        for c in t["spec"]["containers"]:
+            assert {e["name"]: e["value"] for e in c.get("env", [])}.get(HAPROXY_ENV) == "1", c
 
 
 def test_the_rayservice_field_check_rejects_a_field_the_release_lacks():

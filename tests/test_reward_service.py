@@ -20,6 +20,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 
@@ -58,6 +59,29 @@ def test_settings_are_typed_and_every_problem_is_reported_at_once():
         settings_from_overrides(["batch.max_size=0", "scaling.min_replicas=3"])
     assert "batch.max_size: must be >= 1, got 0" in str(e.value)
     assert "scaling.max_replicas: must be >= max(1, scaling.min_replicas=3), got 1" in str(e.value)
+
+
+def test_the_ingress_setting_is_checked_and_sets_the_clusters_environment(monkeypatch, tmp_path):
+    from components.serving.service import (
+        DRAIN_ENV,
+        HAPROXY_ENV,
+        LOCAL_DRAIN_S,
+        haproxy_available,
+        ingress_env,
+    )
+
+    with pytest.raises(SettingsError, match="ingress: must be one of auto, haproxy, proxy"):
+        settings_from_overrides(["ingress=nginx"])
+    assert ingress_env("proxy") == {HAPROXY_ENV: "0"}
+    assert ingress_env("auto") == ({HAPROXY_ENV: "1", DRAIN_ENV: LOCAL_DRAIN_S}
+                                   if haproxy_available() else {HAPROXY_ENV: "0"})
+    # HAProxy asked for where its binary cannot run: refused with what to do.
+    not_executable = tmp_path / "haproxy"
+    not_executable.write_text("")
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(not_executable))
+    assert not haproxy_available() and ingress_env("auto") == {HAPROXY_ENV: "0"}
+    with pytest.raises(SettingsError, match="use ingress=proxy"):
+        ingress_env("haproxy")
 
 
 def test_the_serve_command_refuses_bad_settings_before_deploying(capsys):
@@ -188,6 +212,12 @@ def test_http_json_binary_and_handle_answer_like_pyfunc_and_a_bad_item_fails_alo
     from ray import serve
 
     assert service["info"]["model_version"] == service["v1"]
+    # The ingress a local `visual-dpo serve` gets: HAProxy itself listens on the port.
+    assert service["info"]["ingress"] == "haproxy"
+    port = int(service["url"].split(":")[2].split("/")[0])
+    listeners = {psutil.Process(c.pid).name() for c in psutil.net_connections("tcp")
+                 if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN}
+    assert listeners == {"haproxy"}, listeners
     images = [photo_bytes(48, fmt, seed=i) for i, fmt in enumerate(["PNG", "JPEG", "WEBP"])]
     expected = mlflow.pyfunc.load_model(f"models:/{NAME}/{service['v1']}").predict(
         pd.DataFrame({"image": images}))

