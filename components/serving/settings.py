@@ -45,7 +45,7 @@ class ScalingSettings:
     min_replicas: int = 1
     max_replicas: int = 1
     target_ongoing_requests: float = 8.0
-    max_ongoing_requests: int = 64  # per replica; more wait in the proxy's queue
+    max_ongoing_requests: int = 64  # per replica (Serve's max_ongoing_requests)
     num_cpus: float = 1.0  # per replica
     num_gpus: float = 0.0  # per replica; 1: the scorer runs on the replica's GPU
     graceful_shutdown_timeout_s: float = 20.0  # in-flight requests finish before a replica stops
